@@ -1,0 +1,43 @@
+# One source of truth for set-up: make demo, make test, the Dockerfiles and CI all go through here.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DEMO    ?= demo_data
+OUT     ?= shards
+N       ?= 48
+
+.PHONY: venv venv-ml demo demo-data test bench clean
+
+# Core engine: Ray Data, WebDataset, codecs, readers (enough for every CPU pipeline of the demo).
+$(BIN)/.core: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+# Model backends (torch, diffusers, transformers, open_clip, faiss) and simple-lama-inpainting,
+# installed with --no-deps after the rest: its own pins would downgrade numpy and break pyarrow.
+$(BIN)/.ml: $(BIN)/.core requirements-ml.txt
+	$(BIN)/pip install -q -r requirements-ml.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	touch $@
+
+venv: $(BIN)/.core
+venv-ml: $(BIN)/.ml
+
+demo-data: venv
+	$(BIN)/idd demo-data $(DEMO) --n $(N) --seed 0
+
+# The main job on the embedded default: local Ray, bundled demo data, weight-free models.
+demo: demo-data
+	bash pipelines/demo.sh $(DEMO) $(OUT)
+
+test: venv-ml
+	$(BIN)/python -m pytest -q tests
+
+bench: venv
+	$(BIN)/python bench/bench_tasks.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info

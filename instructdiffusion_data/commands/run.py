@@ -1,0 +1,30 @@
+"""``idd run CONFIG``: run a pipeline config on Ray Data and write shards."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("idd.run")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a pipeline config (source -> stages -> shards) on Ray")
+    p.add_argument("config", help="pipeline YAML, e.g. configs/pipelines/keypoints_coco.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (dotted: writer.records_per_shard=64, stages.0.variants_per_record=3)")
+    p.add_argument("--address", default=None, help="Ray cluster to join ('auto', 'ray://host:10001'); default: embedded")
+    p.add_argument("--out", default=None, help="output root (default: writer.out of the config)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output written with a different config")
+    p.add_argument("--no-ray", action="store_true", help="run the stages in this process (debugging)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..config import load_pipeline_config
+    from ..runner import run
+
+    cfg = load_pipeline_config(args.config, args.overrides)
+    summary = run(cfg, address=args.address, out=args.out, overwrite=args.overwrite, use_ray=not args.no_ray)
+    print("\n".join(summary.lines()))
+    return 0

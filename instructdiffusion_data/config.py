@@ -1,0 +1,220 @@
+"""Typed configuration: YAML pipeline files mapped onto dataclasses, with ``--set`` overrides.
+
+Every config section is a dataclass. :func:`build` checks unknown keys and value types and names
+the offending key (``stages[1].radius_frac: expected float, got 'big'``) so that a config error stops
+the run before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class WriterConfig:
+    out: str = "shards"  # output root; the output lands in <out>/<pipeline name>/<version>/
+    records_per_shard: int = 256  # source records per shard (a record may give several rows)
+    overwrite: bool = False  # refuse to resume into an output written with a different config unless set
+    mixture_weight: float = 1.0  # default sampling weight of this output in a mixture (idd mix may override)
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: embedded local cluster (ray.init()); "auto" or "ray://host:port" joins one
+    num_cpus: int | None = None  # only for the embedded cluster
+    object_store_memory: int = 2 * 1024**3  # only for the embedded cluster; NOTES: cap it
+    preserve_order: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    name: str
+    source: dict
+    stages: list = field(default_factory=list)
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    version: str = "v1"
+    seed: int = 0
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats. Returns the value."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected float, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected int, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected bool, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected str, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, data: Any, where: str = "config") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: required key is missing")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``--set a.b.c=value`` overrides; values parse as YAML. Stages are addressed by index
+    (``stages.0.x``) or by their ``type`` (``stages.render_keypoints.x``)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key=value")
+        dotted, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = dotted.strip().split(".")
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                idx = _list_index(node, part, dotted)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {dotted}: '{parts[i - 1]}' is not a section")
+    return raw
+
+
+def _list_index(node: list, part: str, dotted: str) -> int:
+    if part.isdigit():
+        idx = int(part)
+        if idx >= len(node):
+            raise ConfigError(f"--set {dotted}: there is no stage {idx}")
+        return idx
+    matches = [i for i, s in enumerate(node) if isinstance(s, dict) and s.get("type") == part]
+    if len(matches) != 1:
+        raise ConfigError(f"--set {dotted}: no single stage of type '{part}'")
+    return matches[0]
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{line} invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def load_pipeline_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    return build(PipelineConfig, raw, where=Path(path).name)
+
+
+def check_path(value: str | None, where: str, *, kind: Literal["file", "dir", "any"] = "any") -> None:
+    """Raise a one-line ConfigError when a configured path does not exist."""
+    if value is None:
+        return
+    p = Path(value)
+    ok = p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+    if not ok:
+        raise ConfigError(f"{where}: {kind if kind != 'any' else 'path'} not found: {value}")
