@@ -1,0 +1,257 @@
+"""Object removal and addition pairs from referring regions (paper section 3.2, "Object removal").
+
+Input: record rows with ``meta.file`` (the image), ``meta.polygons`` (PhraseCut layout
+[instance][polygon][[x, y]]), ``meta.width/height`` and ``meta.phrase`` (the ``phrasecut`` reader).
+Per region:
+
+1. the image is read (and scaled so its longer side is at most ``max_side``), the union of the
+   polygons is rasterised at that size and dilated by ``dilate_px`` (+ ``dilate_frac`` of the
+   region's equivalent diameter) so that inpainting also covers the object's edge;
+2. the inpainting adapter (:mod:`instructdiffusion_data.models.inpaint`, ``lama`` or ``opencv``)
+   fills the mask; the filled pixels are composited back over the source, so outside the mask the
+   target is the source, pixel for pixel;
+3. the removal check: outside the mask source and target must be identical, inside they must
+   differ by at least ``min_inside_diff`` (mean absolute difference, 0..255); a failing pair is
+   dropped with its reason (both rows);
+4. two rows: ``edit_remove`` (src = original, tgt = inpainted, "Remove the {phrase}.") and
+   ``edit_add`` (swapped, "Add {a_phrase}." with a grammatical article), keys
+   ``make_key("phrasecut", task_id, "remove"|"add")``, both with the dilated mask PNG and a shared
+   ``meta["pair_id"]``. Later stages (captions/LLM rewording, quality filter) may rewrite
+   ``instruction``; the phrase stays in ``meta["phrase"]`` and its parts in ``meta["phrase_structure"]``.
+
+Source and target are encoded from the same pixel arrays with the same codec: with JPEG every 8x8
+block that the mask does not touch decodes identically in both images.
+
+With ``num_gpus > 0`` the runner runs this stage as a Ray actor pool (``concurrency`` actors), each
+loading the model once in :meth:`setup`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ..errors import ConfigError, RecordError
+from ..imageio import decode, encode, encode_png, fit_scale, read_bytes, resize
+from ..instructions import choose, load_templates
+from ..models.inpaint import make_inpainter, resolve_lama_path
+from ..readers.phrasecut import dilate_mask, polygons_to_mask
+from ..schema import Row, drop, make_key
+from ..stage import Stage, StageConfig, child
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InpaintRemoveConfig(StageConfig):
+    backend: Literal["opencv", "lama"] = "opencv"
+    opencv_method: Literal["telea", "ns"] = "telea"
+    opencv_radius: int = 5  # neighbourhood of cv2.inpaint, pixels
+    lama_model: str | None = None  # big-lama TorchScript file; None: $LAMA_MODEL
+    device: str = "auto"  # lama: "auto" (cuda when available), "cuda", "cuda:1", "cpu"
+    lama_batch: int = 8  # images per lama forward (same padded size)
+    half: bool = False  # lama on CUDA in float16
+    dilate_px: int = 5  # mask margin in output pixels
+    dilate_frac: float = 0.0  # extra margin as a fraction of the region's equivalent diameter
+    max_side: int | None = 512  # scale images down so the longer side is at most this; None: original size
+    image_format: Literal["jpg", "png"] = "jpg"
+    jpeg_quality: int = 95
+    min_inside_diff: float = 2.0  # removal check: mean |tgt - src| inside the mask must reach this
+    templates_dir: str | None = None  # default configs/instructions (edit_remove.txt, edit_add.txt)
+    dataset: str = "phrasecut"  # dataset name used in keys
+
+
+class InpaintRemoveStage(Stage):
+    name = "inpaint_remove"
+    Config = InpaintRemoveConfig
+
+    def validate(self) -> None:
+        c = self.config
+        if c.dilate_px < 0 or c.dilate_frac < 0:
+            raise ConfigError(f"{self.name}.dilate_px/dilate_frac: must be >= 0, got {c.dilate_px}, {c.dilate_frac}")
+        if c.max_side is not None and c.max_side < 16:
+            raise ConfigError(f"{self.name}.max_side: must be >= 16 or null, got {c.max_side}")
+        if not 1 <= c.jpeg_quality <= 100:
+            raise ConfigError(f"{self.name}.jpeg_quality: must be in 1..100, got {c.jpeg_quality}")
+        if c.backend == "lama":
+            resolve_lama_path(c.lama_model)  # fail before any work when the weights are missing
+        for task in ("edit_remove", "edit_add"):
+            load_templates(task, c.templates_dir)
+
+    def setup(self) -> None:
+        c = self.config
+        self.inpainter = make_inpainter(c.backend, opencv_method=c.opencv_method, opencv_radius=c.opencv_radius,
+                                        lama_model=c.lama_model, device=c.device, batch_size=c.lama_batch,
+                                        half=c.half)
+        self.templates = {t: load_templates(t, c.templates_dir) for t in ("edit_remove", "edit_add")}
+
+    # -----------------------------------------------------------------------------------------
+    def _load(self, row: Row) -> tuple[np.ndarray, np.ndarray, dict]:
+        m = row["meta"]
+        rid = m.get("record_id")
+        if "polygons" not in m or "file" not in m:
+            raise RecordError("record has no polygons/file (not a phrasecut-style record)", record=rid)
+        img = decode(read_bytes(m["file"], rid), file=m["file"], record=rid)
+        h, w = img.shape[:2]
+        if (m.get("width"), m.get("height")) not in ((w, h), (None, None)):
+            raise RecordError(f"image is {w}x{h} but the annotations say {m.get('width')}x{m.get('height')}",
+                              file=m["file"], record=rid)
+        scale = fit_scale(h, w, self.config.max_side)
+        img = resize(img, scale)
+        oh, ow = img.shape[:2]
+        mask = polygons_to_mask(m["polygons"], oh, ow, scale=scale)
+        area = int(np.count_nonzero(mask))
+        if area == 0:
+            raise RecordError("region is empty at the output size", record=rid)
+        px = self.config.dilate_px + int(round(self.config.dilate_frac * 2 * math.sqrt(area / math.pi)))
+        dil = dilate_mask(mask, px)
+        info = {"scale": round(scale, 6), "size": [ow, oh], "dilate_px": px,
+                "mask_area_frac": round(float(np.count_nonzero(dil)) / (oh * ow), 6)}
+        return img, dil, info
+
+    def process(self, rows: list[Row]) -> list[Row]:
+        c = self.config
+        loaded, out = [], []
+        for r in rows:
+            try:
+                loaded.append((r, *self._load(r)))
+            except RecordError as e:
+                out.append(drop(r, f"{self.name}: {e}"))
+        if not loaded:
+            return out
+        filled = self.inpainter.inpaint([x[1] for x in loaded], [x[2] for x in loaded])
+        for (r, img, mask, info), inp in zip(loaded, filled):
+            out.extend(self._pair(r, img, mask, info, inp))
+        return out
+
+    def _pair(self, r: Row, img: np.ndarray, mask: np.ndarray, info: dict, inp: np.ndarray) -> list[Row]:
+        c = self.config
+        inside = mask > 0
+        tgt = np.where(inside[..., None], inp, img)
+        ok, reason, diff = removal_check(img, tgt, mask, c.min_inside_diff)
+
+        src_b = encode(img, c.image_format, c.jpeg_quality)
+        tgt_b = encode(tgt, c.image_format, c.jpeg_quality)
+        mask_b = encode_png(mask)
+        m = r["meta"]
+        rid = m.get("record_id", r["key"])
+        phrase = m.get("phrase", "")
+        struct = m.get("phrase_structure") or {}
+        pair_id = make_key(c.dataset, rid, "pair")
+        common = {
+            "pair_id": pair_id, "phrase": phrase, "phrase_structure": struct,
+            "inpaint": {"backend": self.inpainter.backend, "model_id": self.inpainter.model_id, **info,
+                        "inside_diff": round(diff, 3)},
+            "source_key": r["key"],
+        }
+        rows = []
+        for variant, task, s, t in (("remove", "edit_remove", src_b, tgt_b), ("add", "edit_add", tgt_b, src_b)):
+            values = {"phrase": removal_phrase(phrase)} if task == "edit_remove" else {
+                "a_phrase": with_article(phrase, struct.get("name"))}
+            tid, text = choose(self.templates[task], self.rng(r["key"], variant), **values)
+            meta = dict(m, **common, variant=variant, template_id=tid)
+            row = child(r, key=make_key(c.dataset, rid, variant), task=task, src=s, tgt=t, mask=mask_b,
+                        instruction=text, meta=meta)
+            if not ok:
+                drop(row, f"{self.name}: {reason}")
+            rows.append(row)
+        return rows
+
+
+def removal_check(src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, min_inside_diff: float) -> tuple[bool, str, float]:
+    """(passed, reason, mean abs difference inside the mask). Outside the mask the pixels must be
+    identical; inside they must differ on average by at least ``min_inside_diff``."""
+    inside = mask > 0
+    if src.shape != tgt.shape:
+        return False, f"removal check failed: target shape {tgt.shape} != source {src.shape}", 0.0
+    outside_changed = int(np.count_nonzero(np.any(src[~inside] != tgt[~inside], axis=-1)))
+    diff = float(np.abs(src[inside].astype(np.int16) - tgt[inside].astype(np.int16)).mean()) if inside.any() else 0.0
+    if outside_changed:
+        return False, f"removal check failed: {outside_changed} pixels changed outside the mask", diff
+    if diff < min_inside_diff:
+        return False, (f"removal check failed: region unchanged (mean diff={diff:.2f}, "
+                       f"min={min_inside_diff:g})"), diff
+    return True, "", diff
+
+
+# -- phrase grammar --------------------------------------------------------------------------
+
+_DETERMINERS = {"the", "a", "an", "this", "that", "these", "those"}
+_NO_ARTICLE = {"some", "many", "several", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+               "few", "his", "her", "their", "its", "my", "our", "your", "both", "all", "more", "each"}
+# Irregular plurals and nouns that read best without an article ("add grass", "add water").
+_PLURAL_OR_MASS = {
+    "people", "men", "women", "children", "feet", "teeth", "geese", "mice", "sheep", "fish", "deer",
+    "grass", "water", "sky", "snow", "sand", "dirt", "hair", "foliage", "furniture", "smoke", "fog", "rain",
+    "ice", "mud", "gravel", "pavement", "asphalt", "concrete", "traffic", "food", "meat", "rice", "bread",
+    "lettuce", "broccoli", "cheese", "wood", "glass", "sunlight", "light", "shade", "shadow", "ocean", "sea",
+    "clothing", "luggage", "scenery", "vegetation", "graffiti", "writing", "lettering", "text", "wallpaper",
+    "jeans", "pants", "shorts", "glasses", "sunglasses", "scissors", "trousers", "leaves", "bushes",
+}
+_NOT_PLURAL_S = ("ss", "us", "is", "ous", "ics")
+_AN_EXCEPTIONS = ("uni", "use", "usu", "uti", "uro", "eu", "one", "once", "ewe")
+_AN_SILENT_H = ("hour", "honest", "honor", "honour", "heir")
+
+
+def removal_phrase(phrase: str) -> str:
+    """The phrase for "remove the {phrase}": lower-cased, without a leading article/demonstrative."""
+    words = phrase.strip().split()
+    if len(words) > 1 and words[0].lower() in _DETERMINERS:
+        words = words[1:]
+    return " ".join(words)
+
+
+def _is_plural(noun: str) -> bool:
+    n = noun.lower()
+    if n in _PLURAL_OR_MASS:
+        return True
+    return len(n) > 2 and n.endswith("s") and not n.endswith(_NOT_PLURAL_S)
+
+
+def _head_noun(words: list[str], name: str | None) -> str:
+    if name:
+        last = name.split()[-1].lower()
+        if last in (w.lower() for w in words):
+            return last
+    # without a structure: the last word before the first relation word
+    stops = {"on", "in", "of", "with", "near", "by", "at", "to", "next", "behind", "above", "below", "under",
+             "beside", "wearing", "holding", "has", "having", "that", "which", "who", "left", "right", "under",
+             "over", "inside", "outside", "across", "along", "against", "between", "around", "for", "from"}
+    head = words[-1]
+    for w in words[1:]:
+        if w.lower() in stops:
+            break
+        head = w
+    return head.lower()
+
+
+def with_article(phrase: str, name: str | None = None) -> str:
+    """The phrase as it follows "add": "a red car", "an old man", "white clouds", "two dogs"."""
+    words = removal_phrase(phrase).split()
+    if not words:
+        return phrase
+    first = words[0].lower()
+    if first in _NO_ARTICLE or first[0].isdigit():
+        return " ".join(words)
+    if _is_plural(_head_noun(words, name)):
+        return " ".join(words)
+    return f"{indefinite_article(first)} {' '.join(words)}"
+
+
+def indefinite_article(word: str) -> str:
+    w = re.sub(r"[^a-z0-9]", "", word.lower())
+    if not w:
+        return "a"
+    if w.startswith(_AN_SILENT_H):
+        return "an"
+    if w.startswith(_AN_EXCEPTIONS):
+        return "a"
+    return "an" if w[0] in "aeiou" else "a"
+
+
+STAGE = InpaintRemoveStage
