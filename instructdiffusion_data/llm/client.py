@@ -1,0 +1,235 @@
+"""A production client for any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp server).
+
+:class:`LLMClient` wraps the real ``openai`` client and adds what a data job needs:
+
+- a per-request timeout, and retries with exponential backoff plus jitter on 429, 5xx, timeouts,
+  connection errors and unreadable (non-JSON) answer bodies (``Retry-After`` is honoured, capped by
+  ``backoff_max_s``); other HTTP errors (400, 401, 404) fail at once;
+- bounded concurrency: :meth:`LLMClient.complete_many` runs at most ``concurrency`` requests at a time
+  in a thread pool;
+- a persistent cache (:mod:`.cache`, SQLite) keyed by ``sha256(model, messages, params)``: an answer
+  is bought once, a rerun reads it back and makes zero requests;
+- a budget (``max_requests``, ``max_total_tokens``) booked in the cache file's ledger under
+  ``budget_scope``, shared by all processes using that file; when spent, :class:`BudgetExhausted` is
+  raised for every further uncached request (cached answers are still served: they are free);
+- statistics (requests, retries, cache hits, tokens, errors) in :attr:`LLMClient.stats`.
+
+The API key is read from the environment variable named by ``api_key_env`` (never from the config
+file). Local servers usually accept any key; when the variable is unset, ``"none"`` is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cache import BudgetExhausted, CachedResponse, SqliteCache, request_key
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LLMConfig", "LLMClient", "LLMError", "BudgetExhausted", "Completion"]
+
+
+@dataclass
+class LLMConfig:
+    """Where and how to ask. ``base_url`` None means no endpoint: callers use their template path."""
+
+    base_url: str | None = None  # e.g. https://api.openai.com/v1, http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp)
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
+    temperature: float = 0.7
+    max_tokens: int = 128  # per answer
+    json_mode: bool = True  # send response_format={"type": "json_object"}
+    timeout_s: float = 30.0  # per request
+    max_retries: int = 5  # retries after the first attempt, on 429 / 5xx / timeout / connection error
+    backoff_base_s: float = 0.5  # first retry waits about this long, doubling each time
+    backoff_max_s: float = 30.0
+    concurrency: int = 4  # requests in flight at once (per worker)
+    cache_path: str | None = "cache/llm.sqlite"  # None: in-memory cache (this process only)
+    max_requests: int | None = None  # budget: paid requests in total under budget_scope
+    max_total_tokens: int | None = None  # budget: prompt + completion tokens in total under budget_scope
+    budget_scope: str = "default"  # ledger entry the budget is counted in (shared through the cache file)
+    extra_body: dict = field(default_factory=dict)  # server-specific options (e.g. vLLM guided decoding)
+
+
+class LLMError(Exception):
+    """A request failed for good (non-retryable status, or retries exhausted)."""
+
+
+@dataclass
+class Completion:
+    text: str
+    cached: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0  # HTTP attempts made for this answer (0 when cached)
+
+
+class LLMClient:
+    def __init__(self, config: LLMConfig | dict | None = None, *, seed: int = 0):
+        from .. import config as cfgmod
+
+        self.config: LLMConfig = cfgmod.build(LLMConfig, config or {}, where="llm")
+        if not self.config.base_url:
+            raise ValueError("LLMClient needs llm.base_url; use the template path when no endpoint is configured")
+        self.cache = SqliteCache(self.config.cache_path)
+        self._rand = random.Random(seed)
+        self._stats_lock = threading.Lock()
+        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "cache_hits": 0, "prompt_tokens": 0,
+                                      "completion_tokens": 0, "errors": 0, "budget_refused": 0}
+        self._client = None
+        self._client_lock = threading.Lock()
+
+    # -- the openai client, created lazily (the object pickles cheaply for Ray) -----------------
+    @property
+    def client(self):
+        with self._client_lock:
+            if self._client is None:
+                import openai
+
+                key = os.environ.get(self.config.api_key_env) or "none"
+                # our own retry loop counts and logs attempts; the library's is turned off
+                self._client = openai.OpenAI(base_url=self.config.base_url, api_key=key,
+                                             timeout=self.config.timeout_s, max_retries=0)
+            return self._client
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_client"] = None
+        state["cache"] = None
+        state["_stats_lock"] = None
+        state["_client_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._stats_lock = threading.Lock()
+        self._client_lock = threading.Lock()
+        self.cache = SqliteCache(self.config.cache_path)
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for k, v in deltas.items():
+                self.stats[k] = self.stats.get(k, 0) + v
+
+    def params(self, **overrides: Any) -> dict[str, Any]:
+        """Generation parameters sent with (and hashed into the cache key of) each request."""
+        p: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        if self.config.json_mode:
+            p["response_format"] = {"type": "json_object"}
+        if self.config.extra_body:
+            p["extra_body"] = self.config.extra_body
+        p.update({k: v for k, v in overrides.items() if v is not None})
+        return p
+
+    # -- one request ---------------------------------------------------------------------------
+    def complete(self, messages: list[dict], **overrides: Any) -> Completion:
+        """The answer to ``messages``: from the cache, or bought (budget permitting) and cached.
+        Raises :class:`BudgetExhausted` or :class:`LLMError`."""
+        cfg = self.config
+        params = self.params(**overrides)
+        key = request_key(cfg.model, messages, params)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self._count(cache_hits=1)
+            return Completion(hit.text, True, hit.prompt_tokens, hit.completion_tokens, 0)
+        try:
+            self.cache.reserve(cfg.budget_scope, cfg.max_requests, cfg.max_total_tokens)
+        except BudgetExhausted:
+            self._count(budget_refused=1)
+            raise
+        text, usage, attempts = self._request(messages, params)
+        resp = CachedResponse(text, usage[0], usage[1])
+        self.cache.put(key, cfg.model, resp)
+        self.cache.charge_tokens(cfg.budget_scope, usage[0] + usage[1])
+        self._count(prompt_tokens=usage[0], completion_tokens=usage[1])
+        return Completion(text, False, usage[0], usage[1], attempts)
+
+    def _request(self, messages: list[dict], params: dict[str, Any]) -> tuple[str, tuple[int, int], int]:
+        import openai
+
+        cfg = self.config
+        p = dict(params)
+        extra_body = p.pop("extra_body", None)
+        attempt = 0
+        while True:
+            attempt += 1
+            self._count(requests=1)
+            try:
+                resp = self.client.chat.completions.create(model=cfg.model, messages=messages,
+                                                           extra_body=extra_body, timeout=cfg.timeout_s, **p)
+            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+                    openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as e:
+                # ValueError: a body that is not JSON at all (a proxy's error page): retried like a 5xx
+                if attempt > cfg.max_retries:
+                    self._count(errors=1)
+                    raise LLMError(f"llm request failed after {attempt} attempts: {_describe(e)}") from None
+                delay = self._backoff(attempt, e)
+                log.info("llm: %s, retry %d/%d in %.2fs", _describe(e), attempt, cfg.max_retries, delay)
+                self._count(retries=1)
+                time.sleep(delay)
+                continue
+            except openai.APIStatusError as e:
+                self._count(errors=1)
+                raise LLMError(f"llm request rejected: {_describe(e)}") from None
+            choice = resp.choices[0] if getattr(resp, "choices", None) else None
+            text = (choice.message.content if choice and choice.message else None) or ""
+            usage = getattr(resp, "usage", None)
+            tokens = (int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0))
+            return text, tokens, attempt
+
+    def _backoff(self, attempt: int, exc: Exception) -> float:
+        cfg = self.config
+        base = min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** (attempt - 1)))
+        delay = base * (0.5 + 0.5 * self._rand.random())  # jitter: between half and all of the step
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, cfg.backoff_max_s))
+        return delay
+
+    # -- many requests -------------------------------------------------------------------------
+    def complete_many(self, requests: list[list[dict]], per_request: list[dict] | None = None,
+                      **overrides: Any) -> list[Completion | Exception]:
+        """Answer each message list, at most ``concurrency`` in flight; each result is a
+        :class:`Completion` or the exception (``BudgetExhausted``, ``LLMError``) for that request.
+        ``per_request[i]`` adds parameters to request ``i`` (e.g. its ``seed``)."""
+
+        def one(i: int) -> Completion | Exception:
+            extra = dict(overrides, **(per_request[i] if per_request else {}))
+            try:
+                return self.complete(requests[i], **extra)
+            except (BudgetExhausted, LLMError) as e:
+                return e
+
+        workers = max(1, min(self.config.concurrency, len(requests)))
+        if workers == 1:
+            return [one(i) for i in range(len(requests))]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, range(len(requests))))
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    if status:
+        return f"HTTP {status}"
+    if isinstance(exc, ValueError):
+        return "unreadable answer"
+    return type(exc).__name__
+
+
+def _retry_after(exc: Exception) -> float | None:
+    resp = getattr(exc, "response", None)
+    headers = getattr(resp, "headers", None)
+    if not headers:
+        return None
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

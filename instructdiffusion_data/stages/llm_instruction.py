@@ -1,0 +1,178 @@
+"""``llm_instruction``: write the edit instruction of IEIW rows (paper 3.2) with an LLM or templates.
+
+Input rows: task ``edit_remove``, ``edit_add`` or ``edit_replace`` (other tasks pass through untouched).
+What the edit is about is read from ``meta`` (first found wins):
+
+- edited object (removed / added / replaced): ``meta["object"]``, ``meta["src_label"]``,
+  ``meta["phrase"]`` (PhraseCut), ``meta["captions"]["src_region"]``, ``meta["region"]["label"]``;
+- replacement target: ``meta["ref_label"]``, ``meta["captions"]["reference"]``,
+  ``meta["captions"]["tgt_region"]``, ``meta["reference"]["label"]``;
+- whole-image captions: ``meta["captions"]["src"]`` and ``meta["captions"]["tgt"]`` (the ``caption``
+  stage writes ``meta["captions"]``).
+
+Output: ``instruction`` and ``meta["instruction_provenance"]`` =
+``{"path": "llm", "model", "cached", "prompt_tokens", "completion_tokens", "attempts"}`` or
+``{"path": "template", "template_index", "templates"}`` (plus ``"fallback": reason`` when a
+template stood in for a failed LLM call, see ``on_budget_exhausted`` / ``on_error``).
+
+With ``llm.base_url`` unset the instruction comes from the task's templates
+(``configs/instructions/<task>.txt``, or ``<task>.expanded.txt`` when present), chosen with the row's
+seeded generator: the same row always gets the same text. With an endpoint, every row is asked of the
+LLM (cached, retried, budgeted: :mod:`instructdiffusion_data.llm`) and the answer validated; a row
+whose answer fails validation is dropped with the reason (``llm_instruction: instruction does not
+mention the edited object``). When the budget is spent, the remaining rows are dropped with
+``llm budget exhausted`` (default; a rerun with a larger budget and ``--overwrite`` re-asks only
+those, the rest come from the cache) or, with ``on_budget_exhausted: template``, keep a template
+instruction marked as such.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import ConfigError
+from ..llm import (BudgetExhausted, EditSpec, InvalidResponse, Limits, LLMClient, LLMConfig, LLMError,
+                   check_instruction, instruction_messages, parse_instruction, task_templates, template_instruction)
+from ..llm.prompts import EDIT_TASKS
+from ..schema import Row, drop
+from ..stage import Stage, StageConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LLMInstructionConfig(StageConfig):
+    batch_size: int = 32
+    llm: LLMConfig = field(default_factory=LLMConfig)  # llm.base_url unset: template path
+    templates_dir: str | None = None  # default: configs/instructions of the checkout (IDD_CONFIG_DIR)
+    on_budget_exhausted: Literal["drop", "template"] = "drop"
+    on_error: Literal["drop", "template"] = "drop"  # an LLM call that failed for good (after retries)
+    min_chars: int = 8
+    max_chars: int = 200
+    min_words: int = 2
+    max_words: int = 30
+    per_row_seed: bool = True  # send a seed derived from the row key (diversity across identical inputs)
+
+
+def _first(*values) -> str | None:
+    for v in values:
+        if isinstance(v, str) and v.strip():
+            return " ".join(v.split())
+    return None
+
+
+def edit_spec(row: Row) -> EditSpec:
+    """The edit a row describes, from its task and meta (see module docstring)."""
+    meta = row.get("meta") or {}
+    caps = meta.get("captions") if isinstance(meta.get("captions"), dict) else {}
+    region = meta.get("region") if isinstance(meta.get("region"), dict) else {}
+    ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}
+    obj = _first(meta.get("object"), meta.get("src_label"), meta.get("phrase"), caps.get("src_region"),
+                 region.get("label"))
+    if obj is None:
+        raise ValueError("no edited object in meta (expected phrase, src_label, object or captions.src_region)")
+    target = None
+    if row["task"] == "edit_replace":
+        target = _first(meta.get("ref_label"), caps.get("reference"), caps.get("tgt_region"), ref.get("label"))
+        if target is None:
+            raise ValueError("no replacement target in meta (expected ref_label, captions.reference or captions.tgt_region)")
+    return EditSpec(task=row["task"], obj=obj, target_obj=target, source_caption=_first(caps.get("src")),
+                    target_caption=_first(caps.get("tgt")))
+
+
+class LLMInstruction(Stage):
+    name = "llm_instruction"
+    Config = LLMInstructionConfig
+
+    def validate(self) -> None:
+        c = self.config
+        if c.min_chars > c.max_chars or c.min_words > c.max_words:
+            raise ConfigError(f"stages({self.name}): min_chars/min_words must not exceed max_chars/max_words")
+        if c.llm.base_url and c.llm.concurrency < 1:
+            raise ConfigError(f"stages({self.name}).llm.concurrency: must be >= 1")
+        if c.templates_dir:
+            from ..config import check_path
+
+            check_path(c.templates_dir, f"stages({self.name}).templates_dir", kind="dir")
+
+    def setup(self) -> None:
+        self.client = LLMClient(self.config.llm, seed=self.seed) if self.config.llm.base_url else None
+        self._templates: dict[str, tuple[list[str], str]] = {}
+        self.limits = Limits(self.config.min_chars, self.config.max_chars, self.config.min_words, self.config.max_words)
+
+    def templates(self, task: str) -> tuple[list[str], str]:
+        if task not in self._templates:
+            self._templates[task] = task_templates(task, self.config.templates_dir)
+        return self._templates[task]
+
+    def _template(self, row: Row, spec: EditSpec, **extra) -> Row:
+        templates, source = self.templates(spec.task)
+        idx, text = template_instruction(spec, self.rng(row["key"], "template"), templates)
+        row["instruction"] = text
+        row["meta"]["instruction_provenance"] = {"path": "template", "template_index": idx, "templates": source, **extra}
+        return row
+
+    def process(self, rows: list[Row]) -> list[Row]:
+        todo: list[tuple[Row, EditSpec]] = []
+        out: list[Row] = []
+        for row in rows:
+            if row["task"] not in EDIT_TASKS:
+                out.append(row)
+                continue
+            try:
+                spec = edit_spec(row)
+            except ValueError as e:
+                out.append(drop(row, f"{self.name}: {e}"))
+                continue
+            if self.client is None:
+                out.append(self._template(row, spec))
+            else:
+                todo.append((row, spec))
+        if todo:
+            out.extend(self._ask(todo))
+        return out
+
+    def _ask(self, todo: list[tuple[Row, EditSpec]]) -> list[Row]:
+        c = self.config
+        requests = [instruction_messages(spec, c.max_words) for _, spec in todo]
+        extra = [{"seed": int(self.rng(row["key"], "llm").integers(2**31))} if c.per_row_seed else {} for row, _ in todo]
+        results = self.client.complete_many(requests, extra)
+        out = []
+        for (row, spec), res in zip(todo, results):
+            if isinstance(res, BudgetExhausted):
+                if c.on_budget_exhausted == "template":
+                    out.append(self._template(row, spec, fallback="llm budget exhausted"))
+                else:
+                    out.append(drop(row, "llm budget exhausted"))
+                continue
+            if isinstance(res, Exception):
+                if c.on_error == "template":
+                    out.append(self._template(row, spec, fallback=str(res)))
+                else:
+                    out.append(drop(row, f"{self.name}: {res}"))
+                continue
+            prov = {"path": "llm", "model": c.llm.model, "cached": res.cached, "prompt_tokens": res.prompt_tokens,
+                    "completion_tokens": res.completion_tokens, "attempts": res.attempts}
+            row["meta"]["instruction_provenance"] = prov
+            try:
+                text = parse_instruction(res.text)
+            except InvalidResponse as e:
+                out.append(drop(row, f"{self.name}: {e}"))
+                continue
+            reason = check_instruction(text, spec.objects(), self.limits)
+            if reason:
+                row["meta"]["instruction_rejected"] = text
+                out.append(drop(row, f"{self.name}: {reason}"))
+                continue
+            row["instruction"] = text
+            out.append(row)
+        s = self.client.stats
+        log.info("%s: %d rows; requests %d (retries %d), cache hits %d, tokens %d+%d, budget refused %d",
+                 self.name, len(todo), s["requests"], s["retries"], s["cache_hits"], s["prompt_tokens"],
+                 s["completion_tokens"], s["budget_refused"])
+        return out
+
+
+STAGE = LLMInstruction
