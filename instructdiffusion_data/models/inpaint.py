@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -98,7 +99,9 @@ class LamaInpainter:
         self.batch_size = max(1, int(batch_size))
         self.half = bool(half) and self.device.type == "cuda"
         try:
-            self.model = torch.jit.load(str(self.path), map_location=self.device)
+            with warnings.catch_warnings():  # torch 2.14 marks jit as deprecated; big-lama.pt is TorchScript
+                warnings.simplefilter("ignore", FutureWarning)
+                self.model = torch.jit.load(str(self.path), map_location=self.device)
         except RuntimeError as e:
             raise ConfigError(f"lama backend: {self.path}: not a TorchScript file ({str(e).splitlines()[0]})") from None
         self.model.eval()

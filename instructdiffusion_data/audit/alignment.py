@@ -1,0 +1,111 @@
+"""Alignment picks -> a regular output (train split tars + parquet + manifest) the trainer reads.
+
+Paper section 3.3: for samples edited with several guidance scales, auditors pick the best 0-2 targets;
+that set fine-tunes the model. The picks are ``align_pick`` labels in ``<output>/audit/labels.sqlite``
+(see :mod:`.labels`); the samples are read back from that output's shards by their sidecar offsets and
+written again with :class:`~instructdiffusion_data.writer.ShardWriter`, each row's ``meta`` gaining an
+``alignment`` entry (group, auditor, time, source output).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import duckdb
+
+from ..errors import UserError
+from ..schema import drop, new_row
+from ..writer import MANIFEST, SPLITS, ShardWriter
+from .catalog import finished_parquets
+from .images import MemberError, read_member
+from .labels import alignment_picks
+
+log = logging.getLogger(__name__)
+
+EXPORT_KIND = "alignment-export"
+ROWS_PER_SHARD = 1000
+
+
+def source_output_of(labels: Path) -> Path:
+    """``<output>/audit/labels.sqlite`` -> ``<output>`` (which must hold a manifest)."""
+    out = labels.resolve().parent.parent
+    if not (out / MANIFEST).is_file():
+        raise UserError(f"{labels}: expected at <output>/audit/labels.sqlite, but {out} has no {MANIFEST}")
+    return out
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        man = out / MANIFEST
+        try:
+            prev = json.loads(man.read_text()) if man.is_file() else {}
+        except ValueError:
+            prev = {}
+        if (prev.get("config") or {}).get("kind") != EXPORT_KIND:
+            raise UserError(f"{out}: exists and is not an earlier alignment export; choose an empty folder")
+        for split in SPLITS:
+            shutil.rmtree(out / split, ignore_errors=True)
+        man.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def export_alignment(labels: str | Path, out: str | Path) -> dict:
+    """Write the alignment picks of one labels file as an output at ``out``; returns the manifest."""
+    labels, out = Path(labels), Path(out)
+    if not labels.is_file():
+        raise UserError(f"{labels}: no such labels file")
+    src_out = source_output_of(labels)
+    picks = alignment_picks(labels)
+    by_key = {p["key"]: p for p in picks}
+    found: dict[str, dict] = {}
+    con = duckdb.connect(":memory:")
+    for split in SPLITS:
+        files = finished_parquets(src_out / split)
+        if not files or not by_key:
+            continue
+        cur = con.execute("SELECT * FROM read_parquet(?) WHERE list_contains(?, key) ORDER BY key",
+                          [files, list(by_key)])
+        cols = [d[0] for d in cur.description]
+        for rec in cur.fetchall():
+            r = dict(zip(cols, rec))
+            found.setdefault(r["key"], {**r, "_split": split})
+    con.close()
+    rows = []
+    for key, pick in sorted(by_key.items()):
+        r = found.get(key)
+        if r is None:
+            row = new_row(key=key, meta={"alignment": pick, "source_output": str(src_out)})
+            rows.append(drop(row, f"picked sample not found in the source output (key={key})"))
+            continue
+        try:
+            meta = json.loads(r["meta"]) if r["meta"] else {}
+        except ValueError:
+            meta = {"_unparsed": r["meta"]}
+        meta["alignment"] = {**pick, "source_output": str(src_out), "source_split": r["_split"]}
+        row = new_row(key=key, task=r["task"], dataset=r["dataset"], instruction=r["instruction"], meta=meta)
+        tar = src_out / r["_split"] / r["tar"]
+        try:
+            if src_out.resolve() not in tar.resolve().parents:
+                raise MemberError("tar outside the output")
+            for col in ("src", "tgt", "mask"):
+                if r[f"{col}_size"]:
+                    row[col] = read_member(tar, r[f"{col}_offset"], r[f"{col}_size"])
+            if not row["src"] or not row["tgt"]:
+                raise MemberError("source or target image missing")
+        except MemberError as e:
+            drop(row, f"image unreadable: {e} (key={key}, tar={tar})")
+        rows.append(row)
+    _prepare_out(out)
+    writer = ShardWriter(out)
+    for i in range(0, max(len(rows), 1), ROWS_PER_SHARD):
+        writer.write_shard(i // ROWS_PER_SHARD, rows[i:i + ROWS_PER_SHARD])
+    manifest = writer.write_manifest(
+        config={"kind": EXPORT_KIND, "labels": str(labels.resolve()), "source_output": str(src_out)},
+        extra={"name": "alignment", "version": out.name, "mixture_weight": 1.0,
+               "source_manifest": {k: (json.loads((src_out / MANIFEST).read_text())).get(k)
+                                   for k in ("name", "version")}})
+    log.info("alignment export: %d picks -> %s", len(rows), out)
+    return manifest

@@ -1,0 +1,294 @@
+"""The FastAPI application behind ``idd audit``.
+
+Read-only for everyone; labelling (accept / reject, alignment picks, alignment export) needs the token the
+server was started with (header ``X-Audit-Token``); without a token configured the server is read-only.
+Only outputs found under the root are addressable (by their relative name from the catalog, never a path
+from the request), tar paths from the sidecars are checked to stay inside their output, and anything else
+is a 404. Query values are bound parameters in DuckDB and SQLite.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from pathlib import Path
+
+from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..errors import UserError
+from ..writer import SPLITS
+from .alignment import export_alignment
+from .catalog import MAX_PAGE_SIZE, MAX_SCORE_FILTERS, MAX_TEXT, Catalog, Filters
+from .images import MemberError, ThumbCache, check_image, error_tile, read_member
+from .labels import LabelStore
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+KINDS = ("src", "tgt", "mask")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "idd" / "audit-thumbs"
+
+
+def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: str | os.PathLike | None = None,
+               use_cache: bool = True, refresh_s: float = 2.0) -> FastAPI:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: audit root is not a folder")
+    catalog = Catalog(root, refresh_s=refresh_s)
+    thumbs = ThumbCache((cache_dir or default_cache_dir()) if use_cache else None)
+    app = FastAPI(title="idd audit", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.catalog = catalog
+    app.state.thumbs = thumbs
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def need_output(name: str | None):
+        out = catalog.output(name or "")
+        if out is None:
+            raise HTTPException(404, "no such output")
+        return out
+
+    def need_split(split: str) -> str:
+        if split not in SPLITS:
+            raise HTTPException(404, "no such split")
+        return split
+
+    def need_row(output: str, split: str, key: str) -> dict:
+        need_output(output)
+        row = catalog.row(output, need_split(split), key)
+        if row is None:
+            raise HTTPException(404, "no such sample")
+        return row
+
+    def tar_path(row: dict) -> Path:
+        out = need_output(row["output"])
+        p = (out.path / row["tar"]).resolve()
+        if out.path.resolve() not in p.parents:
+            raise HTTPException(404, "no such file")
+        return p
+
+    def require_token(x_audit_token: str | None) -> None:
+        if not token:
+            raise HTTPException(403, "read-only: the server was started without --token-env")
+        if not x_audit_token or not hmac.compare_digest(x_audit_token.encode(), token.encode()):
+            raise HTTPException(401, "a valid X-Audit-Token header is required to label")
+
+    def filters(output, split, task, dataset, reason, q, score) -> Filters:
+        if split:
+            need_split(split)
+        if output:
+            need_output(output)
+        ranges = []
+        for spec in (score or [])[:MAX_SCORE_FILTERS]:
+            name, _, rest = spec.partition(":")
+            lo, _, hi = rest.partition(":")
+            try:
+                ranges.append((name, float(lo) if lo.strip() else None, float(hi) if hi.strip() else None))
+            except ValueError:
+                raise HTTPException(422, f"score filter must be NAME:MIN:MAX, not {spec[:80]!r}") from None
+        return Filters(output=output or None, split=split or None, task=task or None, dataset=dataset or None,
+                       reason=reason or None, text=q or None, scores=ranges)
+
+    @app.exception_handler(UserError)
+    async def _user_error(request: Request, exc: UserError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    # -- pages -----------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/api/info")
+    def info():
+        return {"version": __version__, "root": root.name, "writable": bool(token), "max_page_size": MAX_PAGE_SIZE}
+
+    @app.post("/api/auth")
+    def auth(x_audit_token: str | None = Header(None)):
+        require_token(x_audit_token)
+        return {"ok": True}
+
+    @app.get("/api/outputs")
+    def outputs():
+        catalog.refresh()
+        return [o.summary() for _, o in sorted(catalog.outputs.items())]
+
+    @app.get("/api/counts")
+    def counts(output: str | None = None, split: str | None = None, task: str | None = None,
+               dataset: str | None = None, reason: str | None = None,
+               q: str | None = Query(None, max_length=MAX_TEXT), score: list[str] | None = Query(None)):
+        return catalog.counts(filters(output, split, task, dataset, reason, q, score))
+
+    @app.get("/api/histograms")
+    def histograms(output: str | None = None, split: str | None = None, bins: int = Query(20, ge=2, le=100)):
+        return catalog.histograms(filters(output, split, None, None, None, None, None), bins=bins)
+
+    @app.get("/api/samples")
+    def samples(output: str | None = None, split: str | None = None, task: str | None = None,
+                dataset: str | None = None, reason: str | None = None,
+                q: str | None = Query(None, max_length=MAX_TEXT), score: list[str] | None = Query(None),
+                sort: str = Query("key", max_length=200), order: str = Query("asc", pattern="^(asc|desc)$"),
+                page: int = Query(0, ge=0, le=10_000_000), page_size: int = Query(48, ge=1, le=MAX_PAGE_SIZE)):
+        res = catalog.search(filters(output, split, task, dataset, reason, q, score), sort=sort, order=order,
+                             page=page, page_size=page_size)
+        by_output: dict[str, list[str]] = {}
+        for r in res["rows"]:
+            by_output.setdefault(r["output"], []).append(r["key"])
+        verdicts = {}
+        for name, keys in by_output.items():
+            out = catalog.output(name)
+            if out is not None:
+                verdicts[name] = LabelStore(out.path, name).verdicts(keys)
+        for r in res["rows"]:
+            r["label"] = verdicts.get(r["output"], {}).get(r["key"])
+        return res
+
+    @app.get("/api/sample")
+    def sample(output: str, split: str, key: str = Query(..., max_length=500)):
+        row = need_row(output, split, key)
+        out = need_output(output)
+        meta = catalog.meta(row)
+        store = LabelStore(out.path, output)
+        pub = {k: v for k, v in row.items() if k not in ("pq_file", "filter_json", "tar")}
+        pub["has_mask"] = bool(row.get("mask_size"))
+        pub["shard"] = row["tar"]
+        return {"row": pub, "meta": meta, "pair": [r for r in catalog.related(row, "pair_id") if r["key"] != key],
+                "group": catalog.related(row, "group_id"), "labels": store.history(key=key),
+                "reference": describe_reference(meta.get("reference"))}
+
+    @app.get("/api/image")
+    def image(output: str, split: str, key: str = Query(..., max_length=500),
+              kind: str = Query("src", pattern="^(src|tgt|mask)$"), thumb: bool = False,
+              style: str = Query("image", pattern="^(image|overlay)$")):
+        row = need_row(output, split, key)
+        if not row.get(f"{kind}_size"):
+            raise HTTPException(404, f"sample has no {kind} image")
+        tar = tar_path(row)
+        off, size = row[f"{kind}_offset"], row[f"{kind}_size"]
+        try:
+            if thumb:
+                tkind = "image" if kind != "mask" else ("overlay" if style == "overlay" else "mask")
+                data, media = thumbs.get(tar, off, size, tkind)
+                return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
+            data = read_member(tar, off, size)
+            return Response(data, media_type=check_image(data), headers={"Cache-Control": "max-age=3600"})
+        except MemberError as e:
+            log.warning("%s: %s %s member unreadable: %s", tar, key, kind, e)
+            return Response(error_tile(), media_type="image/png",
+                            headers={"X-Audit-Error": str(e)[:200], "Cache-Control": "no-store"})
+
+    @app.get("/api/reference")
+    def reference(output: str, split: str, key: str = Query(..., max_length=500)):
+        """The reference patch of a replacement: embedded bytes, another sample of the output, or a file
+        under the root, depending on what ``meta["reference"]`` holds."""
+        row = need_row(output, split, key)
+        ref = catalog.meta(row).get("reference")
+        ref_key = _ref_field(ref, "key", "sample_key", "patch_key")
+        if ref_key:
+            other = catalog.find_key(output, ref_key)
+            if other is not None and other.get("src_size"):
+                try:
+                    data = read_member(tar_path(other), other["src_offset"], other["src_size"])
+                    return Response(data, media_type=check_image(data))
+                except MemberError:
+                    return Response(error_tile(), media_type="image/png", headers={"X-Audit-Error": "corrupt"})
+        f = _ref_field(ref, "file", "path", "patch_file", "image")
+        if f:
+            p = Path(f)
+            p = (root / p).resolve() if not p.is_absolute() else p.resolve()
+            if root.resolve() in p.parents and p.is_file():
+                data = p.read_bytes()
+                try:
+                    return Response(data, media_type=check_image(data))
+                except MemberError:
+                    return Response(error_tile(), media_type="image/png", headers={"X-Audit-Error": "corrupt"})
+        raise HTTPException(404, "no reference image reachable under the root")
+
+    # -- labels ----------------------------------------------------------------------------------------
+    @app.get("/api/labels")
+    def labels(output: str, key: str | None = Query(None, max_length=500),
+               group: str | None = Query(None, max_length=500)):
+        out = need_output(output)
+        return LabelStore(out.path, output).history(key=key, group_id=group)
+
+    @app.post("/api/labels")
+    def add_label(body: dict = Body(...), x_audit_token: str | None = Header(None)):
+        require_token(x_audit_token)
+        output, split, key = str(body.get("output", "")), str(body.get("split", "")), str(body.get("key", ""))
+        need_row(output, split, key)
+        out = need_output(output)
+        return LabelStore(out.path, output).add(key, str(body.get("verdict", "")), str(body.get("auditor", "")),
+                                                body.get("comment"))
+
+    # -- alignment -------------------------------------------------------------------------------------
+    @app.get("/api/align/groups")
+    def align_groups(output: str | None = None, page: int = Query(0, ge=0),
+                     page_size: int = Query(24, ge=1, le=MAX_PAGE_SIZE)):
+        if output:
+            need_output(output)
+        return catalog.groups(output, page=page, page_size=page_size)
+
+    @app.get("/api/align/group")
+    def align_group(output: str, group: str = Query(..., max_length=500)):
+        out = need_output(output)
+        rows = catalog.group(output, group)
+        if not rows:
+            raise HTTPException(404, "no such group")
+        return {"candidates": rows, "labels": LabelStore(out.path, output).history(group_id=group)}
+
+    @app.post("/api/align/pick")
+    def align_pick(body: dict = Body(...), x_audit_token: str | None = Header(None)):
+        require_token(x_audit_token)
+        output, group = str(body.get("output", "")), str(body.get("group", ""))
+        out = need_output(output)
+        keys = body.get("keys") or []
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise HTTPException(422, "keys must be a list of sample keys")
+        members = {r["key"] for r in catalog.group(output, group)}
+        if not members:
+            raise HTTPException(404, "no such group")
+        if set(keys) - members:
+            raise HTTPException(422, "every pick must be a candidate of the group")
+        return LabelStore(out.path, output).pick(group, keys, str(body.get("auditor", "")), body.get("comment"))
+
+    @app.post("/api/align/export")
+    def align_export(body: dict = Body(...), x_audit_token: str | None = Header(None)):
+        """Export the picks of one output to ``<output>/audit/alignment`` (fixed place under the root)."""
+        require_token(x_audit_token)
+        out = need_output(str(body.get("output", "")))
+        store = LabelStore(out.path, out.rel)
+        if not store.path.is_file():
+            raise HTTPException(404, "no labels for this output yet")
+        dest = out.path / "audit" / "alignment"
+        manifest = export_alignment(store.path, dest)
+        return {"out": dest.relative_to(root.resolve()).as_posix() if root.resolve() in dest.resolve().parents
+                else str(dest), "splits": {s: manifest["splits"][s]["rows"] for s in SPLITS}}
+
+    return app
+
+
+def _ref_field(ref, *names: str):
+    if isinstance(ref, str):
+        return ref if "file" in names or "path" in names else None
+    if isinstance(ref, dict):
+        for n in names:
+            v = ref.get(n)
+            if isinstance(v, str) and v:
+                return v
+    return None
+
+
+def describe_reference(ref) -> dict | None:
+    """What the page says about ``meta["reference"]`` (whatever its shape)."""
+    if ref is None:
+        return None
+    if isinstance(ref, dict):
+        return {"fields": {k: v for k, v in ref.items() if not isinstance(v, (dict, list)) or len(str(v)) < 400}}
+    return {"fields": {"value": ref if isinstance(ref, (str, int, float, bool)) else str(ref)[:400]}}

@@ -1,0 +1,130 @@
+"""Image members read straight out of the tars by the sidecar offsets, thumbnails and their disk cache.
+
+Nothing is extracted: ``tar_bytes[offset:offset + size]`` is the member (writer.py). A thumbnail is keyed by
+the tar's path, the member's offset and size, the tar's mtime (a rewritten shard never serves a stale
+thumbnail), the kind and the size, and stored as a small file under the cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import RecordError
+from ..imageio import decode, decode_gray, encode_jpeg, encode_png, sniff_ext
+
+log = logging.getLogger(__name__)
+
+MEDIA = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+THUMB_KINDS = ("image", "mask", "overlay")
+
+
+class MemberError(Exception):
+    """A member cannot be read or decoded (truncated tar, corrupt bytes)."""
+
+
+def read_member(tar: Path, offset: int | None, size: int | None) -> bytes:
+    if offset is None or size is None or size <= 0 or offset < 0:
+        raise MemberError("no such member")
+    try:
+        with open(tar, "rb") as fh:
+            fh.seek(int(offset))
+            data = fh.read(int(size))
+    except OSError as e:
+        raise MemberError(f"tar unreadable ({e.strerror})") from None
+    if len(data) != size:
+        raise MemberError(f"member truncated ({len(data)} of {size} bytes)")
+    return data
+
+
+def check_image(data: bytes) -> str:
+    """The media type of complete image bytes; corrupt or unknown bytes raise MemberError."""
+    ext = sniff_ext(data)
+    if ext not in MEDIA:
+        raise MemberError("member is not an image")
+    if ext == "jpg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise MemberError("JPEG member is truncated")
+    return MEDIA[ext]
+
+
+def _fit(arr: np.ndarray, max_side: int, interp: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return arr
+    return cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interp)
+
+
+def make_thumbnail(data: bytes, kind: str, max_side: int) -> tuple[bytes, str]:
+    try:
+        if kind == "image":
+            rgb = decode(data)
+            return encode_jpeg(_fit(rgb, max_side, cv2.INTER_AREA), quality=85), "image/jpeg"
+        mask = decode_gray(data)
+        mask = _fit(mask, max_side, cv2.INTER_NEAREST)
+        if kind == "mask":
+            return encode_png(mask), "image/png"
+        rgba = np.zeros(mask.shape + (4,), np.uint8)  # red, half transparent where the mask is set
+        rgba[..., 0] = 255
+        rgba[..., 3] = np.where(mask > 0, 140, 0).astype(np.uint8)
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+        if not ok:
+            raise MemberError("PNG encoding failed")
+        return buf.tobytes(), "image/png"
+    except RecordError as e:
+        raise MemberError(str(e)) from None
+
+
+@lru_cache(maxsize=8)
+def error_tile(message: str = "corrupt", side: int = 160) -> bytes:
+    """A grey tile with a red cross and a word: what the page shows for an unreadable member."""
+    tile = np.full((side, side, 3), 60, np.uint8)
+    cv2.line(tile, (12, 12), (side - 12, side - 12), (200, 40, 40), 3)
+    cv2.line(tile, (side - 12, 12), (12, side - 12), (200, 40, 40), 3)
+    word = "".join(c for c in message[:14] if 32 <= ord(c) < 127)
+    cv2.putText(tile, word, (8, side // 2 + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return encode_png(tile)
+
+
+class ThumbCache:
+    """Thumbnails on disk under ``folder`` (None: no cache, every thumbnail is decoded again)."""
+
+    def __init__(self, folder: str | os.PathLike | None, max_side: int = 256):
+        self.folder = Path(folder) if folder else None
+        self.max_side = max_side
+        self.hits = 0
+        self.misses = 0
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, tar: Path, offset: int, size: int, kind: str) -> Path:
+        try:
+            mtime = tar.stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        h = hashlib.sha1(f"{tar}\0{offset}\0{size}\0{mtime}\0{kind}\0{self.max_side}".encode()).hexdigest()
+        return self.folder / h[:2] / f"{h}.{'jpg' if kind == 'image' else 'png'}"
+
+    def get(self, tar: Path, offset: int | None, size: int | None, kind: str) -> tuple[bytes, str]:
+        """Thumbnail bytes and media type; raises MemberError for an unreadable member."""
+        if kind not in THUMB_KINDS:
+            raise ValueError(kind)
+        media = "image/jpeg" if kind == "image" else "image/png"
+        path = self._path(tar, offset or 0, size or 0, kind) if self.folder else None
+        if path is not None and path.is_file():
+            self.hits += 1
+            return path.read_bytes(), media
+        self.misses += 1
+        data, media = make_thumbnail(read_member(tar, offset, size), kind, self.max_side)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return data, media

@@ -1,0 +1,1 @@
+"""Model adapters (CLIP, aesthetics, GIQA, classical quality, inpainting, ...): stages import these."""

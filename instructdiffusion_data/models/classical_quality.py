@@ -1,0 +1,174 @@
+"""Weight-free image quality: a documented no-reference score and features for GIQA.
+
+This is the ``weightfree`` profile of the quality filter (DESIGN.md, "Models and weights"): no network,
+no download, real measurements. Every measurement runs on the image brought to a fixed working size
+(longer side ``work_side`` px, default 512) so that the numbers do not depend on resolution.
+
+Measurements (each mapped to a sub-score in [0, 1], 1 = good):
+
+``sharpness``
+    Variance of the Laplacian of the grey image (Pech-Pacheco et al. 2000), less the part white noise
+    of the estimated ``sigma`` (below) contributes (``20 sigma^2`` for the 4-neighbour Laplacian), so
+    that noise does not pass for detail. Sub-score ``clip((log10(1 + v) - 1) / 2, 0, 1)``: a variance
+    of 10 or less scores 0, 1000 or more scores 1.
+``exposure``
+    Mean luminance ``m`` in [0, 1] and the fraction ``c`` of clipped pixels (<= 4 or >= 251).
+    Sub-score ``(1 - |m - 0.5| / 0.5) * (1 - min(1, 2 c))``.
+``colourfulness``
+    Hasler and Suesstrunk (2003): ``M = sqrt(s_rg^2 + s_yb^2) + 0.3 sqrt(u_rg^2 + u_yb^2)`` with
+    ``rg = R - G`` and ``yb = (R + G) / 2 - B``. Grey images give 0, "quite colourful" is ~45.
+    Sub-score ``min(1, M / 45)``.
+``noise``
+    Immerkaer's fast noise estimate (1996): the image convolved with the 3x3 Laplacian-difference
+    kernel ``[[1,-2,1],[-2,4,-2],[1,-2,1]]``; ``sigma = sqrt(pi/2) * mean(|conv|) / 6``, computed over the
+    flattest half of the pixels (gradient magnitude below its median) so that texture and edges do not
+    count as noise. Sub-score ``1 - min(1, sigma / 12)``.
+``blockiness``
+    JPEG 8x8 blocking: the mean absolute horizontal and vertical differences across block boundaries
+    divided by those inside blocks (Wang, Bovik and Evans 2000, simplified). 1 means no blocking.
+    Sub-score ``1 - clip(B - 1, 0, 1)``.
+
+The combined score is ``10 * sum(w_i * s_i)`` with weights sharpness 0.35, noise 0.25,
+exposure 0.15, blockiness 0.15, colourfulness 0.1: a 0-10 scale like LAION's aesthetic predictor's, but
+it measures technical quality, not taste; its thresholds are its own.
+
+:func:`features` gives the weight-free GIQA feature vector (``classical/1``): a joint HSV colour
+histogram (8x4x4), a 2x2-grid gradient orientation histogram (8 bins per cell, magnitude weighted), a
+gradient magnitude histogram (8 log bins) and the five sub-scores; each block square-rooted (Hellinger)
+and the whole vector L2-normalised, 173 dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+FEATURE_ID = "classical/1"
+FEATURE_DIM = 128 + 32 + 8 + 5  # colour + orientation + magnitude + sub-scores
+WEIGHTS = {"sharpness": 0.35, "exposure": 0.15, "colourfulness": 0.1, "noise": 0.25, "blockiness": 0.15}
+
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+@dataclass
+class Measurements:
+    laplacian_var: float
+    mean_luma: float
+    clipped: float
+    colourfulness: float
+    noise_sigma: float
+    blockiness: float
+
+    def subscores(self) -> dict[str, float]:
+        v = max(0.0, self.laplacian_var - 20.0 * self.noise_sigma**2)
+        sharp = float(np.clip((math.log10(1.0 + v) - 1.0) / 2.0, 0.0, 1.0))
+        expo = (1.0 - abs(self.mean_luma - 0.5) / 0.5) * (1.0 - min(1.0, 2.0 * self.clipped))
+        colour = min(1.0, self.colourfulness / 45.0)
+        noise = 1.0 - min(1.0, self.noise_sigma / 12.0)
+        block = 1.0 - float(np.clip(self.blockiness - 1.0, 0.0, 1.0))
+        return {"sharpness": sharp, "exposure": float(expo), "colourfulness": float(colour),
+                "noise": float(noise), "blockiness": block}
+
+    def score(self) -> float:
+        subs = self.subscores()
+        return float(10.0 * sum(WEIGHTS[k] * subs[k] for k in WEIGHTS))
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def working_image(rgb: np.ndarray, work_side: int = 512) -> np.ndarray:
+    """``rgb`` brought to ``work_side`` on its longer side (down with area, up with cubic)."""
+    h, w = rgb.shape[:2]
+    s = work_side / max(h, w)
+    if abs(s - 1.0) < 1e-6:
+        return rgb
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+
+
+def _blockiness(gray: np.ndarray) -> float:
+    """Ratio of mean |difference| across 8-px block boundaries to inside blocks (1 = no blocking)."""
+    h, w = gray.shape
+    if h < 16 or w < 16:
+        return 1.0
+    dh = np.abs(np.diff(gray, axis=1))  # dh[:, j] = |g[:, j+1] - g[:, j]|
+    dv = np.abs(np.diff(gray, axis=0))
+    bh = np.zeros(dh.shape[1], bool)
+    bh[7::8] = True
+    bv = np.zeros(dv.shape[0], bool)
+    bv[7::8] = True
+    across = (dh[:, bh].sum() + dv[bv, :].sum()) / (dh[:, bh].size + dv[bv, :].size)
+    inside = (dh[:, ~bh].sum() + dv[~bv, :].sum()) / (dh[:, ~bh].size + dv[~bv, :].size)
+    return float((across + 1e-3) / (inside + 1e-3))
+
+
+def measure(rgb: np.ndarray, work_side: int = 512) -> Measurements:
+    """All classical measurements of one RGB uint8 image."""
+    img = working_image(np.ascontiguousarray(rgb), work_side)
+    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)
+    f = img.astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    colourful = math.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * math.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+    # noise over the flattest half of the image
+    conv = np.abs(cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT))[1:-1, 1:-1]
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)[1:-1, 1:-1]
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)[1:-1, 1:-1]
+    mag = np.sqrt(gx * gx + gy * gy)
+    flat = mag <= np.median(mag)
+    sigma = math.sqrt(math.pi / 2.0) * float(conv[flat].mean() if flat.any() else conv.mean()) / 6.0
+    u8 = gray.astype(np.uint8)
+    clipped = float(np.count_nonzero((u8 <= 4) | (u8 >= 251))) / u8.size
+    return Measurements(
+        laplacian_var=float(lap.var()),
+        mean_luma=float(gray.mean() / 255.0),
+        clipped=clipped,
+        colourfulness=float(colourful),
+        noise_sigma=sigma,
+        blockiness=_blockiness(gray),
+    )
+
+
+def quality_score(rgb: np.ndarray, work_side: int = 512) -> float:
+    """The weight-free no-reference quality score of one image, 0 (bad) to 10 (good)."""
+    return measure(rgb, work_side).score()
+
+
+def features(rgb: np.ndarray, work_side: int = 256) -> np.ndarray:
+    """Weight-free GIQA features (``classical/1``), float32 [FEATURE_DIM], L2-normalised."""
+    img = working_image(np.ascontiguousarray(rgb), work_side)
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    colour = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    mag, ang = cv2.cartToPolar(gx, gy)
+    obin = np.minimum((ang % np.pi) / np.pi * 8, 7).astype(np.int64)
+    h, w = gray.shape
+    orient = []
+    for cy in range(2):
+        for cx in range(2):
+            sl = (slice(cy * h // 2, (cy + 1) * h // 2), slice(cx * w // 2, (cx + 1) * w // 2))
+            orient.append(np.bincount(obin[sl].ravel(), weights=mag[sl].ravel(), minlength=8))
+    orient_v = np.concatenate(orient)
+    mbins = np.clip(np.log2(1.0 + mag.ravel()).astype(np.int64), 0, 7)
+    magh = np.bincount(mbins, minlength=8)[:8].astype(np.float64)
+    subs = measure(img, work_side).subscores()
+
+    def block(v: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.maximum(v.astype(np.float64), 0) / max(float(v.sum()), 1e-12))
+
+    vec = np.concatenate([
+        block(colour),
+        block(orient_v),
+        block(magh),
+        np.array([subs[k] for k in WEIGHTS], np.float64) * 0.5,
+    ]).astype(np.float32)
+    n = float(np.linalg.norm(vec))
+    return vec / n if n > 0 else vec

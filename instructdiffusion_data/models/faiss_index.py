@@ -1,0 +1,163 @@
+"""FAISS nearest-neighbour index over L2-normalised embeddings (inner product = cosine similarity).
+
+* ``type: flat`` - exact search (``IndexFlatIP``);
+* ``type: ivfpq`` - ``IVF<nlist>,PQ<m>x<bits>`` trained on a random sample of ``train_sample``
+  vectors (seeded), searched with ``nprobe`` lists; optionally re-ranked exactly
+  (``refine > 0``: ``IndexRefineFlat`` keeps the raw vectors and re-scores ``k * refine``
+  candidates, trading memory for recall);
+* ``type: auto`` - flat up to ``auto_flat_max`` vectors, IVF-PQ above.
+
+With ``gpu: auto`` the index is built and searched on the GPU when the installed faiss is
+faiss-gpu and sees a GPU (``faiss.get_num_gpus() > 0``); ``always`` insists, ``never`` stays on the
+CPU. Indexes are always saved in CPU form (``faiss.write_index``) and can be moved to a GPU on load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexConfig:
+    type: Literal["auto", "flat", "ivfpq"] = "auto"
+    auto_flat_max: int = 50_000  # auto: exact search up to this many vectors
+    nlist: int = 0  # IVF lists; 0 = 4 * sqrt(N), at most N / 39 (faiss wants >= 39 training points per list)
+    pq_m: int = 32  # PQ sub-quantisers; the largest divisor of the dimension <= pq_m is used
+    pq_bits: int = 8
+    train_sample: int = 100_000  # vectors sampled (seeded) to train IVF-PQ
+    nprobe: int = 16
+    refine: int = 0  # > 0: exact re-ranking of k * refine IVF-PQ candidates (stores raw vectors)
+    gpu: Literal["auto", "never", "always"] = "auto"
+    seed: int = 0
+
+
+def gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _use_gpu(cfg: IndexConfig) -> bool:
+    if cfg.gpu == "never":
+        return False
+    ok = gpu_available()
+    if cfg.gpu == "always" and not ok:
+        raise ConfigError("index.gpu: 'always' but faiss has no GPU support or sees no GPU "
+                          "(install faiss-gpu instead of faiss-cpu on a GPU host)")
+    return ok
+
+
+_gpu_res = None
+
+
+def _to_gpu(index):
+    import faiss
+
+    global _gpu_res
+    if _gpu_res is None:
+        _gpu_res = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(_gpu_res, 0, index)
+
+
+def pq_subquantisers(dim: int, want: int) -> int:
+    return max(m for m in range(1, max(1, min(want, dim)) + 1) if dim % m == 0)
+
+
+def resolve(cfg: IndexConfig, n: int, dim: int) -> dict:
+    """The concrete index parameters for ``n`` vectors of ``dim`` dimensions."""
+    kind = cfg.type
+    if kind == "auto":
+        kind = "flat" if n <= cfg.auto_flat_max else "ivfpq"
+    if kind == "flat":
+        return {"type": "flat", "factory": "Flat"}
+    nlist = cfg.nlist or int(4 * math.sqrt(n))
+    nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))
+    m = pq_subquantisers(dim, cfg.pq_m)
+    factory = f"IVF{nlist},PQ{m}x{cfg.pq_bits}"
+    return {"type": "ivfpq", "factory": factory, "nlist": nlist, "pq_m": m, "pq_bits": cfg.pq_bits,
+            "nprobe": cfg.nprobe, "refine": cfg.refine}
+
+
+def build_index(vectors: np.ndarray, cfg: IndexConfig | None = None):
+    """Build (train when needed) and fill an inner-product index. Returns ``(index, info)``."""
+    import faiss
+
+    cfg = cfg or IndexConfig()
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = x.shape
+    info = resolve(cfg, n, dim)
+    t0 = time.perf_counter()
+    index = faiss.index_factory(dim, info["factory"], faiss.METRIC_INNER_PRODUCT)
+    if info["type"] == "ivfpq" and cfg.refine > 0:
+        index = faiss.IndexRefineFlat(index)
+        index.k_factor = float(cfg.refine)
+    gpu = _use_gpu(cfg) and info["type"] == "ivfpq"
+    if gpu:
+        index = _to_gpu(index)
+    if not index.is_trained:
+        rng = np.random.default_rng(cfg.seed)
+        sample = x if n <= cfg.train_sample else x[np.sort(rng.choice(n, cfg.train_sample, replace=False))]
+        index.train(sample)
+    index.add(x)
+    if gpu:
+        import faiss as _f
+
+        index = _f.index_gpu_to_cpu(index)
+    set_nprobe(index, cfg.nprobe)
+    info.update({"n": n, "dim": dim, "gpu_build": gpu, "build_s": round(time.perf_counter() - t0, 3),
+                 "config": asdict(cfg)})
+    log.info("faiss %s: %d x %d in %.2fs%s", info["factory"], n, dim, info["build_s"], " (GPU)" if gpu else "")
+    return index, info
+
+
+def set_nprobe(index, nprobe: int) -> None:
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return
+    ivf.nprobe = int(nprobe)
+
+
+def save_index(index, path: str | Path) -> None:
+    import faiss
+
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    tmp.replace(p)
+
+
+def load_index(path: str | Path, *, nprobe: int | None = None, gpu: Literal["auto", "never", "always"] = "never"):
+    import faiss
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"faiss index not found: {p}")
+    index = faiss.read_index(str(p))
+    if nprobe is not None:
+        set_nprobe(index, nprobe)
+    if _use_gpu(IndexConfig(gpu=gpu)):
+        index = _to_gpu(index)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(similarities [Q, k], ids [Q, k])``; ids are -1 where fewer than k vectors exist."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None]
+    k = max(1, min(int(k), index.ntotal))
+    return index.search(q, k)

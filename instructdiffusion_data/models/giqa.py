@@ -1,0 +1,254 @@
+"""GIQA (Gu et al., "GIQA: Generated Image Quality Assessment", ECCV 2020), KNN form.
+
+The features of a reference set of good images sit in a FAISS index. The quality of an image is
+the mean, over its ``k`` nearest reference features, of ``1 / distance``: an image close to many good
+images scores high, noise scores low. ``distance`` is ``l2`` (Euclidean) or ``cosine``
+(``1 - cosine similarity``); reference features identical to the query (distance below
+``exclude_below``, i.e. the query image itself when it is part of the reference) are skipped, so
+the score stays finite and an image is not rewarded for being in its own reference.
+
+Features are named by a ``feature_id`` that the reference records and queries must match:
+``classical/1`` (weight-free, :func:`classical_quality.features`) or ``clip:<model_id>`` (open_clip,
+:class:`clip.ClipEmbedder`, the paper's setting with a big reference such as LAION).
+
+A saved reference is a folder: ``index.faiss`` (an exact ``IndexFlat``; up to a few million vectors
+that is fast enough for a filter, see bench/bench_quality.py) and ``giqa.json`` (feature id, metric,
+count, dim, where the images came from, and the leave-one-out score percentiles of the reference
+itself, which make thresholds such as ``giqa_tgt_min: ref:p5`` possible).
+The GMM form of GIQA is not implemented.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, RecordError, UserError
+from ..imageio import decode
+from . import classical_quality
+
+log = logging.getLogger(__name__)
+
+FORMAT = "instructdiffusion-data/giqa-reference/1"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
+
+
+class FeatureExtractor:
+    """``feature_id`` + ``__call__(list of RGB uint8 arrays) -> float32 [N, D]`` (L2-normalised)."""
+
+    def __init__(self, feature_id: str, fn: Callable[[Sequence[np.ndarray]], np.ndarray]):
+        self.feature_id = feature_id
+        self._fn = fn
+
+    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, 0), np.float32)
+        return np.asarray(self._fn(images), np.float32)
+
+
+def classical_extractor() -> FeatureExtractor:
+    return FeatureExtractor(classical_quality.FEATURE_ID,
+                            lambda ims: np.stack([classical_quality.features(im) for im in ims]))
+
+
+def clip_extractor(embedder) -> FeatureExtractor:  # embedder: clip.ClipEmbedder
+    return FeatureExtractor(f"clip:{embedder.model_id}", embedder.embed_images)
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+class GiqaReference:
+    """A reference feature set in a FAISS index, and the KNN GIQA score against it."""
+
+    def __init__(self, features: np.ndarray, feature_id: str, metric: Literal["l2", "cosine"] = "l2",
+                 info: dict | None = None, *, index=None):
+        if metric not in ("l2", "cosine"):
+            raise ConfigError(f"giqa metric: expected 'l2' or 'cosine', got {metric!r}")
+        self.feature_id = feature_id
+        self.metric = metric
+        self.info = dict(info or {})
+        faiss = _faiss()
+        if index is None:
+            x = np.ascontiguousarray(features, np.float32)
+            if x.ndim != 2 or x.shape[0] == 0:
+                raise UserError("giqa: the reference set is empty")
+            if metric == "cosine":
+                x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+                index = faiss.IndexFlatIP(x.shape[1])
+            else:
+                index = faiss.IndexFlatL2(x.shape[1])
+            index.add(x)
+        self.index = index
+        self.count = int(index.ntotal)
+        self.dim = int(index.d)
+        if "percentiles" not in self.info:
+            self.info["percentiles"] = self.self_percentiles(5)
+            self.info["percentiles_k"] = 5
+
+    def distances(self, queries: np.ndarray, n: int) -> np.ndarray:
+        """Distances (``metric``) to the ``n`` nearest reference features, ascending, [M, n]."""
+        q = np.ascontiguousarray(queries, np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"giqa: queries of dim {q.shape[-1]} against a {self.dim}-d reference")
+        n = min(n, self.count)
+        if self.metric == "cosine":
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+            sims, _ = self.index.search(q, n)
+            return np.maximum(1.0 - sims, 0.0)
+        d2, _ = self.index.search(q, n)
+        return np.sqrt(np.maximum(d2, 0.0))
+
+    def score(self, queries: np.ndarray, k: int = 5, exclude_below: float = 1e-6) -> np.ndarray:
+        """KNN GIQA: mean over the ``k`` nearest of ``1 / distance`` (exact duplicates skipped)."""
+        if len(queries) == 0:
+            return np.zeros(0, np.float32)
+        extra = 4
+        d = self.distances(queries, k + extra)
+        out = np.empty(len(d), np.float64)
+        for i, row in enumerate(d):
+            near = row[row >= exclude_below][:k]
+            out[i] = float(np.mean(1.0 / near)) if near.size else 0.0
+        return out.astype(np.float32)
+
+    def self_percentiles(self, k: int = 5, sample: int = 2000) -> dict[str, float]:
+        """Leave-one-out scores of (a sample of) the reference itself: where good images land."""
+        if self.count < 2:
+            return {}
+        n = min(sample, self.count)
+        idx = np.linspace(0, self.count - 1, n).astype(np.int64)
+        x = np.stack([self.index.reconstruct(int(i)) for i in idx])
+        s = self.score(x, k)
+        return {f"p{p}": float(np.percentile(s, p)) for p in PERCENTILES}
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        d = Path(folder)
+        d.mkdir(parents=True, exist_ok=True)
+        faiss = _faiss()
+        faiss.write_index(self.index, str(d / "index.faiss.tmp"))
+        (d / "index.faiss.tmp").replace(d / "index.faiss")
+        doc = {"format": FORMAT, "feature": self.feature_id, "metric": self.metric, "count": self.count,
+               "dim": self.dim, **{k: v for k, v in self.info.items() if k not in ("format",)}}
+        (d / "giqa.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
+        return d
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "GiqaReference":
+        d = Path(folder)
+        doc_path, idx_path = d / "giqa.json", d / "index.faiss"
+        if not doc_path.is_file() or not idx_path.is_file():
+            raise ConfigError(f"{d}: not a GIQA reference (needs giqa.json and index.faiss; "
+                              "build one with `idd giqa build-reference`)")
+        doc = json.loads(doc_path.read_text())
+        if doc.get("format") != FORMAT:
+            raise ConfigError(f"{doc_path}: unknown format {doc.get('format')!r}")
+        index = _faiss().read_index(str(idx_path))
+        info = {k: v for k, v in doc.items() if k not in ("format", "feature", "metric", "count", "dim")}
+        return cls(np.zeros((0, 0)), doc["feature"], doc["metric"], info, index=index)
+
+
+def is_reference(path: str | Path) -> bool:
+    return (Path(path) / "giqa.json").is_file()
+
+
+# -- reference images -------------------------------------------------------------------------
+
+def iter_images(path: str | Path, member: Literal["src", "tgt", "both"] = "src",
+                limit: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """``(name, encoded bytes)`` of the images of a folder (recursive, sorted) or of a shard output
+    (its ``train`` split, the ``member`` images read from the tars by the parquet offsets)."""
+    from .quality import output_root, read_member, read_sidecar, shard_sidecars
+
+    p = Path(path)
+    n = 0
+    is_output = (p / "manifest.json").is_file() or any(p.glob("*/manifest.json")) if p.is_dir() else False
+    if is_output:
+        root = output_root(p)
+        members = ("src", "tgt") if member == "both" else (member,)
+        for _, splits in shard_sidecars(root).items():
+            if "train" not in splits:
+                continue
+            fhs: dict = {}
+            try:
+                for r in read_sidecar(splits["train"]):
+                    for m in members:
+                        data = read_member(splits["train"].parent / r["tar"], r.get(f"{m}_offset"),
+                                           r.get(f"{m}_size"), fhs)
+                        if data:
+                            yield f"{r['key']}.{m}", data
+                            n += 1
+                            if limit and n >= limit:
+                                return
+            finally:
+                for fh in fhs.values():
+                    fh.close()
+        return
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        for f in files:
+            yield str(f), f.read_bytes()
+            n += 1
+            if limit and n >= limit:
+                return
+        return
+    if p.is_file() and p.suffix == ".tar":
+        with tarfile.open(p) as tf:
+            for ti in sorted(tf.getmembers(), key=lambda t: t.name):
+                if ti.isfile() and Path(ti.name).suffix.lower() in IMAGE_EXTS:
+                    if member != "both" and f".{member}." not in ti.name:
+                        continue
+                    yield f"{p.name}/{ti.name}", tf.extractfile(ti).read()
+                    n += 1
+                    if limit and n >= limit:
+                        return
+        return
+    raise UserError(f"{p}: not an image folder, a .tar or a shard output")
+
+
+def build_reference(path: str | Path, extractor: FeatureExtractor, *, metric: Literal["l2", "cosine"] = "l2",
+                    member: Literal["src", "tgt", "both"] = "src", limit: int | None = None,
+                    batch: int = 64, progress: bool = False) -> GiqaReference:
+    """Features of every readable image under ``path`` in a new reference (unreadable ones are
+    counted in ``info["skipped"]``, never silently lost)."""
+    feats: list[np.ndarray] = []
+    skipped: list[str] = []
+    names: list[str] = []
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending:
+            feats.append(extractor(pending))
+            pending.clear()
+
+    it = iter_images(path, member, limit)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="giqa reference", unit="img")
+    for name, data in it:
+        try:
+            pending.append(decode(data, file=name))
+            names.append(name)
+        except RecordError as e:
+            skipped.append(str(e))
+            continue
+        if len(pending) >= batch:
+            flush()
+    flush()
+    if not feats:
+        raise UserError(f"{path}: no readable images for a GIQA reference")
+    x = np.concatenate(feats)
+    info = {"source": str(Path(path).resolve()), "member": member, "skipped": skipped[:100],
+            "skipped_count": len(skipped)}
+    log.info("GIQA reference: %d images (%s), %d skipped", len(x), extractor.feature_id, len(skipped))
+    return GiqaReference(x, extractor.feature_id, metric, info)

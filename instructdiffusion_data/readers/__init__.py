@@ -1,0 +1,1 @@
+"""Source readers, one module per dataset format; ``type: NAME`` in a config = ``NAME.SOURCE``."""

@@ -1,0 +1,112 @@
+"""Shared pieces of the rendering stages: source loading at the written resolution, target
+encoding, and the semi-transparent-mask sample used by semantic and referring segmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .. import imageio
+from ..schema import Row
+from ..stage import StageConfig
+from . import masks as M
+from .palette import PALETTE, names as palette_names
+
+
+@dataclass
+class RenderConfig(StageConfig):
+    variants_per_record: int = 1  # independent draws per source record (the variant index is part of the key)
+    max_side: int = 512  # images are written with their longer side at most this (never upscaled)
+    tgt_format: Literal["jpg", "png"] = "jpg"
+    jpeg_quality: int = 95  # for targets, and for sources that had to be resized
+    verify: bool = True  # recover what was drawn from the written bytes and drop samples that fail
+    colors: list[str] | None = None  # palette subset (default: the whole palette, >= 9 named colours)
+    batch_size: int = 8
+
+
+@dataclass
+class MaskRenderConfig(RenderConfig):
+    alpha: float = 0.5  # mask opacity (the paper: 0.5)
+    min_iou: float = 0.98  # verification: recovered vs ground-truth mask at the written resolution
+    min_contrast: float = 48.0  # a blend is visible only where |colour - pixel| >= this
+    colors_tried: int = 4  # colours tried for one sample before settling for the most visible one
+    templates: str | None = None  # template set name (default: the task name)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Source:
+    """The source image as written: RGB pixels at the written resolution and their bytes."""
+
+    rgb: np.ndarray
+    data: bytes  # original bytes when no resize was needed (passed through unchanged)
+    scale: float
+    orig_size: tuple[int, int]  # (h, w) of the file
+
+
+def load_source(meta: dict, max_side: int, quality: int, record: str | None = None) -> Source:
+    path = meta.get("file")
+    if not path:
+        from ..errors import RecordError
+
+        raise RecordError("record has no image file", record=record, field="file")
+    raw = imageio.read_bytes(path, record=record)
+    rgb = imageio.decode(raw, file=str(path), record=record)
+    h, w = rgb.shape[:2]
+    scale = imageio.fit_scale(h, w, max_side)
+    if scale == 1.0 and imageio.sniff_ext(raw) in ("jpg", "png"):
+        return Source(rgb, raw, 1.0, (h, w))
+    small = imageio.resize(rgb, scale)
+    return Source(small, imageio.encode_jpeg(small, quality), scale, (h, w))
+
+
+def encode_target(rgb: np.ndarray, cfg: RenderConfig) -> bytes:
+    return imageio.encode(rgb, cfg.tgt_format, cfg.jpeg_quality)
+
+
+def object_phrase(text: str) -> str:
+    """'left guy' -> 'the left guy'; keeps an article that is already there."""
+    t = " ".join(str(text).strip().split())
+    first = t.split(" ", 1)[0].lower() if t else ""
+    if first in ("the", "a", "an", "all", "both", "two", "three", "every", "each"):
+        return t
+    return f"the {t}"
+
+
+def pick_mask_color(rgb: np.ndarray, mask: np.ndarray, cfg: MaskRenderConfig, rng: np.random.Generator) -> str:
+    """A random palette colour; when it would be hard to see on this region, try a few more and keep
+    the most visible one (the instruction names the colour, the model must see it)."""
+    choices = [str(c) for c in rng.permutation(palette_names(cfg.colors))]
+    best, best_score = choices[0], -1.0
+    for name in choices[: max(1, cfg.colors_tried)]:
+        score = M.color_contrast(rgb, mask, np.array(PALETTE[name], np.float32), cfg.min_contrast)
+        if score >= 0.95:
+            return name
+        if score > best_score:
+            best, best_score = name, score
+    return best
+
+
+def mask_sample(parent: Row, src: Source, mask: np.ndarray, color: str, cfg: MaskRenderConfig) -> dict:
+    """Render one mask sample: target bytes, mask PNG and verification figures. An empty mask (absent
+    category, no-target expression) gives a target identical to the source, byte for byte."""
+    c = np.array(PALETTE[color], np.float32)
+    info: dict = {"color": color, "rgb": list(PALETTE[color]), "alpha": cfg.alpha,
+                  "mask_area": int(np.count_nonzero(mask))}
+    if not mask.any():
+        tgt_bytes = src.data
+        tgt = src.rgb
+    else:
+        tgt_bytes = encode_target(M.overlay(src.rgb, mask, c, cfg.alpha), cfg)
+        tgt = None
+    verified = None
+    if cfg.verify:
+        if tgt is None:
+            tgt = imageio.decode(tgt_bytes)
+        rec, valid = M.recover_mask(src.rgb, tgt, c, cfg.alpha, cfg.min_contrast)
+        iou = M.mask_iou(rec, mask, valid)
+        info["verify"] = {"iou": round(iou, 5), "determinable": round(float(valid.mean()), 4)}
+        verified = iou >= cfg.min_iou
+    return {"tgt": tgt_bytes, "mask": M.mask_png(mask), "info": info, "verified": verified}

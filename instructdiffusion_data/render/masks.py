@@ -1,0 +1,128 @@
+"""Segmentation masks: decode annotations into binary masks, draw a semi-transparent colour mask,
+and recover the drawn mask from (source, target) to verify it.
+
+Masks are ``bool`` arrays ``[H, W]``. Segments come in the shapes COCO-family files use:
+``{"rle": {"size": [h, w], "counts": str | list}}``, ``{"polygons": [[x1, y1, x2, y2, ...], ...]}``,
+or ``{"labelmap": path, "value": v}`` (a pixel-map PNG where pixels equal to ``v`` belong to the segment).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ..errors import RecordError
+
+
+def polygons_to_mask(polygons: list, h: int, w: int, *, record: str | None = None) -> np.ndarray:
+    """Rasterise COCO polygons (flat [x1, y1, ...] lists) with pycocotools, as COCO's own API does."""
+    polys = []
+    for poly in polygons:
+        arr = np.asarray(poly, dtype=np.float64).reshape(-1)
+        if arr.size < 6 or arr.size % 2 or not np.all(np.isfinite(arr)):
+            raise RecordError("polygon has fewer than 3 points or bad coordinates", record=record, field="segmentation")
+        xs, ys = arr[0::2], arr[1::2]
+        if xs.max() < 0 or ys.max() < 0 or xs.min() > w or ys.min() > h:
+            raise RecordError("polygon lies outside the image", record=record, field="segmentation")
+        polys.append(arr.tolist())
+    if not polys:
+        raise RecordError("segment has no polygon", record=record, field="segmentation")
+    rles = mask_utils.frPyObjects(polys, h, w)
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def rle_to_mask(rle: dict, h: int, w: int, *, record: str | None = None) -> np.ndarray:
+    size = rle.get("size")
+    if not size or list(size) != [h, w]:
+        raise RecordError(f"RLE size {size} differs from image size {[h, w]}", record=record, field="segmentation.size")
+    counts = rle.get("counts")
+    if isinstance(counts, list):  # uncompressed RLE (iscrowd annotations)
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        rle = {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def segment_to_mask(seg: dict, h: int, w: int, *, record: str | None = None, labelmaps: dict | None = None) -> np.ndarray:
+    if "rle" in seg:
+        return rle_to_mask(seg["rle"], h, w, record=record)
+    if "polygons" in seg:
+        return polygons_to_mask(seg["polygons"], h, w, record=record)
+    if "labelmap" in seg:
+        lm = labelmaps.get(seg["labelmap"]) if labelmaps is not None else None
+        if lm is None:
+            lm = read_labelmap(seg["labelmap"], record=record)
+            if labelmaps is not None:
+                labelmaps[seg["labelmap"]] = lm
+        if lm.shape != (h, w):
+            raise RecordError(f"label map size {list(lm.shape)} differs from image size {[h, w]}",
+                              file=seg["labelmap"], record=record)
+        return lm == seg["value"]
+    raise RecordError("segment has no rle, polygons or labelmap", record=record, field="segmentation")
+
+
+def read_labelmap(path: str, *, record: str | None = None) -> np.ndarray:
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise RecordError("label map missing or corrupt", file=str(Path(path)), record=record)
+    return data[..., 0] if data.ndim == 3 else data
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend ``color`` over the masked pixels at ``alpha``; pixels outside the mask are untouched."""
+    out = rgb.copy()
+    if mask.any():
+        px = rgb[mask].astype(np.float32)
+        out[mask] = np.clip(np.rint(px * (1.0 - alpha) + color * alpha), 0, 255).astype(np.uint8)
+    return out
+
+
+def recover_mask(src: np.ndarray, tgt: np.ndarray, color: np.ndarray, alpha: float = 0.5,
+                 min_contrast: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
+    """Estimate, per pixel, the blend weight that turns ``src`` into ``tgt`` towards ``color``.
+
+    Returns (recovered mask, determinable): where the source is already close to the mask colour
+    (``|color - src| < min_contrast``) a blend cannot be seen, so those pixels are excluded.
+    """
+    s = src.astype(np.float32)
+    d = color[None, None, :] - s
+    norm2 = (d * d).sum(-1)
+    determinable = norm2 >= min_contrast * min_contrast
+    a = ((tgt.astype(np.float32) - s) * d).sum(-1) / np.maximum(norm2, 1.0)
+    return (a > alpha / 2.0) & determinable, determinable
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> float:
+    if valid is not None:
+        pred, gt = pred & valid, gt & valid
+    union = np.count_nonzero(pred | gt)
+    if union == 0:
+        return 1.0
+    return np.count_nonzero(pred & gt) / union
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    from ..imageio import encode_png
+
+    return encode_png(mask.astype(np.uint8) * 255, compression=6)
+
+
+def color_contrast(rgb: np.ndarray, mask: np.ndarray, color: np.ndarray, min_contrast: float = 48.0) -> float:
+    """Fraction of masked pixels whose blend with ``color`` is visible (see :func:`recover_mask`)."""
+    if not mask.any():
+        return 1.0
+    d = color[None, :] - rgb[mask].astype(np.float32)
+    return float(np.mean((d * d).sum(-1) >= min_contrast * min_contrast))
+
+
+def resize_bool(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a boolean mask to (h, w) by area averaging and a 0.5 threshold (what a person would
+    call the mask at the smaller size)."""
+    h, w = shape
+    if mask.shape == (h, w):
+        return mask
+    small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    return small >= 0.5

@@ -1,0 +1,350 @@
+"""``quality_filter``: scores every generated pair and drops the bad ones (paper section 3.2).
+
+For each row in scope (``tasks``; default every task) it computes, into ``meta["scores"]``:
+
+* ``aesthetic_src``, ``aesthetic_tgt``, ``aesthetic_diff`` (= ``|src - tgt|``): the LAION aesthetic
+  predictor on CLIP embeddings (``profile: clip``), or the weight-free classical score
+  (``profile: weightfree``, :mod:`models.classical_quality`, 0-10);
+* ``giqa_src``, ``giqa_tgt``, ``giqa_diff``: KNN GIQA against ``giqa_reference`` (skipped when none);
+* ``edit_change`` and ``background_change`` (edit tasks with a mask): mean ``|tgt - src|`` (0-255)
+  inside the mask, and outside the mask dilated by ``background_margin`` px;
+* ``replace_gain`` (``edit_replace``): ``cos(tgt region, reference) - cos(src region, reference)``
+  with CLIP (or the classical features in the weight-free profile); the reference patch is read from
+  ``meta["reference"]`` (see :func:`reference_image`), skipped when absent.
+
+then applies the rules of :data:`models.quality.RULES` (thresholds in this config; a failed rule is
+named in ``drop_reason``, e.g. ``aesthetic_tgt<4.5``) and records everything in ``meta["filter"]``:
+``profile``, ``thresholds`` (the numbers used), ``failed``, ``prior_drop`` (the row's drop reason
+before this stage: ``idd filter`` re-applies thresholds from these alone), ``scorers``, ``skipped``.
+It sees dropped rows too (``process_dropped``) so that auditors have their scores, but never keeps a
+row that an earlier stage dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from ..errors import ConfigError, RecordError
+from ..imageio import decode, decode_gray, read_bytes, resize_mask
+from ..models import classical_quality as cq
+from ..models import quality as qrules
+from ..schema import Row, drop
+from ..stage import Stage, StageConfig
+
+log = logging.getLogger(__name__)
+
+_REF_PCT = re.compile(r"^ref:p\d+(\.\d+)?$")
+_GIQA_CACHE: dict[tuple, Any] = {}
+
+
+@dataclass
+class QualityFilterConfig(StageConfig):
+    profile: Literal["weightfree", "clip"] = "weightfree"
+    tasks: list[str] | None = None  # tasks scored and filtered; None: every task
+    # -- thresholds: a number, null (rule off); GIQA ones also "ref:pN" (percentile N of the reference)
+    aesthetic_tgt_min: float | None = 4.5  # t1
+    giqa_tgt_min: float | str | None = "ref:p5"  # t2
+    aesthetic_diff_max: float | None = 2.0  # t3, aesthetic
+    giqa_diff_max: float | str | None = None  # t3, GIQA
+    edit_change_min: float | None = 4.0
+    background_change_max: float | None = 4.0
+    replace_gain_min: float | None = 0.0
+    # -- edit checks
+    edit_tasks: list[str] = field(default_factory=lambda: ["edit_remove", "edit_add", "edit_replace"])
+    replace_tasks: list[str] = field(default_factory=lambda: ["edit_replace"])
+    background_margin: int = 4  # px the mask is dilated before the background check
+    # -- weight-free scorer
+    work_side: int = 512
+    # -- clip profile: open_clip + LAION head
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: str | None = "openai"  # tag or local checkpoint file
+    clip_model_config: str | None = None  # open_clip architecture JSON for a custom model
+    clip_device: str | None = None
+    clip_batch_size: int = 32
+    aesthetic_head: Literal["mlp", "linear"] = "mlp"
+    aesthetic_weights: str | None = None  # state_dict file of the LAION head (required by profile clip)
+    store_embeddings: bool = False  # write CLIP vectors into meta["clip"] for later stages/tools
+    # -- GIQA
+    giqa_reference: str | None = None  # a built reference folder, or images / a shard output to build one at setup
+    giqa_features: Literal["auto", "classical", "clip"] = "auto"  # auto: classical (weightfree) or clip
+    giqa_k: int = 5
+    giqa_metric: Literal["l2", "cosine"] = "l2"
+    giqa_exclude_below: float = 1e-6
+    giqa_build_limit: int = 2000  # images used when the reference is built at setup
+
+
+def reference_image(meta: dict) -> np.ndarray | None:
+    """The replacement's reference patch, read defensively from ``meta``: a dict under
+    ``reference`` / ``ref`` / ``replacement.reference`` holding base64 image bytes
+    (``patch_png_b64``, ``image_b64``, ``png_b64``, ``jpg_b64``, ``patch_b64``) or a ``file`` / ``path``
+    / ``image`` path with an optional ``bbox`` / ``box`` ``[x, y, w, h]`` crop; or a plain path string."""
+    cands = [meta.get("reference"), meta.get("ref")]
+    rep = meta.get("replacement")
+    if isinstance(rep, dict):
+        cands.append(rep.get("reference"))
+    for c in cands:
+        if isinstance(c, str):
+            c = {"file": c}
+        if not isinstance(c, dict):
+            continue
+        for k in ("patch_png_b64", "image_b64", "png_b64", "jpg_b64", "patch_b64"):
+            if isinstance(c.get(k), str):
+                try:
+                    return decode(base64.b64decode(c[k]))
+                except (ValueError, RecordError):
+                    continue
+        path = next((c[k] for k in ("file", "path", "image") if isinstance(c.get(k), str)), None)
+        if path and Path(path).is_file():
+            img = decode(read_bytes(path), file=path)
+            box = c.get("bbox") or c.get("box")
+            if isinstance(box, (list, tuple)) and len(box) == 4:
+                x, y, w, h = (int(round(float(v))) for v in box)
+                x0, y0 = max(0, x), max(0, y)
+                x1, y1 = min(img.shape[1], x + max(1, w)), min(img.shape[0], y + max(1, h))
+                if x1 > x0 and y1 > y0:
+                    img = img[y0:y1, x0:x1]
+            return img
+    return None
+
+
+class QualityFilter(Stage):
+    name = "quality_filter"
+    Config = QualityFilterConfig
+    process_dropped = True
+
+    # -- driver-side checks ----------------------------------------------------------------
+    def validate(self) -> None:
+        c = self.config
+        if c.profile == "clip":
+            if not c.aesthetic_weights:
+                raise ConfigError("quality_filter.aesthetic_weights: required with profile 'clip' "
+                                  "(the LAION head's state_dict file)")
+            c_path = Path(c.aesthetic_weights)
+            if not c_path.is_file():
+                raise ConfigError(f"quality_filter.aesthetic_weights: file not found: {c.aesthetic_weights}")
+        if c.clip_model_config and not Path(c.clip_model_config).is_file():
+            raise ConfigError(f"quality_filter.clip_model_config: file not found: {c.clip_model_config}")
+        if c.giqa_reference and not Path(c.giqa_reference).exists():
+            raise ConfigError(f"quality_filter.giqa_reference: path not found: {c.giqa_reference}")
+        for f in ("giqa_tgt_min", "giqa_diff_max"):
+            v = getattr(c, f)
+            if isinstance(v, str) and not _REF_PCT.match(v.strip()) and v.strip().lower() not in ("none", "null"):
+                raise ConfigError(f"quality_filter.{f}: expected a number, null or 'ref:pN', got {v!r}")
+        if c.giqa_k < 1:
+            raise ConfigError(f"quality_filter.giqa_k: must be >= 1, got {c.giqa_k}")
+        if c.background_margin < 0:
+            raise ConfigError(f"quality_filter.background_margin: must be >= 0, got {c.background_margin}")
+
+    # -- per worker ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        from ..models import giqa
+
+        c = self.config
+        self.embedder = None
+        self.predictor = None
+        if c.profile == "clip" or c.giqa_features == "clip":
+            from ..models.clip import ClipEmbedder
+
+            self.embedder = ClipEmbedder(c.clip_model, c.clip_pretrained, c.clip_device,
+                                         model_config=c.clip_model_config, batch_size=c.clip_batch_size)
+        if c.profile == "clip":
+            from ..models.aesthetics import AestheticPredictor
+
+            self.predictor = AestheticPredictor(c.aesthetic_weights, c.aesthetic_head, c.clip_device)
+        feats = c.giqa_features if c.giqa_features != "auto" else ("clip" if c.profile == "clip" else "classical")
+        self.giqa_extractor = giqa.clip_extractor(self.embedder) if feats == "clip" else giqa.classical_extractor()
+        self.reference = None
+        self.giqa_info: dict[str, Any] = {}
+        if c.giqa_reference:
+            key = (str(Path(c.giqa_reference).resolve()), self.giqa_extractor.feature_id, c.giqa_metric,
+                   c.giqa_build_limit)
+            ref = _GIQA_CACHE.get(key)
+            if ref is None:
+                if giqa.is_reference(c.giqa_reference):
+                    ref = giqa.GiqaReference.load(c.giqa_reference)
+                else:
+                    log.info("building the GIQA reference from %s", c.giqa_reference)
+                    ref = giqa.build_reference(c.giqa_reference, self.giqa_extractor, metric=c.giqa_metric,
+                                               limit=c.giqa_build_limit)
+                _GIQA_CACHE[key] = ref
+            if ref.feature_id != self.giqa_extractor.feature_id:
+                raise ConfigError(f"quality_filter.giqa_reference: {c.giqa_reference} holds '{ref.feature_id}' "
+                                  f"features, this filter computes '{self.giqa_extractor.feature_id}'")
+            self.reference = ref
+            pct = ref.info.get("percentiles") or {}
+            if ref.info.get("percentiles_k") != c.giqa_k:
+                pct = ref.self_percentiles(c.giqa_k)
+            self.giqa_info = {"reference": str(c.giqa_reference), "feature": ref.feature_id, "metric": ref.metric,
+                              "count": ref.count, "k": c.giqa_k, "percentiles": pct}
+        self.thresholds: dict[str, float | None] = {}
+        self.specs: dict[str, str] = {}
+        for f in qrules.RULES:
+            v = getattr(c, f)
+            if f.startswith("giqa") and self.reference is None:
+                self.thresholds[f] = None
+                continue
+            try:
+                self.thresholds[f] = qrules.resolve_threshold(f, v, self.giqa_info.get("percentiles"))
+            except Exception as e:  # UserError: bad spec
+                raise ConfigError(f"quality_filter.{e}") from None
+            if isinstance(v, str):
+                self.specs[f] = v
+        self.scorers = {
+            "aesthetic": self.predictor.model_id if self.predictor else f"{cq.FEATURE_ID}-score",
+            "clip": self.embedder.model_id if self.embedder else None,
+            "giqa": self.giqa_extractor.feature_id if self.reference is not None else None,
+            "region": (self.embedder.model_id if c.profile == "clip" else cq.FEATURE_ID),
+        }
+
+    # -- the work -------------------------------------------------------------------------------
+    def _in_scope(self, row: Row) -> bool:
+        return (self.config.tasks is None or row.get("task") in self.config.tasks) and bool(row.get("tgt") or row.get("src"))
+
+    def process(self, rows: list[Row]) -> list[Row]:
+        c = self.config
+        scope = [r for r in rows if self._in_scope(r)]
+        if not scope:
+            return rows
+        images = {id(r): {role: decode(r[role], record=r["key"]) if r.get(role) else None for role in ("src", "tgt")}
+                  for r in scope}
+        scores: dict[int, dict[str, float]] = {id(r): {} for r in scope}
+        extra: dict[int, dict[str, Any]] = {id(r): {"skipped": []} for r in scope}
+
+        # aesthetics (and CLIP embeddings, shared with GIQA when it uses CLIP)
+        emb: dict[str, list] = {}
+        if self.embedder is not None:
+            for role in ("src", "tgt"):
+                emb[role] = self.embedder.embed_rows(scope, role, store=c.store_embeddings)
+        for role in ("src", "tgt"):
+            if self.predictor is not None:
+                idx = [i for i, v in enumerate(emb[role]) if v is not None]
+                if idx:
+                    pred = self.predictor.predict(np.stack([emb[role][i] for i in idx]))
+                    for i, p in zip(idx, pred):
+                        scores[id(scope[i])][f"aesthetic_{role}"] = float(p)
+            else:
+                for r in scope:
+                    img = images[id(r)][role]
+                    if img is not None:
+                        m = cq.measure(img, c.work_side)
+                        scores[id(r)][f"aesthetic_{role}"] = m.score()
+                        extra[id(r)].setdefault("classical", {})[role] = {**m.as_dict(), **m.subscores()}
+
+        # GIQA
+        if self.reference is not None:
+            for role in ("src", "tgt"):
+                have = [r for r in scope if images[id(r)][role] is not None]
+                if not have:
+                    continue
+                if self.giqa_extractor.feature_id.startswith("clip:") and emb:
+                    ridx = {id(r): i for i, r in enumerate(scope)}
+                    feats = np.stack([emb[role][ridx[id(r)]] for r in have])
+                else:
+                    feats = self.giqa_extractor([images[id(r)][role] for r in have])
+                s = self.reference.score(feats, c.giqa_k, c.giqa_exclude_below)
+                for r, v in zip(have, s):
+                    scores[id(r)][f"giqa_{role}"] = float(v)
+
+        for name in ("aesthetic", "giqa"):
+            for r in scope:
+                sc = scores[id(r)]
+                if f"{name}_src" in sc and f"{name}_tgt" in sc:
+                    sc[f"{name}_diff"] = abs(sc[f"{name}_src"] - sc[f"{name}_tgt"])
+
+        # edit checks
+        for r in scope:
+            if r.get("task") in c.edit_tasks or r.get("task") in c.replace_tasks:
+                self._edit_checks(r, images[id(r)], scores[id(r)], extra[id(r)])
+
+        for r in scope:
+            self._apply(r, scores[id(r)], extra[id(r)])
+        return rows
+
+    def _edit_checks(self, row: Row, imgs: dict, sc: dict, extra: dict) -> None:
+        c = self.config
+        src, tgt = imgs["src"], imgs["tgt"]
+        if src is None or tgt is None:
+            extra["skipped"].append("edit checks: source or target missing")
+            return
+        if not row.get("mask"):
+            extra["skipped"].append("edit checks: no mask")
+            return
+        mask = resize_mask(decode_gray(row["mask"], record=row["key"]), src.shape[:2]) > 0
+        if tgt.shape[:2] != src.shape[:2]:
+            tgt = cv2.resize(tgt, (src.shape[1], src.shape[0]), interpolation=cv2.INTER_AREA)
+            extra["skipped"].append("edit checks: target resized to the source size")
+        diff = np.abs(src.astype(np.int16) - tgt.astype(np.int16)).mean(axis=2)
+        if row.get("task") in c.edit_tasks:
+            if mask.any():
+                sc["edit_change"] = float(diff[mask].mean())
+            else:
+                extra["skipped"].append("edit_change: empty mask")
+            k = 2 * c.background_margin + 1
+            grown = cv2.dilate(mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0 if c.background_margin else mask
+            outside = ~grown
+            if outside.any():
+                sc["background_change"] = float(diff[outside].mean())
+            else:
+                extra["skipped"].append("background_change: the mask covers the image")
+        if row.get("task") in c.replace_tasks:
+            self._replace_check(row, src, tgt, mask, sc, extra)
+
+    def _replace_check(self, row: Row, src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, sc: dict,
+                       extra: dict) -> None:
+        ys, xs = np.nonzero(mask)
+        if ys.size == 0:
+            extra["skipped"].append("replace_gain: empty mask")
+            return
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        crops = [src[y0:y1, x0:x1], tgt[y0:y1, x0:x1]]
+        meta = row.get("meta") or {}
+        ref_vec = None
+        if self.embedder is not None and self.config.profile == "clip":
+            from ..models.clip import get_meta_embedding
+
+            ref_vec = get_meta_embedding(meta, self.embedder.model_id, "ref", None)
+        ref_img = reference_image(meta) if ref_vec is None else None
+        if ref_vec is None and ref_img is None:
+            extra["skipped"].append("replace_gain: no reference patch in meta")
+            return
+        if self.config.profile == "clip":
+            vecs = self.embedder.embed_images(crops + ([ref_img] if ref_vec is None else []))
+            ref = ref_vec if ref_vec is not None else vecs[2]
+        else:
+            vecs = np.stack([cq.features(im) for im in crops + ([ref_img] if ref_img is not None else [])])
+            ref = vecs[2]
+        ref = ref / max(float(np.linalg.norm(ref)), 1e-12)
+        sc["replace_gain"] = float(vecs[1] @ ref - vecs[0] @ ref)
+
+    def _apply(self, row: Row, sc: dict, extra: dict) -> None:
+        meta = row.setdefault("meta", {})
+        meta.setdefault("scores", {}).update(sc)
+        failed = qrules.evaluate(meta["scores"], self.thresholds)
+        prior = None if row.get("keep") else (row.get("drop_reason") or "dropped")
+        info: dict[str, Any] = {
+            "stage": self.name, "profile": self.config.profile, "thresholds": dict(self.thresholds),
+            "failed": failed, "prior_drop": prior, "scorers": self.scorers,
+        }
+        if self.specs:
+            info["threshold_specs"] = dict(self.specs)
+        if self.giqa_info:
+            info["giqa_reference"] = self.giqa_info
+        if extra.get("skipped"):
+            info["skipped"] = extra["skipped"]
+        if extra.get("classical"):
+            info["classical"] = extra["classical"]
+        meta["filter"] = info
+        if row.get("keep"):
+            for f in failed:
+                drop(row, f)
+
+
+STAGE = QualityFilter

@@ -1,0 +1,122 @@
+"""Keypoint targets (paper 3.1, 4.1): per sample 1-5 random labelled joints of one person, each
+circled in a random named colour; the instruction names joints, colours and the person.
+
+Works for every reader emitting the keypoint record payload (COCO, MPII, CrowdPose, AIC):
+``meta.joints`` [{name, x, y, v}] in file pixels, ``meta.bbox`` of the person, ``meta.people``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import imageio
+from ..errors import ConfigError, RecordError
+from ..instructions import choose, load_templates
+from ..render import keypoints as K
+from ..render.common import RenderConfig, encode_target, load_source
+from ..render.palette import PALETTE, names as palette_names
+from ..schema import Row, drop, make_key
+from ..stage import Stage, child
+
+ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
+
+
+@dataclass
+class RenderKeypointsConfig(RenderConfig):
+    min_joints: int = 1
+    max_joints: int = 5
+    radius_frac: float = 0.01  # circle radius as a fraction of the longer side of the written image
+    min_radius: int = 3
+    min_visibility: int = 1  # 1: labelled joints, occluded included (COCO v=1); 2: visible only
+    max_centre_error: float = 1.5  # px, verification of the recovered circle centres
+    templates: str = "keypoint"
+
+
+def describe_person(bbox: list | None, people: list | None) -> str:
+    """'the person' when alone; otherwise its place from the left among the people of the image."""
+    if not bbox or not people or len(people) < 2:
+        return "the person"
+    centres = sorted((p[0] + p[2] / 2.0) for p in people)
+    cx = bbox[0] + bbox[2] / 2.0
+    rank = int(np.argmin([abs(c - cx) for c in centres]))
+    n = len(centres)
+    if rank == 0:
+        return "the leftmost person"
+    if rank == n - 1:
+        return "the rightmost person"
+    if n == 3:
+        return "the person in the middle"
+    return f"the {ORDINALS[min(rank, len(ORDINALS) - 1)]} person from the left"
+
+
+def join_items(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+class RenderKeypoints(Stage):
+    name = "render_keypoints"
+    Config = RenderKeypointsConfig
+
+    def validate(self) -> None:
+        c = self.config
+        if not 1 <= c.min_joints <= c.max_joints:
+            raise ConfigError(f"{self.name}.min_joints/max_joints: need 1 <= min <= max, got {c.min_joints}..{c.max_joints}")
+        if len(palette_names(c.colors)) < c.max_joints:
+            raise ConfigError(f"{self.name}.colors: need at least max_joints={c.max_joints} colours")
+        load_templates(c.templates)
+
+    def process(self, rows: list[Row]) -> list[Row]:
+        out: list[Row] = []
+        templates = load_templates(self.config.templates)
+        for r in rows:
+            out.extend(self._render(r, templates))
+        return out
+
+    def _render(self, rec: Row, templates: list[str]) -> list[Row]:
+        cfg = self.config
+        meta = rec["meta"]
+        rid = meta.get("record_id")
+        src = load_source(meta, cfg.max_side, cfg.jpeg_quality, record=rid)
+        h, w = src.rgb.shape[:2]
+        radius = K.radius_for(h, w, cfg.radius_frac, cfg.min_radius)
+        joints = [dict(j, x=j["x"] * src.scale, y=j["y"] * src.scale) for j in meta["joints"]]
+        bbox = meta.get("bbox")
+        person = describe_person(bbox, meta.get("people"))
+        palette = {n: PALETTE[n] for n in palette_names(cfg.colors)}
+        base = {k: v for k, v in meta.items() if k not in ("joints", "people")}
+        rows = []
+        for v in range(cfg.variants_per_record):
+            rng = self.rng(rec["key"], v)
+            k = int(rng.integers(cfg.min_joints, cfg.max_joints + 1))
+            chosen = K.select_joints(joints, h, w, radius, k, rng, cfg.min_visibility)
+            key = make_key(rec["dataset"], rid, f"v{v}")
+            row = child(rec, key=key, src=src.data, meta=dict(base, variant=v, scale=src.scale, size=[h, w]))
+            if not chosen:
+                rows.append(drop(row, "no labelled joint fits a circle inside the image"))
+                continue
+            colours: list[str] = []
+            for i in chosen:
+                colours.append(K.pick_color(src.rgb, joints[i]["x"], joints[i]["y"], radius, palette, set(colours), rng))
+            pts = [(joints[i]["x"], joints[i]["y"]) for i in chosen]
+            rgbs = [palette[c] for c in colours]
+            tgt_bytes = encode_target(K.draw(src.rgb, pts, rgbs, radius), cfg)
+            items = [f"the {joints[i]['name']} in {c}" for i, c in zip(chosen, colours)]
+            t_idx, text = choose(templates, rng, items=join_items(items), person=person)
+            drawn = [{"joint": joints[i]["name"], "x": round(joints[i]["x"], 3), "y": round(joints[i]["y"], 3),
+                      "v": joints[i]["v"], "color": c, "rgb": list(palette[c])} for i, c in zip(chosen, colours)]
+            row.update(tgt=tgt_bytes, instruction=text)
+            row["meta"].update(drawn=drawn, radius=radius, person=person, template=t_idx)
+            if cfg.verify:
+                errs = K.recover_centres(src.rgb, imageio.decode(tgt_bytes), pts, rgbs, radius)
+                worst = max(errs)
+                row["meta"]["verify"] = {"max_centre_error": round(worst, 3) if np.isfinite(worst) else None}
+                row["meta"]["verified"] = bool(worst <= cfg.max_centre_error)
+                if not row["meta"]["verified"]:
+                    drop(row, f"verification failed: circle centre off by more than {cfg.max_centre_error}px")
+            rows.append(row)
+        return rows
+
+
+STAGE = RenderKeypoints

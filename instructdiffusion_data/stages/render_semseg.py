@@ -1,0 +1,117 @@
+"""Semantic segmentation targets (paper 3.1, 4.1): one category's pixels under a named colour at
+alpha 0.5. A share of samples names a category absent from the image; their target equals the source.
+
+Reads the COCO-Stuff record payload: ``meta.segments`` [{category_id, name, rle | polygons}] (json
+form) or ``meta.labelmap`` + ``label_offset`` (pixel-map form: pixel value + offset = category id,
+255 = unlabeled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError, RecordError
+from ..instructions import choose, load_templates
+from ..readers._coco import clean_name, cocostuff_labels
+from ..render import masks as M
+from ..render.common import MaskRenderConfig, load_source, mask_sample, object_phrase, pick_mask_color
+from ..schema import Row, drop, make_key
+from ..stage import Stage, child
+
+VOID = 255
+
+
+@dataclass
+class RenderSemsegConfig(MaskRenderConfig):
+    absent_ratio: float = 0.2  # share of samples naming a category that is not in the image
+    min_area_frac: float = 0.001  # categories covering less of the image are not chosen as present
+    vocabulary: str = "cocostuff"  # category names for absent draws (the bundled COCO-Stuff list)
+
+
+class RenderSemseg(Stage):
+    name = "render_semseg"
+    Config = RenderSemsegConfig
+
+    def validate(self) -> None:
+        if not 0.0 <= self.config.absent_ratio <= 1.0:
+            raise ConfigError(f"{self.name}.absent_ratio: must be within [0, 1], got {self.config.absent_ratio}")
+        if self.config.vocabulary != "cocostuff":
+            raise ConfigError(f"{self.name}.vocabulary: unknown vocabulary {self.config.vocabulary!r} (cocostuff)")
+        load_templates(self.config.templates or "semantic_seg")
+
+    def process(self, rows: list[Row]) -> list[Row]:
+        out: list[Row] = []
+        templates = load_templates(self.config.templates or "semantic_seg")
+        for r in rows:
+            out.extend(self._render(r, templates))
+        return out
+
+    def _category_masks(self, meta: dict, h0: int, w0: int, rid) -> dict[str, np.ndarray]:
+        """name -> mask at the file's resolution, all annotations of a category merged."""
+        masks: dict[str, np.ndarray] = {}
+        labels = cocostuff_labels()
+        if meta.get("labelmap"):
+            lm = M.read_labelmap(meta["labelmap"], record=rid)
+            if lm.shape != (h0, w0):
+                raise RecordError(f"label map size {list(lm.shape)} differs from image size {[h0, w0]}",
+                                  file=meta["labelmap"], record=rid)
+            off = int(meta.get("label_offset", 1))
+            for val in np.unique(lm):
+                if val == VOID:
+                    continue
+                cid = int(val) + off
+                if cid not in labels or cid == 183:
+                    raise RecordError(f"unknown category id {cid} (pixel value {int(val)})", file=meta["labelmap"],
+                                      record=rid, field="pixel")
+                masks[clean_name(labels[cid])] = lm == val
+            return masks
+        for seg in meta.get("segments", []):
+            m = M.segment_to_mask(seg, h0, w0, record=rid)
+            name = seg["name"]
+            masks[name] = masks[name] | m if name in masks else m
+        return masks
+
+    def _render(self, rec: Row, templates: list[str]) -> list[Row]:
+        cfg = self.config
+        meta = rec["meta"]
+        rid = meta.get("record_id")
+        src = load_source(meta, cfg.max_side, cfg.jpeg_quality, record=rid)
+        h, w = src.rgb.shape[:2]
+        h0, w0 = src.orig_size
+        full = self._category_masks(meta, h0, w0, rid)
+        present = {}
+        for name, m in sorted(full.items()):
+            small = M.resize_bool(m, (h, w))
+            if small.mean() >= cfg.min_area_frac:
+                present[name] = small
+        vocab = sorted({clean_name(n) for i, n in cocostuff_labels().items() if i != 183} - set(full))
+        base = {k: v for k, v in meta.items() if k not in ("segments",)}
+        rows = []
+        for v in range(cfg.variants_per_record):
+            rng = self.rng(rec["key"], v)
+            absent = (not present) or rng.random() < cfg.absent_ratio
+            if absent:
+                name = str(vocab[int(rng.integers(len(vocab)))])
+                mask = np.zeros((h, w), bool)
+            else:
+                names = sorted(present)
+                name = names[int(rng.integers(len(names)))]
+                mask = present[name]
+            color = pick_mask_color(src.rgb, mask, cfg, rng)
+            t_idx, text = choose(templates, rng, color=color, object=object_phrase(name))
+            sample = mask_sample(rec, src, mask, color, cfg)
+            row = child(rec, key=make_key(rec["dataset"], rid, f"v{v}"), src=src.data, tgt=sample["tgt"],
+                        mask=sample["mask"], instruction=text,
+                        meta=dict(base, variant=v, scale=src.scale, size=[h, w], category=name, absent=absent,
+                                  template=t_idx, present=sorted(present), **sample["info"]))
+            if sample["verified"] is not None:
+                row["meta"]["verified"] = bool(sample["verified"])
+                if not sample["verified"]:
+                    drop(row, f"verification failed: recovered mask IoU below {cfg.min_iou}")
+            rows.append(row)
+        return rows
+
+
+STAGE = RenderSemseg

@@ -1,0 +1,477 @@
+"""Data side of the trainer: one WebDataset stream per dataset, mixed by weight, paired augmentation.
+
+Per dataset: shard urls -> (resampled with a seeded rng | shuffled per epoch and split by rank and
+worker) -> ``webdataset`` tar expansion and grouping -> a sample shuffle buffer. The mixture draws the
+dataset of each sample with a seeded rng (weights from the mixture manifest), then the sample is
+decoded, augmented (the same crop, resize and flip for source and target) and its instruction
+tokenised. Everything is a pure function of ``(seed, rank, logical worker, generation)``, so the
+position of a stream is one number per worker: how many raw samples it has drawn. Resume replays that
+many raw samples (tar reads only, no decoding) and continues exactly where the run stopped
+(``resume_mode: replay``); for very long runs ``reseed`` starts fresh streams with a new generation
+instead (statistically the same, not sample for sample).
+
+A sample that cannot be used (corrupt image, missing member, unreadable tar) is skipped and counted,
+never fatal; the count travels with the batches (``corrupt``) and is logged and checkpointed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+
+from instructdiffusion_data.errors import ConfigError, RecordError
+from instructdiffusion_data.imageio import decode
+
+log = logging.getLogger(__name__)
+
+MIXTURE_FORMAT = "instructdiffusion-data/mixture/1"
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+@dataclass
+class AugmentConfig:
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.1])  # shorter side = resolution * U(scale)
+    flip_p: float = 0.5  # horizontal flip probability (source and target together)
+    # a flip would make these instructions wrong ("circle the left shoulder", "the rightmost dog")
+    no_flip_tasks: list[str] = field(default_factory=lambda: ["keypoint", "referring_seg"])
+    no_flip_words: list[str] = field(default_factory=lambda: ["left", "right"])
+
+
+@dataclass
+class DataConfig:
+    mixture: str | None = None  # mixture manifest written by `idd mix`
+    outputs: list[str] = field(default_factory=list)  # fallback: output dirs (globs) holding manifest.json
+    output_weights: dict[str, float] = field(default_factory=dict)  # fallback: weight per output name
+    mixing: Literal["effective", "weight"] = "effective"  # P(dataset) ~ samples*weight, or ~ weight
+    resolution: int = 256
+    resampled: bool = True  # resample shards with replacement (infinite); False: epochs, split by rank/worker
+    shuffle_buffer: int = 256  # per dataset stream (raw encoded samples: ~bytes_per_sample * this in RAM)
+    shuffle_initial: int = 64
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    resume_mode: Literal["auto", "replay", "reseed"] = "auto"
+    replay_max_samples: int = 200_000  # auto: replay when a worker has drawn at most this many, else reseed
+    log_corrupt: int = 5  # log the first N skipped samples per worker
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    shards: list[str]
+    probability: float
+    samples: int = 0
+    weight: float = 1.0
+
+
+@dataclass
+class StreamState:
+    """Where the data streams of one rank stand: raw samples drawn per logical worker."""
+
+    seed: int = 0
+    generation: int = 0
+    positions: dict[int, int] = field(default_factory=dict)
+    corrupt: dict[int, int] = field(default_factory=dict)
+    batches: int = 0  # batches consumed from the loader (decides which worker yields the next one)
+
+    def update(self, batch: dict) -> None:
+        w = int(batch["worker"][0])
+        self.positions[w] = max(self.positions.get(w, 0), int(batch["pos"].max()))
+        self.corrupt[w] = max(self.corrupt.get(w, 0), int(batch["corrupt"].max()))
+        self.batches += 1
+
+    @property
+    def corrupt_total(self) -> int:
+        return sum(self.corrupt.values())
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "generation": self.generation, "batches": self.batches,
+                "positions": {str(k): v for k, v in self.positions.items()},
+                "corrupt": {str(k): v for k, v in self.corrupt.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StreamState":
+        return cls(seed=d["seed"], generation=d.get("generation", 0), batches=d.get("batches", 0),
+                   positions={int(k): v for k, v in d.get("positions", {}).items()},
+                   corrupt={int(k): v for k, v in d.get("corrupt", {}).items()})
+
+    def for_resume(self, mode: str, replay_max: int) -> "StreamState":
+        """The state a resumed loader starts from: the same positions (replay) or a new generation."""
+        drawn = max(self.positions.values(), default=0)
+        if mode == "reseed" or (mode == "auto" and drawn > replay_max):
+            log.info("data streams: new generation %d (reseed; %d samples drawn per worker at most)",
+                     self.generation + 1, drawn)
+            return StreamState(seed=self.seed, generation=self.generation + 1, corrupt=dict(self.corrupt))
+        log.info("data streams: replaying %d raw samples per worker to resume exactly", drawn)
+        return StreamState.from_dict(self.to_dict())
+
+
+# --- which datasets ------------------------------------------------------------------------------
+
+def _resolve(path: str, base: Path) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() else base / p)
+
+
+def load_mixture(path: str | Path, mixing: str = "effective") -> list[DatasetSpec]:
+    """Read a mixture manifest (``idd mix``): datasets with shard lists, sample counts and weights."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"data.mixture: file not found: {p}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"data.mixture: {p}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    if doc.get("format") != MIXTURE_FORMAT:
+        raise ConfigError(f"data.mixture: {p}: format is {doc.get('format')!r}, expected {MIXTURE_FORMAT!r}")
+    specs = []
+    for i, d in enumerate(doc.get("datasets") or []):
+        for k in ("name", "shards", "weight"):
+            if k not in d:
+                raise ConfigError(f"data.mixture: {p}: datasets[{i}].{k} is missing")
+        shards = [_resolve(s, p.parent) for s in d["shards"]]
+        samples = int(d.get("samples", 0))
+        eff = float(d.get("effective_per_epoch", samples * float(d["weight"])))
+        prob = eff if mixing == "effective" else float(d["weight"])
+        specs.append(DatasetSpec(name=d["name"], shards=shards, probability=prob, samples=samples,
+                                 weight=float(d["weight"])))
+    return _normalise(specs, str(p))
+
+
+def specs_from_outputs(patterns: list[str], weights: dict[str, float], mixing: str = "effective") -> list[DatasetSpec]:
+    """Fallback without ``idd mix``: every output dir (``<out>/<name>/<version>``, globs allowed) with a
+    manifest.json becomes one dataset; weight from ``weights[name]``, the manifest's mixture_weight, or 1."""
+    specs = []
+    for pat in patterns:
+        dirs = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat]
+        for d in dirs:
+            man = Path(d) / "manifest.json"
+            if not man.is_file():
+                if dirs == [pat]:
+                    raise ConfigError(f"data.outputs: no manifest.json in {d}")
+                continue
+            doc = json.loads(man.read_text())
+            train = doc.get("splits", {}).get("train", {})
+            shards = [_resolve(s["tar"], Path(d)) for s in train.get("shards", []) if s.get("rows", 1) > 0]
+            name = doc.get("name") or Path(d).parent.name
+            w = float(weights.get(name, doc.get("mixture_weight") or 1.0))
+            samples = int(train.get("rows", 0))
+            specs.append(DatasetSpec(name=name, shards=shards, probability=samples * w if mixing == "effective" else w,
+                                     samples=samples, weight=w))
+    return _normalise(specs, f"data.outputs {patterns}")
+
+
+def _normalise(specs: list[DatasetSpec], where: str) -> list[DatasetSpec]:
+    specs = [s for s in specs if s.shards and s.probability > 0]
+    if not specs:
+        raise ConfigError(f"{where}: no dataset with shards and a positive weight")
+    for s in specs:
+        missing = [u for u in s.shards if not Path(u).is_file()]
+        if missing:
+            raise ConfigError(f"{where}: dataset {s.name}: shard not found: {missing[0]}")
+    total = sum(s.probability for s in specs)
+    for s in specs:
+        s.probability /= total
+    return specs
+
+
+def resolve_datasets(cfg: DataConfig) -> list[DatasetSpec]:
+    if cfg.mixture and Path(cfg.mixture).is_file():
+        return load_mixture(cfg.mixture, cfg.mixing)
+    if cfg.outputs:
+        if cfg.mixture:
+            log.warning("data.mixture %s not found: using data.outputs %s", cfg.mixture, cfg.outputs)
+        return specs_from_outputs(cfg.outputs, cfg.output_weights, cfg.mixing)
+    if cfg.mixture:
+        raise ConfigError(f"data.mixture: file not found: {cfg.mixture} (write it with `idd mix MIXTURE.yaml --out {cfg.mixture}`)")
+    raise ConfigError("data: set data.mixture (a mixture manifest) or data.outputs (output dirs)")
+
+
+# --- streams -------------------------------------------------------------------------------------
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+class _Counter:
+    """Counts skipped samples of one worker (and logs the first few)."""
+
+    def __init__(self, base: int, log_first: int):
+        self.n = base
+        self.log_first = log_first
+        self.logged = 0
+        self.active = True  # False while replaying: those were counted before the checkpoint
+
+    def skip(self, why: str) -> None:
+        if not self.active:
+            return
+        self.n += 1
+        if self.logged < self.log_first:
+            self.logged += 1
+            log.warning("skipped sample: %s", why)
+
+    def tar_handler(self, exn: Exception) -> bool:
+        self.skip(f"tar read error: {exn}")
+        return True
+
+
+def _shard_urls(spec: DatasetSpec, cfg: DataConfig, seed: int, gworker: int, gtotal: int) -> Iterator[dict]:
+    if cfg.resampled:
+        # a distinct seeded stream per (rank, worker): no split needed, every worker sees every shard
+        yield from wds.ResampledShards(spec.shards, seed=seed, worker_seed=lambda: 0, deterministic=True)
+        return
+    rng = random.Random(seed)
+    epoch = 0
+    while True:
+        order = list(spec.shards)
+        rng.shuffle(order)
+        if len(order) >= gtotal:  # split by node and worker: shard i -> global worker i % total
+            mine = order[gworker::gtotal]
+            for u in mine:
+                yield {"url": u}
+        else:  # fewer shards than workers: every worker reads them all, keeps every gtotal-th sample
+            for u in order:
+                yield {"url": u, "__sample_split__": (gworker, gtotal)}
+        epoch += 1
+
+
+def _split_samples(src: Iterator[dict]) -> Iterator[dict]:
+    """Sample-level split for the case of fewer shards than workers (see :func:`_shard_urls`)."""
+    counts: dict[str, int] = {}
+    for s in src:
+        split = s.pop("__sample_split__", None)
+        if split is None:
+            yield s
+            continue
+        url = s.get("__url__", "")
+        i = counts.get(url, 0)
+        counts[url] = i + 1
+        if i % split[1] == split[0]:
+            yield s
+
+
+def dataset_stream(spec: DatasetSpec, cfg: DataConfig, seed: int, gworker: int, gtotal: int,
+                   counter: _Counter) -> Iterator[dict]:
+    """Raw (undecoded) samples of one dataset, infinite, shuffled through a buffer."""
+    urls = _shard_urls(spec, cfg, seed, gworker, gtotal)
+    if not cfg.resampled:
+        split_of: dict[str, Any] = {}
+
+        def tag(src):
+            for u in src:
+                split_of[u["url"]] = u.get("__sample_split__")
+                yield u
+
+        urls = tag(urls)
+    samples = wds.tarfile_to_samples(handler=counter.tar_handler)(urls)
+    if not cfg.resampled:
+        def retag(src):
+            for s in src:
+                sp = split_of.get(s.get("__url__"))
+                if sp is not None:
+                    s["__sample_split__"] = sp
+                yield s
+
+        samples = _split_samples(retag(samples))
+    if cfg.shuffle_buffer > 1:
+        samples = wds.filters._shuffle(samples, bufsize=cfg.shuffle_buffer, initial=cfg.shuffle_initial,
+                                       rng=random.Random(_seed(seed, 7)))
+    return samples
+
+
+class Mixture:
+    """Weighted random choice between dataset streams for one (rank, logical worker)."""
+
+    def __init__(self, specs: list[DatasetSpec], cfg: DataConfig, *, seed: int, rank: int, world: int,
+                 worker: int, num_workers: int, generation: int = 0, counter: _Counter | None = None):
+        self.specs = specs
+        self.counter = counter or _Counter(0, cfg.log_corrupt)
+        gtotal = world * num_workers
+        gworker = rank * num_workers + worker
+        self.streams = [
+            dataset_stream(s, cfg, _seed(seed, rank, worker, generation, i), gworker, gtotal, self.counter)
+            for i, s in enumerate(specs)
+        ]
+        self.cum = np.cumsum([s.probability for s in specs])
+        self.rng = np.random.default_rng(_seed(seed, rank, worker, generation, 10_000))
+
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
+        while True:
+            i = int(np.searchsorted(self.cum, self.rng.random() * self.cum[-1], side="right"))
+            i = min(i, len(self.streams) - 1)
+            try:
+                yield i, next(self.streams[i])
+            except StopIteration:
+                raise ConfigError(f"dataset {self.specs[i].name}: its shards hold no readable sample") from None
+
+
+# --- decoding and augmentation -------------------------------------------------------------------
+
+def _member(sample: dict, prefix: str) -> tuple[str, bytes] | None:
+    for k, v in sample.items():
+        if k == prefix or k.startswith(prefix + "."):
+            return k, v
+    return None
+
+
+def paired_augment(src: np.ndarray, tgt: np.ndarray, resolution: int, rng: np.random.Generator | None,
+                   aug: AugmentConfig, allow_flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Resize the shorter side to ``resolution * s`` (s ~ U(aug.scale)), crop ``resolution`` square at a
+    random place and flip: the same for source and target. ``rng=None``: centre crop, no flip."""
+    h, w = src.shape[:2]
+    if tgt.shape[:2] != (h, w):
+        tgt = cv2.resize(tgt, (w, h), interpolation=cv2.INTER_AREA)
+    scale = 1.0 if rng is None else float(rng.uniform(aug.scale[0], aug.scale[-1]))
+    factor = resolution * scale / min(h, w)
+    nh, nw = max(resolution, round(h * factor)), max(resolution, round(w * factor))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
+    if (nh, nw) != (h, w):
+        src = cv2.resize(src, (nw, nh), interpolation=interp)
+        tgt = cv2.resize(tgt, (nw, nh), interpolation=interp)
+    if rng is None:
+        y, x = (nh - resolution) // 2, (nw - resolution) // 2
+    else:
+        y, x = int(rng.integers(0, nh - resolution + 1)), int(rng.integers(0, nw - resolution + 1))
+    src = src[y:y + resolution, x:x + resolution]
+    tgt = tgt[y:y + resolution, x:x + resolution]
+    if rng is not None and allow_flip and rng.random() < aug.flip_p:
+        src, tgt = src[:, ::-1], tgt[:, ::-1]
+    return np.ascontiguousarray(src), np.ascontiguousarray(tgt)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """RGB uint8 [H, W, 3] -> float [3, H, W] in [-1, 1]."""
+    return torch.from_numpy(img).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def decode_pair(sample: dict) -> tuple[np.ndarray, np.ndarray, str, dict]:
+    """Source, target, instruction and json doc of a raw sample; RecordError when unusable."""
+    key = sample.get("__key__")
+    where = f"{sample.get('__url__')}"
+    out = []
+    for part in ("src", "tgt"):
+        m = _member(sample, part)
+        if m is None:
+            raise RecordError(f"{part} image missing", file=where, record=key)
+        out.append(decode(m[1], file=f"{where}:{key}.{m[0]}", record=key))
+    if "txt" not in sample:
+        raise RecordError("instruction missing", file=where, record=key)
+    text = sample["txt"].decode("utf-8", errors="replace")
+    doc = {}
+    if "json" in sample:
+        try:
+            doc = json.loads(sample["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = {}
+    return out[0], out[1], text, doc
+
+
+def flip_allowed(text: str, task: str | None, aug: AugmentConfig) -> bool:
+    if task in aug.no_flip_tasks:
+        return False
+    words = set(text.lower().replace(",", " ").replace(".", " ").split())
+    return not any(w in words or any(x.startswith(w) for x in words) for w in aug.no_flip_words)
+
+
+class MixtureDataset(torch.utils.data.IterableDataset):
+    """The training stream of one rank: mixed, decoded, augmented, tokenised samples.
+
+    Each sample carries ``worker`` (its logical worker), ``pos`` (raw samples that worker has drawn,
+    this one included) and ``corrupt`` (samples it has skipped so far): :class:`StreamState` keeps
+    them to checkpoint the streams' position.
+    """
+
+    def __init__(self, specs: list[DatasetSpec], cfg: DataConfig, tokenizer, *, seed: int, rank: int = 0,
+                 world: int = 1, num_workers: int | None = None, state: StreamState | None = None):
+        super().__init__()
+        self.specs = specs
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.num_workers = max(1, cfg.num_workers if num_workers is None else num_workers)
+        self.state = state or StreamState(seed=seed)
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        ids = self.tokenizer(text, max_length=self.tokenizer.model_max_length, padding="max_length",
+                             truncation=True, return_tensors="pt").input_ids
+        return ids[0]
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        nw = info.num_workers if info is not None else 1
+        if nw != self.num_workers:
+            raise RuntimeError(f"MixtureDataset built for {self.num_workers} workers, loader has {nw}")
+        # the loader asks worker 0 first: rotate so that the next batch comes from the logical worker
+        # that would have produced it in the uninterrupted run
+        logical = (wid + self.state.batches) % nw
+        start = self.state.positions.get(logical, 0)
+        counter = _Counter(self.state.corrupt.get(logical, 0), self.cfg.log_corrupt)
+        mix = Mixture(self.specs, self.cfg, seed=self.seed, rank=self.rank, world=self.world, worker=logical,
+                      num_workers=nw, generation=self.state.generation, counter=counter)
+        it = iter(mix)
+        counter.active = False
+        for _ in range(start):  # replay: read, do not decode
+            next(it)
+        counter.active = True
+        pos = start
+        res = self.cfg.resolution
+        for ds, raw in it:
+            pos += 1
+            rng = np.random.default_rng(_seed(self.seed, self.rank, logical, self.state.generation, pos, 99))
+            try:
+                src, tgt, text, doc = decode_pair(raw)
+                src, tgt = paired_augment(src, tgt, res, rng, self.cfg.augment,
+                                          flip_allowed(text, doc.get("task"), self.cfg.augment))
+            except (RecordError, cv2.error, ValueError) as e:
+                counter.skip(f"{self.specs[ds].name}: {e}")
+                continue
+            yield {"src": to_tensor(src), "tgt": to_tensor(tgt), "input_ids": self.tokenize(text),
+                   "dataset": ds, "worker": logical, "pos": pos, "corrupt": counter.n, "key": raw.get("__key__", "")}
+
+
+def make_loader(dataset: MixtureDataset, batch_size: int) -> torch.utils.data.DataLoader:
+    nw = dataset.cfg.num_workers
+    kw: dict[str, Any] = {}
+    if nw > 0:
+        kw = {"prefetch_factor": dataset.cfg.prefetch_factor, "persistent_workers": False}
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=nw, pin_memory=torch.cuda.is_available(),
+                                       **kw)
+
+
+def validation_pairs(specs: list[DatasetSpec], n: int, resolution: int) -> list[dict]:
+    """A fixed set of (source, instruction, target) pairs: the first samples of each dataset's first
+    shard, taken round-robin over datasets, centre-cropped. The same for every run on these shards."""
+    per: list[list[dict]] = []
+    for s in specs:
+        got = []
+        counter = _Counter(0, 0)
+        for raw in wds.tarfile_to_samples(handler=counter.tar_handler)(iter([{"url": u} for u in s.shards[:2]])):
+            try:
+                src, tgt, text, _ = decode_pair(raw)
+            except RecordError:
+                continue
+            src, tgt = paired_augment(src, tgt, resolution, None, AugmentConfig())
+            got.append({"src": src, "tgt": tgt, "instruction": text, "dataset": s.name, "key": raw["__key__"]})
+            if len(got) >= n:
+                break
+        per.append(got)
+    out = []
+    for i in range(n):
+        for got in per:
+            if i < len(got) and len(out) < n:
+                out.append(got[i])
+    return out
