@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..writer import SPLITS
 from .alignment import export_alignment
 from .catalog import MAX_PAGE_SIZE, MAX_SCORE_FILTERS, MAX_TEXT, Catalog, Filters
-from .images import MemberError, ThumbCache, check_image, error_tile, read_member
+from .images import MemberError, ThumbCache, check_image, error_tile, read_member, validate_image
 from .labels import LabelStore
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,9 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
                 data, media = thumbs.get(tar, off, size, tkind)
                 return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
             data = read_member(tar, off, size)
-            return Response(data, media_type=check_image(data), headers={"Cache-Control": "max-age=3600"})
+            media = check_image(data)
+            validate_image(data, kind)
+            return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
         except MemberError as e:
             log.warning("%s: %s %s member unreadable: %s", tar, key, kind, e)
             return Response(error_tile(), media_type="image/png",

@@ -53,6 +53,14 @@ def check_image(data: bytes) -> str:
     return MEDIA[ext]
 
 
+def validate_image(data: bytes, kind: str) -> None:
+    """Decode once so that a corrupt member becomes an error tile rather than a broken image."""
+    try:
+        (decode_gray if kind == "mask" else decode)(data)
+    except RecordError as e:
+        raise MemberError(str(e)) from None
+
+
 def _fit(arr: np.ndarray, max_side: int, interp: int) -> np.ndarray:
     h, w = arr.shape[:2]
     scale = max_side / max(h, w)
