@@ -222,7 +222,7 @@ def _head_noun(words: list[str], name: str | None) -> str:
     stops = {"on", "in", "of", "with", "near", "by", "at", "to", "next", "behind", "above", "below", "under",
              "beside", "wearing", "holding", "has", "having", "that", "which", "who", "left", "right", "under",
              "over", "inside", "outside", "across", "along", "against", "between", "around", "for", "from"}
-    head = words[-1]
+    head = words[0]
     for w in words[1:]:
         if w.lower() in stops:
             break
