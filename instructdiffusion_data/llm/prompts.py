@@ -4,8 +4,8 @@ An *edit* is described by :class:`EditSpec` (edit type, the edited object before
 captions of source and target). :func:`instruction_messages` turns it into chat messages asking for
 ``{"instruction": "..."}``; :func:`template_instruction` fills one of the task's hand-written
 templates instead (``configs/instructions/<task>.txt`` through :mod:`instructdiffusion_data.instructions`;
-placeholders ``{object}`` (= ``{phrase}``) for removal and addition, ``{source}`` and ``{target}``
-for replacement). Built-in templates cover a task whose file is missing.
+placeholders ``{phrase}`` (= ``{object}``) for removal, ``{a_phrase}`` for addition, ``{source}`` and
+``{target}`` for replacement). Built-in templates cover a task whose file is missing.
 """
 
 from __future__ import annotations
@@ -25,21 +25,21 @@ EDIT_TASKS = ("edit_remove", "edit_add", "edit_replace")
 # Used only when configs/instructions/<task>.txt is missing (an installed package without configs/).
 BUILTIN_TEMPLATES = {
     "edit_remove": [
-        "remove the {object}", "delete the {object} from the image", "take away the {object}",
-        "erase the {object}", "get rid of the {object}", "make the {object} disappear",
-        "remove the {object} from the picture", "clear away the {object}", "eliminate the {object}",
-        "please remove the {object}",
+        "Remove the {phrase}.", "Delete the {phrase} from the image.", "Take away the {phrase}.", "Erase the {phrase}.",
+        "Get rid of the {phrase}.", "Make the {phrase} disappear.", "Remove the {phrase} from the picture.",
+        "Clear away the {phrase}.", "Eliminate the {phrase}.", "Please remove the {phrase}.",
     ],
     "edit_add": [
-        "add {object}", "add {object} to the image", "put {object} in the picture", "insert {object}",
-        "place {object} in the scene", "include {object} in the image", "make the image show {object}",
-        "please add {object}", "draw {object} into the picture", "bring {object} into the scene",
+        "Add {a_phrase}.", "Add {a_phrase} to the image.", "Put {a_phrase} in the picture.", "Insert {a_phrase}.",
+        "Place {a_phrase} in the scene.", "Include {a_phrase} in the image.", "Make the image show {a_phrase}.",
+        "Please add {a_phrase}.", "Draw {a_phrase} into the picture.", "Bring {a_phrase} into the scene.",
     ],
     "edit_replace": [
-        "change the {source} to {target}", "replace the {source} with {target}", "turn the {source} into {target}",
-        "swap the {source} for {target}", "make the {source} {target}", "transform the {source} into {target}",
-        "please change the {source} to {target}", "substitute {target} for the {source}",
-        "convert the {source} into {target}", "have {target} instead of the {source}",
+        "Change the {source} to {target}.", "Replace the {source} with {target}.", "Turn the {source} into {target}.",
+        "Swap the {source} for {target}.", "Transform the {source} into {target}.",
+        "Please change the {source} to {target}.", "Substitute {target} for the {source}.",
+        "Convert the {source} into {target}.", "Put {target} where the {source} is.",
+        "Exchange the {source} for {target}.",
     ],
 }
 
@@ -57,15 +57,48 @@ class EditSpec:
         return [o for o in (self.obj, self.target_obj) if o]
 
     def values(self) -> dict[str, str]:
-        """Template placeholder values (aliases included, so any template file style fills)."""
-        v = {"object": self.obj, "phrase": self.obj, "source": self.obj}
+        """Template placeholder values (aliases included, so any template file style fills):
+        ``{object}``/``{phrase}``/``{source}`` (no leading article: templates say "the"),
+        ``{a_phrase}`` (with an indefinite article, for "add {a_phrase}"), ``{target}``."""
+        obj = strip_article(self.obj)
+        v = {"object": obj, "phrase": obj, "source": obj, "a_phrase": with_indefinite_article(obj)}
         if self.target_obj:
-            v["target"] = self.target_obj
+            v["target"] = with_indefinite_article(strip_article(self.target_obj))
         if self.source_caption:
             v["source_caption"] = self.source_caption
         if self.target_caption:
             v["target_caption"] = self.target_caption
         return v
+
+
+_DETERMINERS = ("the", "a", "an", "this", "that", "these", "those")
+_NO_ARTICLE = ("some", "many", "several", "two", "three", "four", "five", "few", "his", "her", "their", "its",
+               "my", "our", "your", "both", "all", "each")
+
+
+def strip_article(phrase: str) -> str:
+    """"the blue bird" -> "blue bird" (a lone word is kept as it is)."""
+    words = phrase.split()
+    if len(words) > 1 and words[0].lower() in _DETERMINERS:
+        words = words[1:]
+    return " ".join(words)
+
+
+def with_indefinite_article(phrase: str) -> str:
+    """"red car" -> "a red car", "old man" -> "an old man"; plurals ("dogs"), numbers and
+    quantified phrases ("two dogs", "some grass") are left bare. (A light rule: the removal stage's
+    own grammar is richer; pipelines that need it keep that stage's instruction on the template path.)"""
+    words = phrase.split()
+    if not words:
+        return phrase
+    first = words[0].lower()
+    if first in _NO_ARTICLE or first[0].isdigit() or first in ("a", "an"):
+        return phrase
+    head = words[-1].lower()  # short phrases ("red cars"); longer ones carry relations ("dog on the grass")
+    if len(words) <= 3 and head.endswith("s") and not head.endswith(("ss", "us", "is")):
+        return phrase
+    article = "an" if first[0] in "aeiou" and not first.startswith(("uni", "use", "eu", "one")) else "a"
+    return f"{article} {phrase}"
 
 
 SYSTEM = ("You write instructions for an image-editing dataset. Each instruction is one short, natural, "

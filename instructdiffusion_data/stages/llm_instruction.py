@@ -17,7 +17,8 @@ template stood in for a failed LLM call, see ``on_budget_exhausted`` / ``on_erro
 
 With ``llm.base_url`` unset the instruction comes from the task's templates
 (``configs/instructions/<task>.txt``, or ``<task>.expanded.txt`` when present), chosen with the row's
-seeded generator: the same row always gets the same text. With an endpoint, every row is asked of the
+seeded generator: the same row always gets the same text; a row that already carries an instruction
+from an earlier template stage keeps it (``keep_existing``, provenance ``"by": "upstream"``). With an endpoint, every row is asked of the
 LLM (cached, retried, budgeted: :mod:`instructdiffusion_data.llm`) and the answer validated; a row
 whose answer fails validation is dropped with the reason (``llm_instruction: instruction does not
 mention the edited object``). When the budget is spent, the remaining rows are dropped with
@@ -54,6 +55,8 @@ class LLMInstructionConfig(StageConfig):
     min_words: int = 2
     max_words: int = 30
     per_row_seed: bool = True  # send a seed derived from the row key (diversity across identical inputs)
+    keep_existing: bool = True  # template path: a row that already has an instruction (e.g. from the
+    # removal stage, same templates) keeps it and is marked {"path": "template", "by": "upstream"}
 
 
 def _first(*values) -> str | None:
@@ -127,7 +130,13 @@ class LLMInstruction(Stage):
                 out.append(drop(row, f"{self.name}: {e}"))
                 continue
             if self.client is None:
-                out.append(self._template(row, spec))
+                if self.config.keep_existing and row.get("instruction"):
+                    tid = row["meta"].get("template_id")
+                    row["meta"]["instruction_provenance"] = {"path": "template", "by": "upstream",
+                                                             "template_index": tid}
+                    out.append(row)
+                else:
+                    out.append(self._template(row, spec))
             else:
                 todo.append((row, spec))
         if todo:
