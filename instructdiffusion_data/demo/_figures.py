@@ -130,3 +130,71 @@ def write_png(path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     out = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR) if arr.ndim == 3 else arr
     cv2.imwrite(str(path), out, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+
+
+def object_scene(rng: np.random.Generator, h: int, w: int, k: int) -> tuple[np.ndarray, list[dict]]:
+    """A background with ``k`` named objects side by side; returns the image and
+    ``[{"name", "box", "mask"}]``."""
+    img = background(rng, h, w)
+    objs = []
+    names = list(rng.permutation(OBJECTS))[:k]
+    slot = w // k
+    for i, name in enumerate(names):
+        s = int(rng.integers(min(h, slot) // 3, max(min(h, slot) // 3 + 1, int(min(h, slot) * 0.7))))
+        x0 = i * slot + int(rng.integers(0, max(1, slot - s)))
+        y0 = int(rng.integers(0, max(1, h - s)))
+        box = (x0, y0, x0 + s, y0 + s)
+        objs.append({"name": str(name), "box": box, "mask": draw_object(img, str(name), box)})
+    return img, objs
+
+
+def edit_pair(rng: np.random.Generator, h: int, w: int, kind: str | None = None) -> dict:
+    """A synthetic editing example: ``src``, ``tgt``, ``instruction``, ``mask`` (0/255), captions
+    and the edit ``kind`` (replace / remove / add / recolor)."""
+    kind = kind or str(rng.choice(["replace", "remove", "add", "recolor"]))
+    base = background(rng, h, w)
+    k = int(rng.integers(1, 3))
+    src = base.copy()
+    names = list(rng.permutation(OBJECTS))
+    slot = w // (k + 1)
+    placed = []
+    for i in range(k):
+        s = int(min(h, slot) * rng.uniform(0.45, 0.8))
+        x0 = i * slot + int(rng.integers(0, max(1, slot - s)))
+        y0 = int(rng.integers(0, max(1, h - s)))
+        placed.append((str(names[i]), (x0, y0, x0 + s, y0 + s)))
+        draw_object(src, str(names[i]), (x0, y0, x0 + s, y0 + s))
+    free_box = (k * slot + 4, h // 4, min(w - 4, k * slot + slot - 4), h // 4 + min(slot - 8, h // 2))
+    tgt = base.copy()
+    mask = np.zeros((h, w), np.uint8)
+    target_names = [n for n, _ in placed]
+    if kind == "remove":
+        gone = placed[-1]
+        for n, b in placed[:-1]:
+            draw_object(tgt, n, b)
+        mask = draw_object(np.zeros_like(src), gone[0], gone[1])
+        text = f"remove the {gone[0]}"
+        target_names = target_names[:-1]
+    elif kind == "add":
+        for n, b in placed:
+            draw_object(tgt, n, b)
+        new = str(names[k])
+        mask = draw_object(tgt, new, free_box)
+        text = f"add a {new}"
+        target_names.append(new)
+    else:
+        old = placed[0]
+        for n, b in placed[1:]:
+            draw_object(tgt, n, b)
+        if kind == "recolor":
+            colors = [c for c in _OBJ_COLORS if c != old[0].split()[0]]
+            new = f"{colors[int(rng.integers(len(colors)))]} {old[0].split()[1]}"
+            text = f"make the {old[0].split()[1]} {new.split()[0]}"
+        else:
+            new = str(names[k])
+            text = f"turn the {old[0]} into a {new}"
+        mask = draw_object(tgt, new, old[1]) | draw_object(np.zeros_like(src), old[0], old[1])
+        target_names[0] = new
+    return {"src": src, "tgt": tgt, "mask": mask, "instruction": text, "kind": kind,
+            "input_caption": "a picture of " + " and ".join(f"a {n}" for n, _ in placed),
+            "output_caption": "a picture of " + (" and ".join(f"a {n}" for n in target_names) or "nothing")}

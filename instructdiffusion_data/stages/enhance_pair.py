@@ -18,7 +18,7 @@ import numpy as np
 from .. import imageio
 from ..errors import ConfigError, RecordError
 from ..instructions import choose, load_templates
-from ..schema import Row, make_key
+from ..schema import Row, drop, make_key
 from ..stage import Stage, StageConfig, child
 
 TASKS = ("deblur", "denoise", "dewatermark")
@@ -53,7 +53,10 @@ class EnhancePairStage(Stage):
     def process(self, rows: list[Row]) -> list[Row]:
         out: list[Row] = []
         for row in rows:
-            out.extend(self._one(row))
+            try:
+                out.extend(self._one(row))
+            except RecordError as e:  # the row's own fault: dropped with its reason, the batch goes on
+                out.append(drop(child(row), f"{self.name}: {e}"))
         return out
 
     def _load(self, meta: dict, field: str, rid: str) -> tuple[np.ndarray, bytes]:
