@@ -18,3 +18,13 @@ def ray_local():
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """The COCO-family demo datasets (12 scenes), generated once per test session."""
+    from instructdiffusion_data.demo import generate_all
+
+    root = tmp_path_factory.mktemp("demo")
+    generate_all(root, n=12, seed=3, only=["coco"])
+    return root

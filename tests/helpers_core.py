@@ -1,5 +1,6 @@
 """A minimal source and stage for runner tests, loaded through the 'module:Class' config form."""
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,7 @@ class CountSource(Source):
 class PaintConfig(StageConfig):
     variants: int = 2
     fail_on: int = -1
+    sleep: float = 0.0  # seconds per row: keeps a run alive long enough to be killed mid-way
 
 
 class PaintStage(Stage):
@@ -41,6 +43,7 @@ class PaintStage(Stage):
         out = []
         for r in rows:
             rid = r["meta"]["record_id"]
+            time.sleep(self.config.sleep)
             if rid == self.config.fail_on:
                 raise ValueError(f"boom on {rid}")
             for v in range(self.config.variants):

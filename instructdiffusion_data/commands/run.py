@@ -9,8 +9,10 @@ log = logging.getLogger("idd.run")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a pipeline config (source -> stages -> shards) on Ray")
-    p.add_argument("config", help="pipeline YAML, e.g. configs/pipelines/keypoints_coco.yaml")
+    p = sub.add_parser("run", help="run pipeline configs (source -> stages -> shards) on Ray")
+    p.add_argument("configs", nargs="+", metavar="CONFIG",
+                   help="pipeline YAML(s), e.g. configs/pipelines/keypoints_coco.yaml; several run one after "
+                        "the other on the same Ray cluster, every config validated before any work")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (dotted: writer.records_per_shard=64, stages.0.variants_per_record=3)")
     p.add_argument("--address", default=None, help="Ray cluster to join ('auto', 'ray://host:10001'); default: embedded")
@@ -22,9 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..config import load_pipeline_config
-    from ..runner import run
+    from ..runner import build, run
 
-    cfg = load_pipeline_config(args.config, args.overrides)
-    summary = run(cfg, address=args.address, out=args.out, overwrite=args.overwrite, use_ray=not args.no_ray)
-    print("\n".join(summary.lines()))
+    configs = [load_pipeline_config(path, args.overrides) for path in args.configs]
+    for cfg in configs:
+        build(cfg)  # every source and stage checks its config and paths before any work starts
+    for cfg in configs:
+        summary = run(cfg, address=args.address, out=args.out, overwrite=args.overwrite, use_ray=not args.no_ray)
+        print("\n".join(summary.lines()), flush=True)
     return 0

@@ -1,0 +1,146 @@
+"""The quality_filter stage on real pixels: scores in meta, named rules, edit checks, no resurrection."""
+
+import base64
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from instructdiffusion_data.errors import ConfigError
+from instructdiffusion_data.imageio import encode_jpeg, encode_png
+from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.schema import new_row
+from instructdiffusion_data.stages.quality_filter import QualityFilter
+from tests.helpers_quality import removal_pair, scene
+
+
+def _row(key, src, tgt, mask, task="edit_remove", **kw):
+    return new_row(key=key, task=task, dataset="t", src=encode_jpeg(src), tgt=encode_jpeg(tgt), mask=encode_png(mask),
+                   instruction="x", **kw)
+
+
+def test_removal_rows_scored_and_named(tmp_path):
+    good = removal_pair(1)
+    blurred = removal_pair(1, blur=4.0)
+    moved_bg = removal_pair(1, touch_background=True)
+    src, _, mask = good
+    rows = [
+        _row("good", *good),
+        _row("blurred", *blurred),
+        _row("bg", *moved_bg),
+        _row("nochange", src, src, mask),
+        _row("earlier", src, src, mask, keep=False, drop_reason="inpaint: error"),
+        new_row(key="other", task="keypoint", dataset="t", src=encode_jpeg(src), tgt=encode_jpeg(src)),
+    ]
+    st = QualityFilter({"tasks": ["edit_remove"], "aesthetic_tgt_min": 7.0, "aesthetic_diff_max": 1.0,
+                        "edit_change_min": 4.0, "background_change_max": 3.0})
+    out = {r["key"]: r for r in run_stages_local([st], rows)}
+    sc = {k: r["meta"].get("scores", {}) for k, r in out.items()}
+    assert out["good"]["keep"] and out["good"]["drop_reason"] is None
+    assert sc["good"]["edit_change"] > 20 and sc["good"]["background_change"] < 1.5
+    assert sc["good"]["aesthetic_tgt"] > sc["blurred"]["aesthetic_tgt"]
+    assert out["blurred"]["keep"] is False
+    assert "aesthetic_tgt<7.0" in out["blurred"]["drop_reason"].split(";")
+    assert "aesthetic_diff>1.0" in out["blurred"]["drop_reason"].split(";")
+    assert out["bg"]["drop_reason"] == "background_change>3.0"
+    assert sc["bg"]["background_change"] > 3.0
+    assert out["nochange"]["drop_reason"] == "edit_change<4.0"
+    # a row dropped earlier is scored for auditors, keeps its reason, is never resurrected
+    assert out["earlier"]["keep"] is False and out["earlier"]["drop_reason"] == "inpaint: error"
+    flt = out["earlier"]["meta"]["filter"]
+    assert flt["prior_drop"] == "inpaint: error" and "edit_change<4.0" in flt["failed"]
+    # out of scope: untouched
+    assert "scores" not in out["other"]["meta"] and out["other"]["keep"]
+    # thresholds recorded, meta survives the trip through JSON
+    good_flt = json.loads(json.dumps(out["good"]["meta"]))["filter"]
+    assert good_flt["thresholds"]["aesthetic_tgt_min"] == 7.0 and good_flt["profile"] == "weightfree"
+    assert good_flt["failed"] == [] and good_flt["prior_drop"] is None
+    assert good_flt["thresholds"]["giqa_tgt_min"] is None  # no reference: GIQA rules off
+
+
+def test_giqa_rules_with_reference_percentile(tmp_path):
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i in range(24):
+        (ref / f"{i}.jpg").write_bytes(encode_jpeg(scene(200 + i)))
+    src, tgt, mask = removal_pair(3)
+    noise = np.random.default_rng(0).integers(0, 256, tgt.shape, dtype=np.uint8)
+    rows = [_row("ok", src, tgt, mask), _row("noise", src, noise, mask)]
+    st = QualityFilter({"giqa_reference": str(ref), "giqa_tgt_min": "ref:p5", "aesthetic_tgt_min": None,
+                        "aesthetic_diff_max": None, "background_change_max": None, "edit_change_min": None})
+    out = {r["key"]: r for r in run_stages_local([st], rows)}
+    p5 = out["ok"]["meta"]["filter"]["giqa_reference"]["percentiles"]["p5"]
+    assert out["ok"]["meta"]["filter"]["thresholds"]["giqa_tgt_min"] == pytest.approx(p5)
+    assert out["ok"]["meta"]["scores"]["giqa_tgt"] > out["noise"]["meta"]["scores"]["giqa_tgt"]
+    assert out["noise"]["keep"] is False and out["noise"]["drop_reason"].startswith("giqa_tgt<")
+    assert out["ok"]["keep"]
+
+
+def test_replacement_reference_check(tmp_path):
+    src = scene(5)
+    mask = np.zeros(src.shape[:2], np.uint8)
+    mask[40:120, 60:160] = 255
+    patch = np.zeros((80, 100, 3), np.uint8)
+    patch[:] = (20, 200, 40)
+    cv2.circle(patch, (50, 40), 25, (250, 250, 20), -1)
+    tgt = src.copy()
+    tgt[40:120, 60:160] = patch  # the region became the reference
+    ref_file = tmp_path / "ref.png"
+    ref_file.write_bytes(encode_png(np.pad(patch, ((10, 10), (5, 5), (0, 0)))))
+    good_meta = {"reference": {"file": str(ref_file), "bbox": [5, 10, 100, 80]}}
+    b64_meta = {"reference": {"patch_png_b64": base64.b64encode(encode_png(patch)).decode()}}
+    rows = [
+        _row("good", src, tgt, mask, task="edit_replace", meta=good_meta),
+        _row("good64", src, tgt, mask, task="edit_replace", meta=b64_meta),
+        _row("unchanged", src, src, mask, task="edit_replace", meta=good_meta),
+        _row("noref", src, tgt, mask, task="edit_replace", meta={}),
+    ]
+    st = QualityFilter({"aesthetic_tgt_min": None, "aesthetic_diff_max": None, "edit_change_min": None,
+                        "replace_gain_min": 0.05})
+    out = {r["key"]: r for r in run_stages_local([st], rows)}
+    assert out["good"]["meta"]["scores"]["replace_gain"] > 0.05 and out["good"]["keep"]
+    assert out["good64"]["meta"]["scores"]["replace_gain"] == pytest.approx(
+        out["good"]["meta"]["scores"]["replace_gain"], abs=1e-3)
+    assert out["unchanged"]["drop_reason"] == "replace_gain<0.05"
+    assert "replace_gain" not in out["noref"]["meta"]["scores"] and out["noref"]["keep"]
+    assert any("no reference" in s for s in out["noref"]["meta"]["filter"]["skipped"])
+
+
+def test_config_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="aesthetic_weights: required"):
+        QualityFilter({"profile": "clip"})
+    with pytest.raises(ConfigError, match="giqa_reference: path not found"):
+        QualityFilter({"giqa_reference": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="giqa_tgt_min"):
+        QualityFilter({"giqa_tgt_min": "lots"})
+
+
+@pytest.mark.ml
+def test_clip_profile_end_to_end(tmp_path):
+    """profile clip: tiny open_clip from a config + a LAION-layout head, both loaded from files."""
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    from tests.test_quality_models import MLP_LAYOUT, TINY_CLIP, _checkpoint
+
+    cfg = tmp_path / "idd-test-tiny-clip2.json"
+    cfg.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model("idd-test-tiny-clip2").state_dict(), tmp_path / "clip.pt")
+    head, _ = _checkpoint(tmp_path, MLP_LAYOUT, "head.pth")
+    refdir = tmp_path / "ref"
+    refdir.mkdir()
+    for i in range(8):
+        (refdir / f"{i}.jpg").write_bytes(encode_jpeg(scene(300 + i)))
+    st = QualityFilter({"profile": "clip", "clip_model": "idd-test-tiny-clip2", "clip_pretrained": str(tmp_path / "clip.pt"),
+                        "clip_model_config": str(cfg), "aesthetic_weights": str(head), "giqa_reference": str(refdir),
+                        "giqa_tgt_min": None, "aesthetic_tgt_min": None, "aesthetic_diff_max": None,
+                        "store_embeddings": True})
+    out = run_stages_local([st], [_row("a", *removal_pair(2)), _row("b", *removal_pair(4, blur=2))])
+    for r in out:
+        sc = r["meta"]["scores"]
+        assert {"aesthetic_src", "aesthetic_tgt", "giqa_src", "giqa_tgt"} <= set(sc)
+        assert r["meta"]["filter"]["scorers"]["aesthetic"] == "laion-aesthetic-mlp:head.pth"
+        assert set(r["meta"]["clip"]["idd-test-tiny-clip2:clip.pt"]) == {"src", "tgt"}
+    assert out[0]["meta"]["scores"]["aesthetic_tgt"] != out[1]["meta"]["scores"]["aesthetic_tgt"]
