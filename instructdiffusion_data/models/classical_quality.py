@@ -1,8 +1,9 @@
 """Weight-free image quality: a documented no-reference score and features for GIQA.
 
 This is the ``weightfree`` profile of the quality filter (DESIGN.md, "Models and weights"): no network,
-no download, real measurements. Every measurement runs on the image brought to a fixed working size
-(longer side ``work_side`` px, default 512) so that the numbers do not depend on resolution.
+no download, real measurements. Every measurement runs on the image brought down to a working size
+(longer side at most ``work_side`` px, default 512; smaller images are not upsampled, which would
+invent blur), so that big images cost the same.
 
 Measurements (each mapped to a sub-score in [0, 1], 1 = good):
 
@@ -21,8 +22,8 @@ Measurements (each mapped to a sub-score in [0, 1], 1 = good):
 ``noise``
     Immerkaer's fast noise estimate (1996): the image convolved with the 3x3 Laplacian-difference
     kernel ``[[1,-2,1],[-2,4,-2],[1,-2,1]]``; ``sigma = sqrt(pi/2) * mean(|conv|) / 6``, computed over the
-    flattest half of the pixels (gradient magnitude below its median) so that texture and edges do not
-    count as noise. Sub-score ``1 - min(1, sigma / 12)``.
+    flattest half of the pixels (gradient magnitude of the Gaussian-smoothed image, sigma 2, below its
+    median) so that texture and edges do not count as noise. Sub-score ``1 - min(1, sigma / 12)``.
 ``blockiness``
     JPEG 8x8 blocking: the mean absolute horizontal and vertical differences across block boundaries
     divided by those inside blocks (Wang, Bovik and Evans 2000, simplified). 1 means no blocking.
@@ -81,13 +82,14 @@ class Measurements:
 
 
 def working_image(rgb: np.ndarray, work_side: int = 512) -> np.ndarray:
-    """``rgb`` brought to ``work_side`` on its longer side (down with area, up with cubic)."""
+    """``rgb`` brought down (area interpolation) to ``work_side`` on its longer side; smaller images
+    are measured as they are (upsampling would invent blur)."""
     h, w = rgb.shape[:2]
     s = work_side / max(h, w)
-    if abs(s - 1.0) < 1e-6:
+    if s >= 1.0:
         return rgb
     size = (max(8, round(w * s)), max(8, round(h * s)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def _blockiness(gray: np.ndarray) -> float:
@@ -118,8 +120,9 @@ def measure(rgb: np.ndarray, work_side: int = 512) -> Measurements:
     colourful = math.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * math.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
     # noise over the flattest half of the image
     conv = np.abs(cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT))[1:-1, 1:-1]
-    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)[1:-1, 1:-1]
-    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)[1:-1, 1:-1]
+    smooth = cv2.GaussianBlur(gray, (0, 0), 2.0)  # structure without the noise picks the flat half
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)[1:-1, 1:-1]
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)[1:-1, 1:-1]
     mag = np.sqrt(gx * gx + gy * gy)
     flat = mag <= np.median(mag)
     sigma = math.sqrt(math.pi / 2.0) * float(conv[flat].mean() if flat.any() else conv.mean()) / 6.0
