@@ -72,6 +72,7 @@ def page(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
         pg = ctx.new_page()
+        pg.set_default_timeout(15000)
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.goto(server["url"])
@@ -140,7 +141,8 @@ def test_browse_filter_label_and_export(server, page):
 
     # counts and histograms with the thresholds drawn
     page.click(".tabs button[data-tab=stats]")
-    page.wait_for_selector(".hist[data-score=aesthetic_tgt] line.threshold")
+    page.wait_for_selector(".hist[data-score=aesthetic_tgt] line.threshold", state="attached")
+    assert page.locator(".hist[data-score=aesthetic_tgt] line.threshold").first.get_attribute("data-value") == "5"
     shot(page, "04-stats")
 
     # alignment: pick two candidates of a group, save, export

@@ -301,9 +301,12 @@ class Catalog:
             for rr in reasons:
                 if rr["dataset"] == ds:
                     thr.update(thresholds_from_reason(rr["part"], name))
+            by_value: dict[float, list[str]] = {}
+            for label, value in sorted(thr.items()):
+                by_value.setdefault(value, []).append(label)
             out.append({"dataset": ds, "score": name, "min": st["lo"], "max": st["hi"], "n": st["n"],
                         "bins": bins, "kept": kept, "dropped": dropped,
-                        "thresholds": [{"label": k, "value": v} for k, v in sorted(thr.items())]})
+                        "thresholds": [{"label": ", ".join(ls), "value": v} for v, ls in sorted(by_value.items())]})
         return out
 
     def row(self, output: str, split: str, key: str) -> dict | None:
@@ -408,7 +411,8 @@ def thresholds_from_reason(reason: str, score: str) -> dict[str, float]:
     for op in ("<=", ">=", "<", ">"):
         if reason.startswith(score + op):
             try:
-                return {f"{score}{op}": float(reason[len(score) + len(op):].split()[0])}
+                value = float(reason[len(score) + len(op):].split()[0])
+                return {f"rule {score}{op}{value:g}": value}
             except (ValueError, IndexError):
                 return {}
     return {}

@@ -181,7 +181,7 @@ function histogram(h) {
   void lo; void hi;
   return el("div", { class: "hist", "data-score": h.score, "data-dataset": h.dataset || "" },
     el("h3", {}, `${h.dataset || "?"} \u00b7 ${h.score}`), svg,
-    el("div", { class: "scores" }, `${h.n} rows` + (h.thresholds.length ? "; thresholds: " + h.thresholds.map((t) => `${t.label}=${t.value}`).join(", ") : "; no threshold recorded")));
+    el("div", { class: "scores" }, `${h.n} rows` + (h.thresholds.length ? "; thresholds: " + h.thresholds.map((t) => `${fmt(t.value)} (${t.label})`).join(", ") : "; no threshold recorded")));
 }
 async function loadStats() {
   const v = filterValues();
@@ -288,7 +288,7 @@ async function openGroup(output, group) {
   });
   const first = d.candidates[0];
   $("#group").replaceChildren(el("h3", {}, first.instruction || ""),
-    el("div", { class: "full" }, el("figure", {}, el("img", { src: imgUrl(first, "src", true), alt: "source" }), el("figcaption", {}, "source"))),
+    el("div", { class: "full" }, el("figure", { class: "small" }, el("img", { src: imgUrl(first, "src", true), alt: "source" }), el("figcaption", {}, "source"))),
     el("p", {}, "Click the best 0-2 targets, then save."),
     el("div", { class: "candidates" }, cands),
     el("button", { id: "save-picks", disabled: !state.writable, onclick: savePicks }, "Save picks"),
