@@ -172,3 +172,22 @@ def test_templates_count():
     assert len(load_templates("edit_remove")) >= 10 and len(load_templates("edit_add")) >= 10
     assert all("{phrase}" in t for t in load_templates("edit_remove"))
     assert all("{a_phrase}" in t for t in load_templates("edit_add"))
+
+
+def test_removal_check_rules():
+    from instructdiffusion_data.stages.inpaint_remove import removal_check
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:15] = 255
+    tgt = src.copy()
+    tgt[mask > 0] = 255 - src[mask > 0]
+    ok, reason, diff = removal_check(src, tgt, mask, 2.0)
+    assert ok and reason == "" and diff == pytest.approx(np.abs(tgt[mask > 0].astype(int) - src[mask > 0]).mean())
+    bad = tgt.copy()
+    bad[0, 0, 1] ^= 1  # one channel of one pixel outside the mask
+    ok, reason, _ = removal_check(src, bad, mask, 2.0)
+    assert not ok and reason == "removal check failed: 1 pixels changed outside the mask"
+    ok, reason, diff = removal_check(src, src, mask, 2.0)
+    assert not ok and diff == 0.0 and "region unchanged" in reason

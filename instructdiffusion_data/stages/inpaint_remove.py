@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+import cv2
 import numpy as np
 
 from ..errors import ConfigError, RecordError
@@ -131,8 +132,8 @@ class InpaintRemoveStage(Stage):
 
     def _pair(self, r: Row, img: np.ndarray, mask: np.ndarray, info: dict, inp: np.ndarray) -> list[Row]:
         c = self.config
-        inside = mask > 0
-        tgt = np.where(inside[..., None], inp, img)
+        tgt = img.copy()
+        np.copyto(tgt, inp, where=(mask > 0)[..., None])
         ok, reason, diff = removal_check(img, tgt, mask, c.min_inside_diff)
 
         src_b = encode(img, c.image_format, c.jpeg_quality)
@@ -166,11 +167,13 @@ class InpaintRemoveStage(Stage):
 def removal_check(src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, min_inside_diff: float) -> tuple[bool, str, float]:
     """(passed, reason, mean abs difference inside the mask). Outside the mask the pixels must be
     identical; inside they must differ on average by at least ``min_inside_diff``."""
-    inside = mask > 0
     if src.shape != tgt.shape:
         return False, f"removal check failed: target shape {tgt.shape} != source {src.shape}", 0.0
-    outside_changed = int(np.count_nonzero(np.any(src[~inside] != tgt[~inside], axis=-1)))
-    diff = float(np.abs(src[inside].astype(np.int16) - tgt[inside].astype(np.int16)).mean()) if inside.any() else 0.0
+    m = np.where(mask > 0, 255, 0).astype(np.uint8)
+    d = cv2.absdiff(src, tgt)
+    dmax = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
+    outside_changed = cv2.countNonZero(cv2.bitwise_and(dmax, cv2.bitwise_not(m)))
+    diff = float(np.mean(cv2.mean(d, mask=m)[:3])) if cv2.countNonZero(m) else 0.0
     if outside_changed:
         return False, f"removal check failed: {outside_changed} pixels changed outside the mask", diff
     if diff < min_inside_diff:
