@@ -93,7 +93,7 @@ def test_loss_falls_on_one_repeated_batch(tmp_path, tiny_model, mixture):
         tr.accelerator.backward(loss)
         tr.optimizer.step()
         tr.optimizer.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
 
