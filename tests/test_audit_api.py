@@ -401,3 +401,49 @@ def test_cli_binds_loopback_by_default_and_needs_the_token_variable(monkeypatch,
     monkeypatch.delenv("IDD_TEST_NO_SUCH_VAR", raising=False)
     assert idd(["audit", str(tmp_path), "--token-env", "IDD_TEST_NO_SUCH_VAR"]) == 2
     assert idd(["audit", str(tmp_path / "missing")]) == 2
+
+
+def test_reference_patch_sources(tmp_path):
+    import base64
+
+    from instructdiffusion_data.imageio import encode_png
+
+    root, outside = tmp_path / "root", tmp_path / "demo_data"
+    outside.mkdir()
+    big = np.zeros((40, 50, 3), np.uint8)
+    big[10:20, 5:25] = (0, 200, 0)
+    (outside / "ref.png").write_bytes(encode_png(big))
+    root.mkdir()
+    (root / "inside.png").write_bytes(encode_png(big))
+    patch = encode_png(np.full((8, 8, 3), 77, np.uint8))
+    rows = keypoint_rows(5)
+    refs = [{"png_b64": base64.b64encode(patch).decode()}, {"file": str(root / "inside.png"), "bbox": [5, 10, 20, 10]},
+            {"file": str(outside / "ref.png"), "bbox": [5, 10, 20, 10], "label": "cat"}, "no/such/file.png",
+            {"png_b64": base64.b64encode(b"not an image").decode()}]
+    for r, ref in zip(rows, refs):
+        r["meta"]["reference"] = ref
+    write_output(root / "rep" / "v1", rows, name="rep")
+    keys = [r["key"] for r in rows]
+    for allow, expect in (([], [200, 200, 404, 404, 200]), ([outside], [200, 200, 200, 404, 200])):
+        c = TestClient(create_app(root, cache_dir=tmp_path / "cache", allow_dirs=allow))
+        got = [c.get("/api/reference", params={"output": "rep/v1", "split": "train", "key": k}) for k in keys]
+        assert [g.status_code for g in got] == expect
+        assert got[0].content == patch
+        crop = decode(got[1].content)
+        assert crop.shape == (10, 20, 3) and (crop == (0, 200, 0)).all()
+        assert "x-audit-error" in got[4].headers
+        body = c.get("/api/sample", params={"output": "rep/v1", "split": "train", "key": keys[2]}).json()
+        assert body["reference"]["fields"]["label"] == "cat"
+
+
+def test_thresholds_from_the_quality_filter_layout():
+    from instructdiffusion_data.audit.catalog import thresholds_from_filter, thresholds_from_reason
+
+    doc = json.dumps({"thresholds": {"aesthetic_tgt_min": 4.5, "giqa_tgt_min": 0.2, "aesthetic_diff_max": 1.5},
+                      "classical": {"aesthetic_tgt": {"sharpness": 9.0}}, "prior_drop": None, "audit": "accept"})
+    assert thresholds_from_filter(doc, "aesthetic_tgt") == {"thresholds.aesthetic_tgt_min": 4.5}
+    assert thresholds_from_filter(doc, "aesthetic_diff") == {"thresholds.aesthetic_diff_max": 1.5}
+    assert thresholds_from_filter(doc, "giqa_src") == {}
+    assert thresholds_from_filter("{not json", "x") == {} and thresholds_from_filter(None, "x") == {}
+    assert thresholds_from_reason("aesthetic_tgt<4.5", "aesthetic_tgt") == {"rule aesthetic_tgt<4.5": 4.5}
+    assert thresholds_from_reason("aesthetic_tgt<x", "aesthetic_tgt") == {}

@@ -9,6 +9,7 @@ is a 404. Query values are bound parameters in DuckDB and SQLite.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 import os
@@ -19,7 +20,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import RecordError, UserError
+from ..imageio import decode, encode_png
 from ..writer import SPLITS
 from .alignment import export_alignment
 from .catalog import MAX_PAGE_SIZE, MAX_SCORE_FILTERS, MAX_TEXT, Catalog, Filters
@@ -38,10 +40,17 @@ def default_cache_dir() -> Path:
 
 
 def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: str | os.PathLike | None = None,
-               use_cache: bool = True, refresh_s: float = 2.0) -> FastAPI:
+               use_cache: bool = True, refresh_s: float = 2.0, allow_dirs: list | None = None) -> FastAPI:
+    """``allow_dirs``: extra folders whose image files may be served as reference patches (e.g. the
+    demo's source images); by default only files under ``root`` are ever read."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: audit root is not a folder")
+    allowed = [root.resolve()]
+    for d in allow_dirs or []:
+        if not Path(d).is_dir():
+            raise UserError(f"--allow-dir {d}: not a folder")
+        allowed.append(Path(d).resolve())
     catalog = Catalog(root, refresh_s=refresh_s)
     thumbs = ThumbCache((cache_dir or default_cache_dir()) if use_cache else None)
     app = FastAPI(title="idd audit", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
@@ -161,7 +170,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         pub["shard"] = row["tar"]
         return {"row": pub, "meta": meta, "pair": [r for r in catalog.related(row, "pair_id") if r["key"] != key],
                 "group": catalog.related(row, "group_id"), "labels": store.history(key=key),
-                "reference": describe_reference(meta.get("reference"))}
+                "reference": describe_reference(find_reference(meta))}
 
     @app.get("/api/image")
     def image(output: str, split: str, key: str = Query(..., max_length=500),
@@ -188,30 +197,35 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
 
     @app.get("/api/reference")
     def reference(output: str, split: str, key: str = Query(..., max_length=500)):
-        """The reference patch of a replacement: embedded bytes, another sample of the output, or a file
-        under the root, depending on what ``meta["reference"]`` holds."""
+        """The reference patch of a replacement, from whatever ``meta["reference"]`` holds: embedded base64
+        bytes, the key of another sample of the output, or an image file (cropped to ``bbox``) under the
+        root or an ``--allow-dir`` folder. Anything else is a 404 and the page shows the fields only."""
         row = need_row(output, split, key)
-        ref = catalog.meta(row).get("reference")
-        ref_key = _ref_field(ref, "key", "sample_key", "patch_key")
-        if ref_key:
-            other = catalog.find_key(output, ref_key)
-            if other is not None and other.get("src_size"):
-                try:
+        ref = find_reference(catalog.meta(row))
+        if ref is None:
+            raise HTTPException(404, "no reference in meta")
+        try:
+            for name in B64_KEYS:
+                if isinstance(ref.get(name), str):
+                    data = base64.b64decode(ref[name], validate=False)
+                    validate_image(data, "image")
+                    return Response(data, media_type=check_image(data))
+            ref_key = _ref_field(ref, "key", "sample_key", "patch_key")
+            if ref_key:
+                other = catalog.find_key(output, ref_key)
+                if other is not None and other.get("src_size"):
                     data = read_member(tar_path(other), other["src_offset"], other["src_size"])
+                    validate_image(data, "image")
                     return Response(data, media_type=check_image(data))
-                except MemberError:
-                    return Response(error_tile(), media_type="image/png", headers={"X-Audit-Error": "corrupt"})
-        f = _ref_field(ref, "file", "path", "patch_file", "image")
-        if f:
-            p = Path(f)
-            p = (root / p).resolve() if not p.is_absolute() else p.resolve()
-            if root.resolve() in p.parents and p.is_file():
-                data = p.read_bytes()
-                try:
-                    return Response(data, media_type=check_image(data))
-                except MemberError:
-                    return Response(error_tile(), media_type="image/png", headers={"X-Audit-Error": "corrupt"})
-        raise HTTPException(404, "no reference image reachable under the root")
+            f = _ref_field(ref, "file", "path", "image")
+            if f:
+                p = Path(f)
+                p = (root / p).resolve() if not p.is_absolute() else p.resolve()
+                if any(d in p.parents for d in allowed) and p.is_file():
+                    return Response(crop_png(p.read_bytes(), ref.get("bbox") or ref.get("box")), media_type="image/png")
+        except (MemberError, ValueError) as e:
+            return Response(error_tile(), media_type="image/png", headers={"X-Audit-Error": str(e)[:200]})
+        raise HTTPException(404, "reference image not reachable under the root")
 
     # -- labels ----------------------------------------------------------------------------------------
     @app.get("/api/labels")
@@ -276,9 +290,38 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
     return app
 
 
+B64_KEYS = ("patch_png_b64", "image_b64", "png_b64", "jpg_b64", "patch_b64")
+
+
+def find_reference(meta: dict) -> dict | None:
+    """``meta["reference"]`` / ``meta["ref"]`` / ``meta["replacement"]["reference"]``; a plain string is a path."""
+    rep = meta.get("replacement")
+    for c in (meta.get("reference"), meta.get("ref"), rep.get("reference") if isinstance(rep, dict) else None):
+        if isinstance(c, str) and c:
+            return {"file": c}
+        if isinstance(c, dict) and c:
+            return c
+    return None
+
+
+def crop_png(data: bytes, box) -> bytes:
+    """Decode an image file, crop ``[x, y, w, h]`` when given, and return PNG bytes (MemberError if corrupt)."""
+    try:
+        img = decode(data)
+    except RecordError as e:
+        raise MemberError(str(e)) from None
+    if isinstance(box, (list, tuple)) and len(box) == 4:
+        try:
+            x, y, w, h = (int(round(float(v))) for v in box)
+        except (TypeError, ValueError):
+            x = y = w = h = 0
+        x0, y0, x1, y1 = max(0, x), max(0, y), min(img.shape[1], x + max(1, w)), min(img.shape[0], y + max(1, h))
+        if x1 > x0 and y1 > y0:
+            img = img[y0:y1, x0:x1]
+    return encode_png(img)
+
+
 def _ref_field(ref, *names: str):
-    if isinstance(ref, str):
-        return ref if "file" in names or "path" in names else None
     if isinstance(ref, dict):
         for n in names:
             v = ref.get(n)

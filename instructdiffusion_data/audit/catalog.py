@@ -396,6 +396,8 @@ def thresholds_from_filter(filter_json: str | None, score: str) -> dict[str, flo
         doc = json.loads(filter_json)
     except ValueError:
         return {}
+    if isinstance(doc, dict) and isinstance(doc.get("thresholds"), dict):
+        doc = {"thresholds": doc["thresholds"]}  # the quality filter's layout: only the numbers it used
     out = {}
     for path, value in _flatten(doc):
         parts = path.replace("[", ".").split(".")
