@@ -25,7 +25,7 @@ def generate(out: Path, n: int, seed: int) -> dict:
         stem = f"{1000 + i:06d}"
         fig.write_jpg(root / "images" / f"{stem}_in.jpg", e["src"])
         fig.write_jpg(root / "images" / f"{stem}_out.jpg", e["tgt"])
-        nan_request = i in (1, 5)
+        nan_request = i in (1, count - 2)
         entries.append({
             "id": stem, "input": f"{stem}_in.jpg", "output": f"{stem}_out.jpg",
             "request": float("nan") if nan_request else f"could you please {e['instruction']}?",
