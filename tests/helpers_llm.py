@@ -35,8 +35,35 @@ class ServerState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def answer_for(prompt: str) -> str:
+REWRITES = [
+    "Could you make the {ph} vanish from this shot?", "I want the {ph} gone.", "Scrub out the {ph}, please.",
+    "Let's lose the {ph}.", "Photoshop the {ph} away.", "No more {ph} in this picture, thanks.",
+    "Can the {ph} be taken out?", "Cut the {ph} out of the scene.", "Edit out the {ph}.", "Hide the {ph} completely.",
+]
+
+
+def expansion_answer(prompt: str, seed: int) -> str:
+    """Template rewrites: 2 new valid ones per seed, plus an exact duplicate, a case/punctuation
+    duplicate, a near duplicate, a changed placeholder and a refusal."""
+    originals = [ln[2:] for ln in prompt.split("Templates:\n", 1)[1].split("\n\n", 1)[0].splitlines() if ln.startswith("- ")]
+    ph = re.search(r"\{[a-z_]+\}", originals[0]).group(0)
+    longest = max(originals, key=len)
+    items = [
+        REWRITES[(2 * seed) % 10].format(ph=ph),
+        originals[0],
+        originals[0].upper().rstrip(".") + "!",
+        longest.rstrip(".") + " please.",
+        "Remove the {wrong} now.",
+        f"I'm sorry, but I cannot rewrite the {ph}.",
+        REWRITES[(2 * seed + 1) % 10].format(ph=ph),
+    ]
+    return json.dumps({"templates": items})
+
+
+def answer_for(prompt: str, seed: int = 0) -> str:
     """The deterministic answer content for a user prompt."""
+    if "Templates:" in prompt:
+        return expansion_answer(prompt, seed)
     m_obj = re.search(r"Object (?:to remove|to add|in the source image): (.+)", prompt)
     m_tgt = re.search(r"It becomes: (.+)", prompt)
     obj = m_obj.group(1).strip() if m_obj else "thing"
@@ -95,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
         if state.garbage_body:
             return self._send(200, b"<html>not json at all")
         user = "\n".join(m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user")
-        content = answer_for(user)
+        content = answer_for(user, int(body.get("seed") or 0))
         prompt_tokens = sum(len(m.get("content", "").split()) for m in body.get("messages", []))
         resp = {
             "id": f"chatcmpl-{len(state.requests)}", "object": "chat.completion", "created": 1700000000,
