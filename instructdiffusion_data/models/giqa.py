@@ -5,7 +5,10 @@ the mean, over its ``k`` nearest reference features, of ``1 / distance``: an ima
 images scores high, noise scores low. ``distance`` is ``l2`` (Euclidean) or ``cosine``
 (``1 - cosine similarity``); reference features identical to the query (distance below
 ``exclude_below``, i.e. the query image itself when it is part of the reference) are skipped, so
-the score stays finite and an image is not rewarded for being in its own reference.
+the score stays finite and an image is not rewarded for being in its own reference. For pairs,
+:meth:`GiqaReference.score_pairs` also skips the reference images within ``own_radius`` of either
+image of the pair (its unedited photo, when the reference is built from the pipeline's own source
+images, as in the weight-free demo).
 
 Features are named by a ``feature_id`` that the reference records and queries must match:
 ``classical/1`` (weight-free, :func:`classical_quality.features`) or ``clip:<model_id>`` (open_clip,
@@ -95,30 +98,51 @@ class GiqaReference:
             self.info["percentiles"] = self.self_percentiles(5)
             self.info["percentiles_k"] = 5
 
-    def distances(self, queries: np.ndarray, n: int) -> np.ndarray:
-        """Distances (``metric``) to the ``n`` nearest reference features, ascending, [M, n]."""
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances (``metric``) to the ``n`` nearest reference features, ascending, and their ids."""
         q = np.ascontiguousarray(queries, np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"giqa: queries of dim {q.shape[-1]} against a {self.dim}-d reference")
         n = min(n, self.count)
         if self.metric == "cosine":
             q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-            sims, _ = self.index.search(q, n)
-            return np.maximum(1.0 - sims, 0.0)
-        d2, _ = self.index.search(q, n)
-        return np.sqrt(np.maximum(d2, 0.0))
+            sims, ids = self.index.search(q, n)
+            return np.maximum(1.0 - sims, 0.0), ids
+        d2, ids = self.index.search(q, n)
+        return np.sqrt(np.maximum(d2, 0.0)), ids
 
-    def score(self, queries: np.ndarray, k: int = 5, exclude_below: float = 1e-6) -> np.ndarray:
-        """KNN GIQA: mean over the ``k`` nearest of ``1 / distance`` (exact duplicates skipped)."""
+    def distances(self, queries: np.ndarray, n: int) -> np.ndarray:
+        return self.search(queries, n)[0]
+
+    def score(self, queries: np.ndarray, k: int = 5, exclude_below: float = 1e-6,
+              exclude_ids: Sequence[set] | None = None, extra: int = 4) -> np.ndarray:
+        """KNN GIQA: mean over the ``k`` nearest of ``1 / distance``. Neighbours closer than
+        ``exclude_below`` (the query itself) and, per query, the ids in ``exclude_ids[i]`` are skipped."""
         if len(queries) == 0:
             return np.zeros(0, np.float32)
-        extra = 4
-        d = self.distances(queries, k + extra)
+        d, ids = self.search(queries, k + extra)
         out = np.empty(len(d), np.float64)
-        for i, row in enumerate(d):
-            near = row[row >= exclude_below][:k]
+        for i in range(len(d)):
+            ok = d[i] >= exclude_below
+            if exclude_ids is not None and exclude_ids[i]:
+                ok &= ~np.isin(ids[i], list(exclude_ids[i]))
+            near = d[i][ok & (ids[i] >= 0)][:k]
             out[i] = float(np.mean(1.0 / near)) if near.size else 0.0
         return out.astype(np.float32)
+
+    def score_pairs(self, src: np.ndarray, tgt: np.ndarray, k: int = 5, exclude_below: float = 1e-6,
+                    own_radius: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """GIQA of the source and the target of each pair; with ``own_radius`` > 0, reference images
+        closer than that to either image of a pair are the pair's own (its unedited photo sits in the
+        reference) and are skipped for both, so a target is not rewarded for resembling its source."""
+        own: list[set] | None = None
+        if own_radius > 0 and len(src):
+            ds, is_ = self.search(src, 4)
+            dt, it = self.search(tgt, 4)
+            own = [set(is_[i][ds[i] < own_radius].tolist()) | set(it[i][dt[i] < own_radius].tolist())
+                   for i in range(len(src))]
+        extra = 4 + (max((len(o) for o in own), default=0) if own else 0)
+        return (self.score(src, k, exclude_below, own, extra), self.score(tgt, k, exclude_below, own, extra))
 
     def self_percentiles(self, k: int = 5, sample: int = 2000) -> dict[str, float]:
         """Leave-one-out scores of (a sample of) the reference itself: where good images land."""

@@ -84,7 +84,7 @@ def resolve_threshold(field: str, value: Any, giqa_percentiles: dict | None) -> 
             key = f"p{m.group(1).rstrip('0').rstrip('.') if '.' in m.group(1) else m.group(1)}"
             if key not in giqa_percentiles:
                 raise UserError(f"{field}={text}: reference percentiles are {sorted(giqa_percentiles)}")
-            return float(giqa_percentiles[key])
+            return round(float(giqa_percentiles[key]), 4)
         try:
             return float(text)
         except ValueError:

@@ -77,7 +77,8 @@ class QualityFilterConfig(StageConfig):
     giqa_features: Literal["auto", "classical", "clip"] = "auto"  # auto: classical (weightfree) or clip
     giqa_k: int = 5
     giqa_metric: Literal["l2", "cosine"] = "l2"
-    giqa_exclude_below: float = 1e-6
+    giqa_exclude_below: float = 1e-6  # reference features this close to a query are the query itself: skipped
+    giqa_own_radius: float = 0.0  # > 0: reference images this close to either image of a pair are skipped
     giqa_build_limit: int = 2000  # images used when the reference is built at setup
 
 
@@ -240,18 +241,33 @@ class QualityFilter(Stage):
 
         # GIQA
         if self.reference is not None:
+            ridx = {id(r): i for i, r in enumerate(scope)}
+            feats: dict[str, dict[int, np.ndarray]] = {}
             for role in ("src", "tgt"):
                 have = [r for r in scope if images[id(r)][role] is not None]
                 if not have:
+                    feats[role] = {}
                     continue
                 if self.giqa_extractor.feature_id.startswith("clip:") and emb:
-                    ridx = {id(r): i for i, r in enumerate(scope)}
-                    feats = np.stack([emb[role][ridx[id(r)]] for r in have])
+                    f = np.stack([emb[role][ridx[id(r)]] for r in have])
                 else:
-                    feats = self.giqa_extractor([images[id(r)][role] for r in have])
-                s = self.reference.score(feats, c.giqa_k, c.giqa_exclude_below)
-                for r, v in zip(have, s):
-                    scores[id(r)][f"giqa_{role}"] = float(v)
+                    f = self.giqa_extractor([images[id(r)][role] for r in have])
+                feats[role] = {id(r): v for r, v in zip(have, f)}
+            pairs = [r for r in scope if id(r) in feats["src"] and id(r) in feats["tgt"]]
+            if pairs:
+                s_src, s_tgt = self.reference.score_pairs(
+                    np.stack([feats["src"][id(r)] for r in pairs]), np.stack([feats["tgt"][id(r)] for r in pairs]),
+                    c.giqa_k, c.giqa_exclude_below, c.giqa_own_radius)
+                for r, a, b in zip(pairs, s_src, s_tgt):
+                    scores[id(r)]["giqa_src"], scores[id(r)]["giqa_tgt"] = float(a), float(b)
+            paired = {id(r) for r in pairs}
+            for role in ("src", "tgt"):
+                single = [r for r in scope if id(r) in feats[role] and id(r) not in paired]
+                if single:
+                    v = self.reference.score(np.stack([feats[role][id(r)] for r in single]), c.giqa_k,
+                                             c.giqa_exclude_below)
+                    for r, x in zip(single, v):
+                        scores[id(r)][f"giqa_{role}"] = float(x)
 
         for name in ("aesthetic", "giqa"):
             for r in scope:
