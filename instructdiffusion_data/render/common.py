@@ -105,8 +105,9 @@ def mask_sample(parent: Row, src: Source, mask: np.ndarray, color: str, cfg: Mas
     if cfg.verify:
         if tgt is None:
             tgt = imageio.decode(tgt_bytes)
-        rec, valid = M.recover_mask(src.rgb, tgt, c, cfg.alpha, cfg.min_contrast)
+        rec, valid = M.recover_mask(src.rgb, tgt, c, cfg.alpha, cfg.min_contrast, gt=mask)
         iou = M.mask_iou(rec, mask, valid)
-        info["verify"] = {"iou": round(iou, 5), "determinable": round(float(valid.mean()), 4)}
+        seen = float(valid[mask].mean()) if mask.any() else 1.0
+        info["verify"] = {"iou": round(iou, 5), "determinable": round(seen, 4)}
         verified = iou >= cfg.min_iou
     return {"tgt": tgt_bytes, "mask": M.mask_png(mask), "info": info, "verified": verified}

@@ -81,11 +81,9 @@ class RenderSemseg(Stage):
         h, w = src.rgb.shape[:2]
         h0, w0 = src.orig_size
         full = self._category_masks(meta, h0, w0, rid)
-        present = {}
-        for name, m in sorted(full.items()):
-            small = M.resize_bool(m, (h, w))
-            if small.mean() >= cfg.min_area_frac:
-                present[name] = small
+        # present = covering enough of the image; masks are resized only when a variant draws them
+        present = sorted(n for n, m in full.items() if np.count_nonzero(m) >= cfg.min_area_frac * m.size)
+        small: dict[str, np.ndarray] = {}
         vocab = sorted({clean_name(n) for i, n in cocostuff_labels().items() if i != 183} - set(full))
         base = {k: v for k, v in meta.items() if k not in ("segments",)}
         rows = []
@@ -96,16 +94,17 @@ class RenderSemseg(Stage):
                 name = str(vocab[int(rng.integers(len(vocab)))])
                 mask = np.zeros((h, w), bool)
             else:
-                names = sorted(present)
-                name = names[int(rng.integers(len(names)))]
-                mask = present[name]
+                name = present[int(rng.integers(len(present)))]
+                if name not in small:
+                    small[name] = M.resize_bool(full[name], (h, w))
+                mask = small[name]
             color = pick_mask_color(src.rgb, mask, cfg, rng)
             t_idx, text = choose(templates, rng, color=color, object=object_phrase(name))
             sample = mask_sample(rec, src, mask, color, cfg)
             row = child(rec, key=make_key(rec["dataset"], rid, f"v{v}"), src=src.data, tgt=sample["tgt"],
                         mask=sample["mask"], instruction=text,
                         meta=dict(base, variant=v, scale=src.scale, size=[h, w], category=name, absent=absent,
-                                  template=t_idx, present=sorted(present), **sample["info"]))
+                                  template=t_idx, present=present, **sample["info"]))
             if sample["verified"] is not None:
                 row["meta"]["verified"] = bool(sample["verified"])
                 if not sample["verified"]:
