@@ -157,3 +157,26 @@ def test_failed_endpoint_drops_with_reason_or_uses_template(tmp_path):
         out = run_stages_local([LLMInstruction({**cfg, "on_error": "template"})], _rows(["dog"]))[0]
         assert out["keep"] and "dog" in out["instruction"]
         assert out["meta"]["instruction_provenance"]["fallback"].startswith("llm request failed")
+
+
+@pytest.mark.slow
+def test_ray_workers_share_the_cache_file(tmp_path, ray_local):
+    """On Ray (an actor pool of 2 and plain tasks) the workers ask the loopback server, write one
+    cache file, and the Ray output equals the local one."""
+    objects = ["dog", "cat", "red car", "offtopic tree", "blue bird", "lamp"]
+    with FakeOpenAIServer() as srv:
+        def raw(out, **stage):
+            return {"name": "llm_ray", "version": "v1", "seed": 0,
+                    "source": {"type": "tests.helpers_llm:EditRowsSource", "objects": objects},
+                    "stages": [{"type": "llm_instruction", "batch_size": 2, "llm": _llm(srv, tmp_path), **stage}],
+                    "writer": {"out": str(tmp_path / out), "records_per_shard": 3}}
+
+        s1 = runner.run(build(PipelineConfig, raw("ray", concurrency=2)), use_ray=True)
+        assert len(srv.chat_requests()) == len(objects)
+        s2 = runner.run(build(PipelineConfig, raw("local", concurrency=2)), use_ray=False)
+        assert len(srv.chat_requests()) == len(objects)  # all answers came from the cache the workers wrote
+        for split in ("train", "rejected"):
+            a = [(r["key"], r["instruction"], r["drop_reason"]) for r in _read_split(s1.root, split)]
+            b = [(r["key"], r["instruction"], r["drop_reason"]) for r in _read_split(s2.root, split)]
+            assert a == b
+        assert len(_read_split(s1.root, "train")) == 5
