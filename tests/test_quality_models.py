@@ -191,3 +191,15 @@ def test_giqa_score_is_mean_inverse_distance():
     assert ref.score(q, k=2)[0] == pytest.approx((1 / 1 + 1 / 3) / 2)
     cos = GiqaReference(np.array([[1.0, 0], [0, 1.0]], np.float32), "toy", "cosine")
     assert cos.score(np.array([[1.0, 1.0]], np.float32), k=2)[0] == pytest.approx(1 / (1 - 2 ** -0.5), rel=1e-5)
+
+
+def test_giqa_pair_skips_its_own_reference_image():
+    from instructdiffusion_data.models.giqa import GiqaReference
+
+    ref = GiqaReference(np.array([[0.0, 0], [5.0, 0], [6.0, 0]], np.float32), "toy", "l2")
+    src = np.array([[0.01, 0]], np.float32)  # the unedited photo, re-encoded: next to reference image 0
+    tgt = np.array([[0.5, 0]], np.float32)  # the edit
+    s0, t0 = ref.score_pairs(src, tgt, k=1)
+    assert t0[0] == pytest.approx(1 / 0.5)  # rewarded for resembling its own source
+    s1, t1 = ref.score_pairs(src, tgt, k=1, own_radius=0.05)
+    assert t1[0] == pytest.approx(1 / 4.5) and s1[0] == pytest.approx(1 / 4.99, rel=1e-5)
