@@ -300,3 +300,20 @@ def test_demo_editing_layouts(tmp_path, demo, make, bad):
     for r in kept:
         s, t = imageio.decode(r["src"]), imageio.decode(r["tgt"])
         assert s.shape == t.shape and np.abs(s.astype(int) - t).max() > 30 and r["instruction"]
+
+
+def test_damaged_row_group_is_one_rejected_record_and_the_rest_is_read(tmp_path):
+    rows = [{"img_id": f"s{i:02d}", "turn_index": 1, "source_img": imageio.encode_png(img(i)),
+             "target_img": imageio.encode_png(img(i + 50)), "instruction": f"edit number {i} " * 10} for i in range(40)]
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=10, compression="none")
+    data = bytearray(path.read_bytes())
+    off = pq.ParquetFile(path).metadata.row_group(2).column(4).data_page_offset  # the instruction column of rows 20-29
+    data[off:off + 60] = b"\xff" * 60
+    path.write_bytes(bytes(data))
+    recs = list(MagicBrushSource({"parquet": str(path)}).records())
+    bad = [r for r in recs if not r["keep"]]
+    assert len(recs) == 31 and len(bad) == 1
+    assert bad[0]["drop_reason"].startswith("unreadable parquet rows 20-29")
+    good = {r["meta"]["session"] for r in recs if r["keep"]}
+    assert good == {f"s{i:02d}" for i in range(40) if not 20 <= i <= 29}

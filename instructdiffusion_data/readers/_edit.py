@@ -118,14 +118,36 @@ def is_image_type(t: pa.DataType) -> bool:
     return pa.types.is_struct(t) and any(t.field(i).name == "bytes" for i in range(t.num_fields))
 
 
-def iter_parquet(path: Path, columns: list[str], batch_rows: int = 1024) -> Iterator[tuple[int, dict]]:
-    """(row index, {column: value}) of the given (non-image) columns of a parquet file."""
-    pf = pq.ParquetFile(path)
-    i = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-        for rec in batch.to_pylist():
-            yield i, rec
-            i += 1
+READ_ERROR = "__read_error__"
+
+
+def iter_parquet(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
+    """(row index, {column: value}) of the given (non-image) columns of a parquet file, one row group
+    at a time. A row group that cannot be read gives one item ``(first row, {READ_ERROR: message})``
+    and reading goes on with the next group."""
+    try:
+        pf = pq.ParquetFile(path)
+        groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+    except (OSError, pa.ArrowException) as e:
+        yield 0, {READ_ERROR: f"parquet file unreadable ({type(e).__name__}: {e})"}
+        return
+    first = 0
+    for g, n in enumerate(groups):
+        try:
+            recs = pf.read_row_group(g, columns=columns).to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            yield first, {READ_ERROR: f"unreadable parquet rows {first}-{first + n - 1} ({type(e).__name__}: {e})"}
+            recs = None
+        for j, rec in enumerate(recs or []):
+            yield first + j, rec
+        first += n
+
+
+def read_error_record(dataset: str, path: Path, i: int, message: str) -> Row:
+    rid = f"{path.stem}/{i}-unreadable"
+    row = new_row(key=make_key(dataset, rid, "rec"), task="edit", dataset=dataset,
+                  meta={"file": str(path), "record_id": rid})
+    return drop(row, f"{message} (file={path})")
 
 
 def image_value_to_ref(value: Any, base: Path, where: str) -> tuple[dict | None, bytes | None, str | None]:

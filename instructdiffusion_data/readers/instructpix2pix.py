@@ -152,6 +152,9 @@ class IP2PSource(Source):
                 raise ConfigError(f"source.parquet: {f} has no column {missing[0]!r} (columns: {', '.join(schema.names)})")
             text_cols = [n for n in schema.names if not _edit.is_image_type(schema.field(n).type)]
             for i, rec in _edit.iter_parquet(f, text_cols):
+                if _edit.READ_ERROR in rec:
+                    yield _edit.read_error_record("instructpix2pix", f, i, rec[_edit.READ_ERROR])
+                    continue
                 rid = f"{f.stem}/{i}"
                 yield _edit.edit_record(
                     "instructpix2pix", rid, rec.get(c.instruction_column),

@@ -64,7 +64,12 @@ class MagicBrushSource(Source):
                                   f"target_img|output_img (found: {', '.join(names)})")
             mask_col = "mask_img" if self.config.use_mask and "mask_img" in names else None
             text_cols = [n for n in names if not _edit.is_image_type(schema.field(n).type)]
-            recs = list(_edit.iter_parquet(f, text_cols))
+            recs = []
+            for i, rec in _edit.iter_parquet(f, text_cols):
+                if _edit.READ_ERROR in rec:
+                    yield _edit.read_error_record("magicbrush", f, i, rec[_edit.READ_ERROR])
+                else:
+                    recs.append((i, rec))
             sessions: dict[str, list[int]] = {}
             for i, rec in recs:
                 sessions.setdefault(str(rec.get("img_id")), []).append(_turn(rec.get("turn_index")))

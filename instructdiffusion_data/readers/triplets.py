@@ -97,6 +97,9 @@ class TripletsSource(Source):
             self._image_cols = {n for n in schema.names if _edit.is_image_type(schema.field(n).type)}
             text_cols = [n for n in schema.names if n not in self._image_cols]
             for i, rec in _edit.iter_parquet(path, text_cols):
+                if _edit.READ_ERROR in rec:
+                    yield i, {}, rec[_edit.READ_ERROR]
+                    continue
                 yield i, rec, None
 
     def _ref(self, rec: dict, i: int, column: str | None, base: Path) -> tuple[dict | None, bytes | None, str | None]:
