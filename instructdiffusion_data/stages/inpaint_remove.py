@@ -80,7 +80,9 @@ class InpaintRemoveStage(Stage):
         if not 1 <= c.jpeg_quality <= 100:
             raise ConfigError(f"{self.name}.jpeg_quality: must be in 1..100, got {c.jpeg_quality}")
         if c.backend == "lama":
-            resolve_lama_path(c.lama_model)  # fail before any work when the weights are missing
+            # fail before any work when the weights are missing; the path is resolved here, on the
+            # driver, so that Ray actors (which may not share the driver's environment) get it explicitly
+            c.lama_model = str(resolve_lama_path(c.lama_model).resolve())
         for task in ("edit_remove", "edit_add"):
             load_templates(task, c.templates_dir)
 
