@@ -96,12 +96,25 @@ def test_instructdiffusion_mixture_names_every_output():
 def test_part2_pipelines_run_from_configs(tmp_path, monkeypatch):
     generate_all(tmp_path / "demo_data", 8, 0, DEMOS)
     monkeypatch.chdir(tmp_path)
+    reasons = {}
     for name in MINE:
         cfg = load_pipeline_config(REPO / "configs" / "pipelines" / f"{name}.yaml")
         summary = runner.run(cfg, use_ray=False)
         train = summary.manifest["splits"]["train"]
         assert train["rows"] > 0, name
         assert (tmp_path / "shards" / name / "v1" / "manifest.json").is_file()
+        reasons[name] = summary.manifest["splits"]["rejected"]["drop_reasons"]
+    # the demo's bad input on purpose is counted per reason and kept in rejected/
+    assert reasons["keypoints_mpii"] == {"image file missing": 1}
+    assert reasons["deblur_gopro"] == {"missing pair half: no sharp frame": 1}
+    assert reasons["deblur_reds"] == {"enhance_pair: size mismatch: source 320x180 vs target 160x90": 1}
+    assert reasons["dewatermark_clwd"] == {"missing pair half: no watermark-free image": 1}
+    assert reasons["edit_instructpix2pix"] == {"clip_sim_direction<0.2": 1, "instruction is empty": 2}
+    assert reasons["edit_magicbrush"] == {"ingest_edit: image is corrupt or not an image": 1}
+    assert reasons["edit_gier"] == {"instruction is NaN": 2}
+    with tarfile.open(tmp_path / "shards" / "edit_gier" / "v1" / "rejected" / "000000.tar") as t:
+        docs = [json.loads(t.extractfile(m).read()) for m in t.getmembers() if m.name.endswith(".json")]
+    assert len(docs) == 2 and all(d["keep"] is False and d["drop_reason"].startswith("instruction is NaN") for d in docs)
     rc = cli.main(["mix", str(REPO / "configs" / "mixtures" / "instructdiffusion.yaml"), "--out", "shards/mixture.json"])
     assert rc == 0
     doc = json.loads((tmp_path / "shards" / "mixture.json").read_text())
