@@ -13,6 +13,8 @@ from instructdiffusion_data.config import load_pipeline_config
 from instructdiffusion_data.demo import phrasecut as demo
 from instructdiffusion_data.imageio import decode, decode_gray
 
+from .helpers_ieiw_removal import FillGrey, save_script
+
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "ieiw_removal.yaml"
 
 
@@ -78,12 +80,24 @@ def test_local_run_resume_and_determinism(demo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_run_matches_local_run(demo_root, tmp_path, ray_local):
-    # only this stage (later stages have their own tests); concurrency=1 exercises the
-    # actor-pool path that the GPU backend (num_gpus > 0) uses
-    cfg = _cfg(demo_root, ["stages.inpaint_remove.concurrency=1"])
+def test_ray_run_matches_local_run(demo_root, tmp_path, ray_local, monkeypatch):
+    # The lama backend as a Ray actor pool (the GPU path, here on CPU) with a tiny TorchScript model
+    # found through $LAMA_MODEL on the driver; only this stage (later stages have their own tests).
+    model = save_script(FillGrey(), tmp_path / "big-lama.pt")
+    monkeypatch.setenv("LAMA_MODEL", str(model))
+    cfg = _cfg(demo_root, ["stages.inpaint_remove.concurrency=1", "stages.inpaint_remove.backend=lama",
+                           "stages.inpaint_remove.device=cpu", "stages.inpaint_remove.image_format=png"])
     cfg.stages = [s for s in cfg.stages if s["type"] == "inpaint_remove"]
-    runner.run(cfg, out=str(tmp_path / "ray"), use_ray=True)
+    s_ray = runner.run(cfg, out=str(tmp_path / "ray"), use_ray=True)
     runner.run(cfg, out=str(tmp_path / "local"), use_ray=False)
     ray_t, local_t = _tar_bytes(tmp_path / "ray"), _tar_bytes(tmp_path / "local")
     assert ray_t and ray_t == local_t
+    assert s_ray.manifest["splits"]["train"]["tasks"]["edit_remove"] > 0
+    with tarfile.open(next((s_ray.root / "train").glob("*.tar"))) as tf:
+        members = {m.name: tf.extractfile(m).read() for m in tf.getmembers()}
+    key = next(n[:-5] for n in members if n.endswith(".json") and "_remove_" in n)
+    meta = json.loads(members[f"{key}.json"])["meta"]
+    assert meta["inpaint"]["model_id"].startswith("lama:big-lama.pt:sha256-")
+    src, tgt = decode(members[f"{key}.src.png"]), decode(members[f"{key}.tgt.png"])
+    mask = decode_gray(members[f"{key}.mask.png"]) > 0
+    assert (tgt[mask] == 127).all() and np.array_equal(tgt[~mask], src[~mask])
