@@ -132,13 +132,19 @@ class LLMClient:
     def complete(self, messages: list[dict], **overrides: Any) -> Completion:
         """The answer to ``messages``: from the cache, or bought (budget permitting) and cached.
         Raises :class:`BudgetExhausted` or :class:`LLMError`."""
-        cfg = self.config
         params = self.params(**overrides)
-        key = request_key(cfg.model, messages, params)
+        key = request_key(self.config.model, messages, params)
+        return self._cached(key) or self._buy(key, messages, params)
+
+    def _cached(self, key: str) -> Completion | None:
         hit = self.cache.get(key)
-        if hit is not None:
-            self._count(cache_hits=1)
-            return Completion(hit.text, True, hit.prompt_tokens, hit.completion_tokens, 0)
+        if hit is None:
+            return None
+        self._count(cache_hits=1)
+        return Completion(hit.text, True, hit.prompt_tokens, hit.completion_tokens, 0)
+
+    def _buy(self, key: str, messages: list[dict], params: dict[str, Any]) -> Completion:
+        cfg = self.config
         try:
             self.cache.reserve(cfg.budget_scope, cfg.max_requests, cfg.max_total_tokens)
         except BudgetExhausted:
@@ -196,22 +202,35 @@ class LLMClient:
     # -- many requests -------------------------------------------------------------------------
     def complete_many(self, requests: list[list[dict]], per_request: list[dict] | None = None,
                       **overrides: Any) -> list[Completion | Exception]:
-        """Answer each message list, at most ``concurrency`` in flight; each result is a
-        :class:`Completion` or the exception (``BudgetExhausted``, ``LLMError``) for that request.
-        ``per_request[i]`` adds parameters to request ``i`` (e.g. its ``seed``)."""
+        """Answer each message list; each result is a :class:`Completion` or the exception
+        (``BudgetExhausted``, ``LLMError``) for that request. ``per_request[i]`` adds parameters to
+        request ``i`` (e.g. its ``seed``). Cached answers are read first, in this thread; the misses
+        are bought with at most ``concurrency`` requests in flight, in request order."""
+        results: list[Completion | Exception | None] = [None] * len(requests)
+        misses: list[tuple[int, str, dict]] = []
+        for i, messages in enumerate(requests):
+            params = self.params(**dict(overrides, **(per_request[i] if per_request else {})))
+            key = request_key(self.config.model, messages, params)
+            results[i] = self._cached(key)
+            if results[i] is None:
+                misses.append((i, key, params))
 
-        def one(i: int) -> Completion | Exception:
-            extra = dict(overrides, **(per_request[i] if per_request else {}))
+        def buy(item: tuple[int, str, dict]) -> Completion | Exception:
+            i, key, params = item
             try:
-                return self.complete(requests[i], **extra)
+                return self._buy(key, requests[i], params)
             except (BudgetExhausted, LLMError) as e:
                 return e
 
-        workers = max(1, min(self.config.concurrency, len(requests)))
+        workers = max(1, min(self.config.concurrency, len(misses)))
         if workers == 1:
-            return [one(i) for i in range(len(requests))]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(one, range(len(requests))))
+            bought = [buy(m) for m in misses]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                bought = list(pool.map(buy, misses))
+        for (i, _, _), res in zip(misses, bought):
+            results[i] = res
+        return results  # type: ignore[return-value]
 
 
 def _describe(exc: Exception) -> str:
