@@ -1,7 +1,6 @@
 """Runner and shard writer: layout, offsets, determinism, resume, kill -9 and rerun."""
 
 import hashlib
-import io
 import json
 import os
 import signal

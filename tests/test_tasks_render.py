@@ -1,8 +1,6 @@
 """Renderers and the verification: pixel checks on the written bytes, and bad input."""
 
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq

@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 
 from .. import imageio
 from ..readers.coco_keypoints import COCO_JOINTS
-from .scenes import COLOURS, Scene, make_scene, mask_polygons, name_to_id
+from .scenes import Scene, make_scene, mask_polygons, name_to_id
 
 SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9], [8, 10],
             [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import imageio
-from ..errors import ConfigError, RecordError
+from ..errors import ConfigError
 from ..instructions import choose, load_templates
 from ..render import keypoints as K
 from ..render.common import RenderConfig, encode_target, load_source
