@@ -35,7 +35,7 @@ def test_openimages_and_replacement_labels():
         _row("edit_remove", region={"label": "Dog", "bbox": [1, 2, 3, 4]}),
         _row("edit_replace", src_label="running dog", reference={"label": "cat", "file": "/x.jpg"}),
     ])
-    assert oi["meta"]["captions"]["src_region"] == "Dog"
+    assert oi["meta"]["captions"]["src_region"] == "dog"  # OpenImages "Dog" as running text
     assert oi["meta"]["caption_provenance"]["sources"]["src_region"] == "region.label"
     assert rep["meta"]["captions"] == {"src_region": "running dog", "tgt_region": "cat", "reference": "cat",
                                        "tgt": "a photo with the cat"}
@@ -54,6 +54,9 @@ def test_captions_feed_the_instruction_stage():
     rows = run_stages_local([CaptionStage({}), LLMInstruction({}, seed=0)], [_row("edit_add", phrase="the old man")])
     assert "an old man" in rows[0]["instruction"]
     assert rows[0]["meta"]["instruction_provenance"]["path"] == "template"
+    # an OpenImages region: the class name as running text
+    rows = run_stages_local([LLMInstruction({}, seed=0)], [_row("edit_remove", region={"label": "Human face"})])
+    assert "the human face" in rows[0]["instruction"]
 
 
 @pytest.mark.slow

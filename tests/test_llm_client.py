@@ -84,6 +84,9 @@ def test_retries_exhausted_and_non_retryable(server):
     with pytest.raises(LLMError, match="rejected: HTTP 400"):
         c.complete(_ask("owl"))
     assert len(server.chat_requests()) == 4  # a 400 is not retried
+    server.state.fail_next = [408, 409]
+    assert parse_instruction(c.complete(_ask("owl")).text) == "remove the owl from the picture"
+    assert len(server.chat_requests()) == 7
 
 
 def test_timeout_is_retried(server):

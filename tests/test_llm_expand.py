@@ -1,6 +1,6 @@
 """``idd instructions expand`` against a real HTTP server: placeholders intact, duplicates removed, cached."""
 
-import pytest
+import json
 
 from instructdiffusion_data import cli
 from instructdiffusion_data.instructions import load_templates
@@ -43,6 +43,12 @@ def test_expand_writes_reviewed_file_and_rerun_is_free(tmp_path, capsys):
         assert cli.main(argv) == 0
         assert len(srv.chat_requests()) == 3 and out.read_bytes() == first
         assert "3 cache hits" in capsys.readouterr().out
+        # the cache report: answers held per model and what the expansion spent
+        assert cli.main(["instructions", "cache", str(tmp_path / "c.sqlite")]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert rep["answers"][0]["model"] == "test-model" and rep["answers"][0]["count"] == 3
+        assert rep["spent"] == [{"scope": "expand:edit_remove", "requests": 3,
+                                 "tokens": rep["answers"][0]["prompt_tokens"] + rep["answers"][0]["completion_tokens"]}]
 
 
 def test_expand_needs_an_endpoint_and_a_task(tmp_path, capsys, monkeypatch):

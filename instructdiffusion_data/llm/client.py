@@ -2,7 +2,7 @@
 
 :class:`LLMClient` wraps the real ``openai`` client and adds what a data job needs:
 
-- a per-request timeout, and retries with exponential backoff plus jitter on 429, 5xx, timeouts,
+- a per-request timeout, and retries with exponential backoff plus jitter on 429, 5xx (and 408/409/425), timeouts,
   connection errors and unreadable (non-JSON) answer bodies (``Retry-After`` is honoured, capped by
   ``backoff_max_s``); other HTTP errors (400, 401, 404) fail at once;
 - bounded concurrency: :meth:`LLMClient.complete_many` runs at most ``concurrency`` requests at a time
@@ -32,6 +32,9 @@ from typing import Any
 from .cache import BudgetExhausted, CachedResponse, SqliteCache, request_key
 
 log = logging.getLogger(__name__)
+
+# statuses retried besides 429 and 5xx (which the openai client maps to RateLimitError / InternalServerError)
+RETRY_STATUSES = (408, 409, 425)
 
 __all__ = ["LLMConfig", "LLMClient", "LLMError", "BudgetExhausted", "Completion"]
 
@@ -182,8 +185,16 @@ class LLMClient:
                 time.sleep(delay)
                 continue
             except openai.APIStatusError as e:
-                self._count(errors=1)
-                raise LLMError(f"llm request rejected: {_describe(e)}") from None
+                if e.status_code not in RETRY_STATUSES or attempt > cfg.max_retries:
+                    self._count(errors=1)
+                    if e.status_code in RETRY_STATUSES:
+                        raise LLMError(f"llm request failed after {attempt} attempts: {_describe(e)}") from None
+                    raise LLMError(f"llm request rejected: {_describe(e)}") from None
+                delay = self._backoff(attempt, e)
+                log.info("llm: %s, retry %d/%d in %.2fs", _describe(e), attempt, cfg.max_retries, delay)
+                self._count(retries=1)
+                time.sleep(delay)
+                continue
             choice = resp.choices[0] if getattr(resp, "choices", None) else None
             text = (choice.message.content if choice and choice.message else None) or ""
             usage = getattr(resp, "usage", None)

@@ -76,6 +76,13 @@ _NO_ARTICLE = ("some", "many", "several", "two", "three", "four", "five", "few",
                "my", "our", "your", "both", "all", "each")
 
 
+def label_text(label: str) -> str:
+    """A dataset's class name as running text: OpenImages' "Human face" -> "human face" (an
+    all-caps or mixed-case first word such as "TV" or "iPod" is kept)."""
+    first = label.split()[0] if label.split() else ""
+    return label[:1].lower() + label[1:] if first[:1].isupper() and first[1:].islower() else label
+
+
 def strip_article(phrase: str) -> str:
     """"the blue bird" -> "blue bird" (a lone word is kept as it is)."""
     words = phrase.split()

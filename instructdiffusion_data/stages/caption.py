@@ -39,6 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError, RecordError
 from ..imageio import decode, decode_gray, read_bytes, resize_mask
+from ..llm.prompts import label_text
 from ..schema import Row, drop
 from ..stage import Stage, StageConfig
 
@@ -85,7 +86,8 @@ def object_label(meta: dict) -> tuple[str | None, str]:
                        (region.get("label"), "region.label"), (meta.get("category"), "category"),
                        (meta.get("category_name"), "category_name")):
         if _clean(value):
-            return _strip_article(_clean(value)), how
+            text = _strip_article(_clean(value))
+            return (label_text(text) if how in ("region.label", "category", "category_name") else text), how
     return None, "unavailable"
 
 
@@ -141,6 +143,11 @@ class CaptionStage(Stage):
             from pathlib import Path
 
             check_path(str(Path(c.model).expanduser()), f"stages({self.name}).model", kind="dir")
+
+        if c.backend == "blip2" and not (c.concurrency or c.num_gpus):
+            log.warning("stages(%s): backend blip2 without concurrency or num_gpus runs as Ray tasks that load "
+                        "the model for every batch; set concurrency (CPU) or num_gpus (GPU) for an actor pool",
+                        self.name)
 
     def setup(self) -> None:
         self.captioner = None

@@ -36,7 +36,7 @@ from typing import Literal
 from ..errors import ConfigError
 from ..llm import (BudgetExhausted, EditSpec, InvalidResponse, Limits, LLMClient, LLMConfig, LLMError,
                    check_instruction, instruction_messages, parse_instruction, task_templates, template_instruction)
-from ..llm.prompts import EDIT_TASKS
+from ..llm.prompts import EDIT_TASKS, label_text
 from ..schema import Row, drop
 from ..stage import Stage, StageConfig
 
@@ -73,7 +73,7 @@ def edit_spec(row: Row) -> EditSpec:
     region = meta.get("region") if isinstance(meta.get("region"), dict) else {}
     ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}
     obj = _first(meta.get("object"), meta.get("src_label"), meta.get("phrase"), caps.get("src_region"),
-                 region.get("label"))
+                 label_text(region["label"]) if isinstance(region.get("label"), str) else None)
     if obj is None:
         raise ValueError("no edited object in meta (expected phrase, src_label, object or captions.src_region)")
     target = None
