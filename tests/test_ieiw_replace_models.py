@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from helpers_ieiw_replace import REAL_MODEL_INDEX, build_tiny_open_clip, build_tiny_paint_by_example
+pytestmark = pytest.mark.ml
+
+from .helpers_ieiw_replace import REAL_MODEL_INDEX, build_tiny_open_clip, build_tiny_paint_by_example
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +68,13 @@ def test_classical_embedder_groups_similar_images():
 
     e = ClassicalEmbedder()
     rng = np.random.default_rng(0)
-    red = np.zeros((50, 50, 3), np.uint8)
-    red[..., 0] = 200
-    red2 = np.clip(red.astype(int) + rng.integers(-10, 10, red.shape), 0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:50, :50]
+    red = np.full((50, 50, 3), 240, np.uint8)
+    red[(yy - 25) ** 2 + (xx - 25) ** 2 < 15 ** 2] = (200, 20, 20)
+    red2 = np.roll(red, 2, axis=1).astype(int) + rng.integers(-4, 5, red.shape)  # shifted, noisy copy
+    red2 = np.clip(red2, 0, 255).astype(np.uint8)
     stripes = np.zeros((50, 50, 3), np.uint8)
-    stripes[::4] = 255
+    stripes[::4] = (30, 60, 220)
     v = e.embed_images([red, red2, stripes])
     assert v.shape == (3, e.dim)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)

@@ -5,6 +5,7 @@ CLIP weights. For an image (and an optional mask weighting its pixels) resized t
 ``size x size``:
 
 * **colour** - a joint HSV histogram, ``h_bins x s_bins x v_bins`` (default 8x4x4 = 128 bins);
+  the hue of unsaturated pixels (S < ``grey_saturation``) is undefined and is not binned by hue;
 * **gradient** - a HOG-like histogram: unsigned Sobel orientations in ``orient_bins`` bins
   (default 9), magnitude-weighted, in a ``grid x grid`` layout of cells (default 4x4 = 144 bins).
 
@@ -31,6 +32,7 @@ class ClassicalEmbedderConfig:
     v_bins: int = 4
     orient_bins: int = 9
     grid: int = 4
+    grey_saturation: int = 40  # pixels less saturated than this (0-255) all fall in hue bin 0
     colour_weight: float = 1.0
     gradient_weight: float = 1.0
 
@@ -67,6 +69,7 @@ class ClassicalEmbedder:
 
         hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # H in [0, 180)
         hi = np.minimum(hsv[..., 0].astype(np.int32) * c.h_bins // 180, c.h_bins - 1)
+        hi[hsv[..., 1] < c.grey_saturation] = 0  # hue is noise where there is no colour
         si = np.minimum(hsv[..., 1].astype(np.int32) * c.s_bins // 256, c.s_bins - 1)
         vi = np.minimum(hsv[..., 2].astype(np.int32) * c.v_bins // 256, c.v_bins - 1)
         idx = (hi * c.s_bins + si) * c.v_bins + vi

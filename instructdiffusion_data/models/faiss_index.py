@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class IndexConfig:
     type: Literal["auto", "flat", "ivfpq"] = "auto"
     auto_flat_max: int = 50_000  # auto: exact search up to this many vectors
-    nlist: int = 0  # IVF lists; 0 = 4 * sqrt(N), at most N / 39 (faiss wants >= 39 training points per list)
+    nlist: int = 0  # IVF lists; 0 = 4 * sqrt(N); at most (training vectors) / 39, faiss' minimum per list
     pq_m: int = 32  # PQ sub-quantisers; the largest divisor of the dimension <= pq_m is used
     pq_bits: int = 8
     train_sample: int = 100_000  # vectors sampled (seeded) to train IVF-PQ
@@ -82,8 +82,9 @@ def resolve(cfg: IndexConfig, n: int, dim: int) -> dict:
         kind = "flat" if n <= cfg.auto_flat_max else "ivfpq"
     if kind == "flat":
         return {"type": "flat", "factory": "Flat"}
+    n_train = min(n, cfg.train_sample)
     nlist = cfg.nlist or int(4 * math.sqrt(n))
-    nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))
+    nlist = max(1, min(nlist, n_train // 39 if n_train >= 39 else 1))
     m = pq_subquantisers(dim, cfg.pq_m)
     factory = f"IVF{nlist},PQ{m}x{cfg.pq_bits}"
     return {"type": "ivfpq", "factory": factory, "nlist": nlist, "pq_m": m, "pq_bits": cfg.pq_bits,

@@ -57,7 +57,7 @@ def poisson_replace(src: np.ndarray, region: np.ndarray, ref_rgba: np.ndarray,
         raise RecordError("reference too small after scaling")
     # Poisson cloning keeps the gradients inside its mask: the mask must include the object's outline,
     # so it is the object grown by a ring of the reference's own surroundings (the patch's context)
-    ring = max(2, int(round(p.ring * max(mask_bbox(a_all)[2:]))))
+    ring = max(4, int(round(p.ring * max(mask_bbox(a_all)[2:]))))  # OpenCV erodes the mask 1 px and needs 2 more
     clone_a = cv2.dilate(a_all, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring + 1, 2 * ring + 1)))
     ax, ay, aw, ah = mask_bbox(a_all)
 
@@ -83,11 +83,18 @@ def poisson_replace(src: np.ndarray, region: np.ndarray, ref_rgba: np.ndarray,
     y0 = int(round(y + h / 2 - ah / 2)) - oy
     x0 = min(max(x0, 1), W - pw - 1)
     y0 = min(max(y0, 1), H - ph - 1)
-    # seamlessClone centres the bounding box of the mask's non-zero pixels on `center`
-    bx, by, bw, bh = cv2.boundingRect(c_p)
-    center = (x0 + bx + bw // 2, y0 + by + bh // 2)
+    # The patch goes onto a canvas of the destination's size at its final place, and the clone is
+    # centred on the mask's own box, so the placement is the identity. (OpenCV 5.0 left the
+    # destination unchanged for a source smaller than it, and erodes the mask argument in place:
+    # it gets a copy.)
+    canvas = base.copy()
+    canvas[y0:y0 + ph, x0:x0 + pw] = ref_p
+    clone_mask = np.zeros((H, W), np.uint8)
+    clone_mask[y0:y0 + ph, x0:x0 + pw] = c_p * 255
+    bx, by, bw, bh = cv2.boundingRect(clone_mask)
+    center = (bx + bw // 2, by + bh // 2)
     flags = cv2.NORMAL_CLONE if p.clone == "normal" else cv2.MIXED_CLONE
-    out = cv2.seamlessClone(np.ascontiguousarray(ref_p), base, c_p * 255, center, flags)
+    out = cv2.seamlessClone(canvas, base, clone_mask.copy(), center, flags)
     placed = np.zeros((H, W), np.uint8)
     placed[y0:y0 + ph, x0:x0 + pw] = c_p
     obj = np.zeros((H, W), np.uint8)
