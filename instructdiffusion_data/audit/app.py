@@ -176,7 +176,10 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
     def image(output: str, split: str, key: str = Query(..., max_length=500),
               kind: str = Query("src", pattern="^(src|tgt|mask)$"), thumb: bool = False,
               style: str = Query("image", pattern="^(image|overlay)$")):
-        row = need_row(output, split, key)
+        need_output(output)
+        row = catalog.location(output, need_split(split), key)
+        if row is None:
+            raise HTTPException(404, "no such sample")
         if not row.get(f"{kind}_size"):
             raise HTTPException(404, f"sample has no {kind} image")
         tar = tar_path(row)

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 MAX_PAGE_SIZE = 200
 MAX_SCORE_FILTERS = 10
 MAX_TEXT = 200
+LOC_CACHE = 20_000
+LOC_NAMES = ("tar", "src_offset", "src_size", "tgt_offset", "tgt_size", "mask_offset", "mask_size")
+LOC_COLUMNS = tuple(f"s.{c}" for c in LOC_NAMES)
 SORT_COLUMNS = {"key": "s.key", "task": "s.task", "dataset": "s.dataset", "reason": "s.reason",
                 "instruction": "s.instruction"}
 
@@ -140,6 +144,7 @@ class Catalog:
         self._signature: tuple = ()
         self._checked = 0.0
         self._lock = threading.RLock()
+        self._loc: OrderedDict[tuple, dict] = OrderedDict()  # (output, split, key) -> member offsets
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET threads TO 2")
         self.refresh(force=True)
@@ -176,8 +181,10 @@ class Catalog:
                         con.execute(f"INSERT INTO samples_new {_LOAD_SQL}", [rel, split, split, files])
             con.execute("DROP TABLE IF EXISTS samples")
             con.execute("ALTER TABLE samples_new RENAME TO samples")
+            con.execute("CREATE INDEX samples_key ON samples(key)")  # point look-ups (images, sample view)
             self.outputs = outputs
             self._signature = sig
+            self._loc.clear()
             n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
             log.info("audit index: %d outputs, %d samples (%.2fs)", len(outputs), n, time.perf_counter() - t0)
 
@@ -236,11 +243,13 @@ class Catalog:
         rows = self._q(
             f"""SELECT s.output, s.split, s.key, s.task, s.dataset, s.instruction, s.keep, s.drop_reason, s.reason,
                        s.scores, s.pair_id, s.group_id, s.guidance_scale, s.has_reference,
-                       s.mask_size IS NOT NULL AND s.mask_size > 0 AS has_mask
+                       s.mask_size IS NOT NULL AND s.mask_size > 0 AS has_mask, {", ".join(LOC_COLUMNS)}
                 FROM samples s WHERE {where} ORDER BY {order_sql} LIMIT ? OFFSET ?""",
             params + order_params + [page_size, page * page_size])
         for r in rows:
             r["scores"] = dict(r["scores"] or {})
+            self._remember({c: r.pop(c) for c in LOC_NAMES} | {"output": r["output"], "split": r["split"],
+                                                                  "key": r["key"]})
         return {"total": total, "page": page, "page_size": page_size, "rows": rows}
 
     def counts(self, f: Filters) -> dict:
@@ -310,12 +319,33 @@ class Catalog:
         return out
 
     def row(self, output: str, split: str, key: str) -> dict | None:
-        rows = self._q("SELECT * FROM samples s WHERE s.output = ? AND s.split = ? AND s.key = ?", [output, split, key])
+        rows = self._q("SELECT * FROM samples s WHERE s.key = ? AND s.output = ? AND s.split = ?", [key, output, split])
         if not rows:
             return None
         r = rows[0]
         r["scores"] = dict(r["scores"] or {})
         return r
+
+    def _remember(self, loc: dict) -> None:
+        with self._lock:
+            self._loc[(loc["output"], loc["split"], loc["key"])] = loc
+            while len(self._loc) > LOC_CACHE:
+                self._loc.popitem(last=False)
+
+    def location(self, output: str, split: str, key: str) -> dict | None:
+        """Where a sample's members are (tar and offsets): remembered from the grid page that listed it
+        (the thumbnails of a page need no query), else one indexed look-up."""
+        self.refresh()
+        with self._lock:
+            loc = self._loc.get((output, split, key))
+        if loc is not None:
+            return loc
+        rows = self._q(f"SELECT s.output, s.split, s.key, {', '.join(LOC_COLUMNS)} FROM samples s "
+                       "WHERE s.key = ? AND s.output = ? AND s.split = ?", [key, output, split])
+        if not rows:
+            return None
+        self._remember(rows[0])
+        return rows[0]
 
     def find_key(self, output: str, key: str) -> dict | None:
         rows = self._q("SELECT * FROM samples s WHERE s.output = ? AND s.key = ? ORDER BY s.split DESC", [output, key])
