@@ -120,7 +120,7 @@ def build_big_lama(ngf: int = 64, n_down: int = 3, n_blocks: int = 18, ratio: fl
             self.bn = nn.BatchNorm2d(2 * c)
 
         def forward(self, x):
-            b, c, h, w = x.shape
+            h, w = x.shape[-2:]
             f = torch.fft.rfftn(x, dim=(-2, -1), norm="ortho")
             f = torch.cat([f.real, f.imag], dim=1)  # [b, 2c, h, w//2+1]
             f = torch.relu(self.bn(self.conv(f)))

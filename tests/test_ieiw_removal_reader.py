@@ -9,8 +9,7 @@ import pytest
 from instructdiffusion_data.demo import phrasecut as demo
 from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.imageio import encode_jpeg
-from instructdiffusion_data.readers.phrasecut import (PhraseCutSource, border_fraction, parse_polygons,
-                                                      polygons_to_mask)
+from instructdiffusion_data.readers.phrasecut import PhraseCutSource, border_fraction, parse_polygons, polygons_to_mask
 from instructdiffusion_data.writer import reason_class
 
 

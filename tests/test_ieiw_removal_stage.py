@@ -1,6 +1,6 @@
 """inpaint_remove stage: pairs, keys, masks, pixels, removal check, instructions."""
 
-import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +12,12 @@ from instructdiffusion_data.instructions import load_templates
 from instructdiffusion_data.readers.phrasecut import PhraseCutSource, dilate_mask, polygons_to_mask
 from instructdiffusion_data.runner import run_stages_local
 from instructdiffusion_data.schema import make_key
-from instructdiffusion_data.stages.inpaint_remove import (InpaintRemoveStage, indefinite_article, removal_phrase,
-                                                          with_article)
+from instructdiffusion_data.stages.inpaint_remove import (
+    InpaintRemoveStage,
+    indefinite_article,
+    removal_phrase,
+    with_article,
+)
 
 from .helpers_ieiw_removal import FillGrey, Identity, save_script
 
@@ -62,7 +66,7 @@ def test_two_rows_per_region_with_shared_pair_and_swapped_images(records):
         assert with_article(rec["meta"]["phrase"], rec["meta"]["phrase_structure"]["name"]) in add["instruction"]
 
         # pixels: the source is the original image; mask = dilated polygons; outside identical, inside changed
-        orig = decode(open(rec["meta"]["file"], "rb").read())
+        orig = decode(Path(rec["meta"]["file"]).read_bytes())
         src, tgt = decode(rm["src"]), decode(rm["tgt"])
         assert np.array_equal(src, orig)  # PNG output, no resize at this size: the original pixels
         mask = decode_gray(rm["mask"])

@@ -111,14 +111,13 @@ class InpaintRemoveStage(Stage):
         area = int(np.count_nonzero(mask))
         if area == 0:
             raise RecordError("region is empty at the output size", record=rid)
-        px = self.config.dilate_px + int(round(self.config.dilate_frac * 2 * math.sqrt(area / math.pi)))
+        px = self.config.dilate_px + round(self.config.dilate_frac * 2 * math.sqrt(area / math.pi))
         dil = dilate_mask(mask, px)
         info = {"scale": round(scale, 6), "size": [ow, oh], "dilate_px": px,
                 "mask_area_frac": round(float(np.count_nonzero(dil)) / (oh * ow), 6)}
         return img, dil, info
 
     def process(self, rows: list[Row]) -> list[Row]:
-        c = self.config
         loaded, out = [], []
         for r in rows:
             try:
@@ -225,8 +224,7 @@ def _head_noun(words: list[str], name: str | None) -> str:
             return last
     # without a structure: the last word before the first relation word
     stops = {"on", "in", "of", "with", "near", "by", "at", "to", "next", "behind", "above", "below", "under",
-             "beside", "wearing", "holding", "has", "having", "that", "which", "who", "left", "right", "under",
-             "over", "inside", "outside", "across", "along", "against", "between", "around", "for", "from"}
+             "beside", "wearing", "holding", "has", "having", "that", "which", "who", "left", "right", "over", "inside", "outside", "across", "along", "against", "between", "around", "for", "from"}
     head = words[0]
     for w in words[1:]:
         if w.lower() in stops:
