@@ -15,6 +15,10 @@ import simplejpeg
 from .errors import RecordError
 
 cv2.setNumThreads(1)  # Ray runs one task per core; OpenCV's own pool would oversubscribe them
+try:  # a corrupt file is reported once, as the row's drop reason, not also by OpenCV on stderr
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+except AttributeError:
+    pass
 
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG"
