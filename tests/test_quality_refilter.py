@@ -61,6 +61,7 @@ def test_refilter_moves_exactly_the_selected_rows(tmp_path, capsys):
     assert all(before[k]["split"] == "train" for k in before if k not in earlier)
     t = float(np.median(sorted(scores.values())))
     src_bytes = {k: _member(r, "src") for k, r in before.items()}
+    tars = {p.relative_to(root): p.read_bytes() for p in sorted(root.glob("*/*.tar"))}
 
     assert idd(["filter", str(root), "--set", f"aesthetic_tgt_min={t}"]) == 0
     printed = capsys.readouterr().out
@@ -100,6 +101,10 @@ def test_refilter_moves_exactly_the_selected_rows(tmp_path, capsys):
     assert "rejected -> train: %d" % len(moved) in capsys.readouterr().out
     assert _rows(root).keys() == after.keys() and {k for k, r in _rows(root).items() if r["split"] == "rejected"} \
         == expect_rejected
+
+    # back to the thresholds of the run: byte-identical shards (nothing else changed on the way)
+    assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 0
+    assert {p.relative_to(root): p.read_bytes() for p in sorted(root.glob("*/*.tar"))} == tars
 
 
 def test_auditor_labels_override(tmp_path, capsys):
