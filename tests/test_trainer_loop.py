@@ -17,6 +17,15 @@ from tests.helpers_trainer import make_output, write_mixture
 pytestmark = pytest.mark.ml
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions: one intra-op thread is fastest, and far faster on a loaded shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     from instructdiffusion_data.cli import main

@@ -73,6 +73,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     allow_tf32: bool = True
+    cpu_threads: int | None = None  # torch intra-op threads (None: torch's default); 1 helps tiny CPU runs
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3  # keep the last K checkpoints
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder

@@ -113,6 +113,8 @@ class Trainer:
         acc = self.accelerator
         if cfg.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
+        if cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)
         torch.manual_seed(cfg.seed)
         prepare_model_path(cfg, acc.is_main_process)
         acc.wait_for_everyone()
