@@ -158,3 +158,27 @@ def test_crop_region_box_mask_and_background():
     assert (grey[0, 0] == 128).all() and np.array_equal(grey[1, 1], img[5, 7])
     with pytest.raises(ValueError, match="empty"):
         crop_region(img, mask=np.zeros((20, 30), np.uint8))
+
+
+def test_reference_patch_from_meta(tiny_blip2):
+    """The retrieve_reference stage's patch (RGBA PNG, base64) is captioned with its background grey."""
+    import base64
+
+    import cv2
+
+    from instructdiffusion_data.stages.caption import CaptionStage
+
+    patch = _img(7, 24, 20)
+    alpha = np.zeros((24, 20), np.uint8)
+    alpha[4:20, 3:17] = 255
+    ok, png = cv2.imencode(".png", np.dstack([cv2.cvtColor(patch, cv2.COLOR_RGB2BGR), alpha]))
+    row = new_row(key="r", task="edit_replace", dataset="t",
+                  meta={"record_id": "1", "reference": {"label": "Cat", "patch_png_b64": base64.b64encode(png.tobytes()).decode()}})
+    st = CaptionStage({"backend": "blip2", "model": tiny_blip2, "local_files_only": True, "targets": ["reference"],
+                       "region_background": "grey", "min_new_tokens": 2, "max_new_tokens": 3})
+    out = run_stages_local([st], [row])[0]
+    seen = patch.copy()
+    seen[alpha == 0] = 128
+    assert np.array_equal(st.reference_patch(row["meta"], "1"), seen)
+    assert out["meta"]["captions"] == {"reference": reference_captions(tiny_blip2, [seen], min_new_tokens=2,
+                                                                        max_new_tokens=3)[0]}

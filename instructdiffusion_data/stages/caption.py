@@ -7,8 +7,9 @@ Writes ``meta["captions"]`` = ``{target: text}`` for the configured ``targets``:
   ``meta["region"]["bbox"]`` / ``meta["bbox"]`` (``[x, y, w, h]`` in the coordinates of
   ``meta["width"]`` x ``meta["height"]``; scaled to the decoded image);
 - ``tgt`` and ``tgt_region``: the same on ``row["tgt"]`` (the edited image);
-- ``reference``: the reference patch of a replacement, ``meta["reference"]`` = ``{"file": image path,
-  "bbox": [x, y, w, h] (optional), "label": str (optional)}``;
+- ``reference``: the reference patch of a replacement, ``meta["reference"]`` = ``{"patch_png_b64":
+  RGBA PNG, base64 (alpha = object mask)}`` or ``{"file": image path, "bbox": [x, y, w, h] (optional)}``,
+  plus ``"label"`` (the ``retrieve_reference`` stage writes these);
 
 and ``meta["caption_provenance"]`` = ``{"backend", "model", "sources": {target: how}}``.
 
@@ -95,7 +96,7 @@ def reference_label(meta: dict) -> tuple[str | None, str]:
     ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}
     for value, how in ((meta.get("ref_label"), "ref_label"), (ref.get("label"), "reference.label")):
         if _clean(value):
-            return _strip_article(_clean(value)), how
+            return label_text(_strip_article(_clean(value))), how
     return None, "unavailable"
 
 
@@ -226,13 +227,36 @@ class CaptionStage(Stage):
                 box, mask = self.region(row, img.shape[:2])
                 out[t] = crop_region(img, box=box, mask=mask, pad_frac=c.pad_frac, background=c.region_background)
             elif t == "reference":
-                ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else None
-                if not ref or not ref.get("file"):
-                    raise RecordError("no reference patch to caption (meta.reference.file)", record=rid)
-                img = decode(read_bytes(ref["file"], rid), file=ref["file"], record=rid)
-                box = ref.get("bbox")
-                out[t] = crop_region(img, box=box, pad_frac=0.0) if box else img
+                out[t] = self.reference_patch(meta, rid)
         return out
+
+    def reference_patch(self, meta: dict, rid: str) -> np.ndarray:
+        """The reference patch: ``meta.reference.patch_png_b64`` (RGBA, alpha = object mask; with
+        ``region_background: grey`` the pixels outside the object are grey), else the region
+        ``bbox`` of the image ``meta.reference.file``."""
+        ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else None
+        if ref and ref.get("patch_png_b64"):
+            import base64
+
+            import cv2
+
+            raw = base64.b64decode(ref["patch_png_b64"])
+            arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+            if arr is None:
+                raise RecordError("reference patch PNG is corrupt (meta.reference.patch_png_b64)", record=rid)
+            if arr.ndim == 2:
+                arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGRA)
+            rgb = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB)
+            if arr.shape[2] == 4 and self.config.region_background == "grey":
+                rgb[arr[..., 3] == 0] = 128
+            return rgb
+        if not ref or not ref.get("file"):
+            raise RecordError("no reference patch to caption (meta.reference.patch_png_b64 or .file)", record=rid)
+        from ..models.blip2 import crop_region
+
+        img = decode(read_bytes(ref["file"], rid), file=ref["file"], record=rid)
+        box = ref.get("bbox")
+        return crop_region(img, box=box, pad_frac=0.0) if box else img
 
     def region(self, row: Row, shape: tuple[int, int]) -> tuple[list | None, np.ndarray | None]:
         """(box, mask) of the edited region in an image of ``shape`` (h, w)."""

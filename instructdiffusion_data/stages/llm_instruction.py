@@ -66,6 +66,11 @@ def _first(*values) -> str | None:
     return None
 
 
+def _label(value) -> str | None:
+    """A dataset class name as running text ("Dog" -> "dog"); None for a missing one."""
+    return label_text(value) if isinstance(value, str) and value.strip() else None
+
+
 def edit_spec(row: Row) -> EditSpec:
     """The edit a row describes, from its task and meta (see module docstring)."""
     meta = row.get("meta") or {}
@@ -73,12 +78,13 @@ def edit_spec(row: Row) -> EditSpec:
     region = meta.get("region") if isinstance(meta.get("region"), dict) else {}
     ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}
     obj = _first(meta.get("object"), meta.get("src_label"), meta.get("phrase"), caps.get("src_region"),
-                 label_text(region["label"]) if isinstance(region.get("label"), str) else None)
+                 _label(region.get("label")))
     if obj is None:
         raise ValueError("no edited object in meta (expected phrase, src_label, object or captions.src_region)")
     target = None
     if row["task"] == "edit_replace":
-        target = _first(meta.get("ref_label"), caps.get("reference"), caps.get("tgt_region"), ref.get("label"))
+        target = _first(_label(meta.get("ref_label")), caps.get("reference"), caps.get("tgt_region"),
+                        _label(ref.get("label")))
         if target is None:
             raise ValueError("no replacement target in meta (expected ref_label, captions.reference or captions.tgt_region)")
     return EditSpec(task=row["task"], obj=obj, target_obj=target, source_caption=_first(caps.get("src")),
