@@ -28,6 +28,7 @@ from . import config as cfgmod
 from .errors import ConfigError
 from .schema import Row, rows_to_table, table_to_rows
 from .stage import Source, Stage, make_source, make_stage
+from .storage import Location, join
 from .writer import RUN_FILE, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunSummary:
-    root: Path
+    root: Path | str  # a folder, or the URI of an output on an object store
     shards_total: int = 0
     shards_skipped: int = 0
     shards_written: int = 0
@@ -71,8 +72,9 @@ def config_fingerprint(cfg: cfgmod.PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-def output_root(cfg: cfgmod.PipelineConfig, out: str | None = None) -> Path:
-    return Path(out or cfg.writer.out) / cfg.name / cfg.version
+def output_root(cfg: cfgmod.PipelineConfig, out: str | None = None) -> Path | str:
+    """``<out>/<name>/<version>``: a Path, or a URI string when ``out`` is one (``s3://bucket/shards``)."""
+    return join(out or cfg.writer.out, cfg.name, cfg.version)
 
 
 def build(cfg: cfgmod.PipelineConfig) -> tuple[Source, list[Stage]]:
@@ -82,19 +84,31 @@ def build(cfg: cfgmod.PipelineConfig) -> tuple[Source, list[Stage]]:
     return source, stages
 
 
+def cluster_address(rcfg: cfgmod.RayConfig, address: str | None = None) -> str | None:
+    """The cluster to join: ``--address``, else ``ray.address`` of the config, else ``RAY_ADDRESS``
+    (set by ``ray job submit`` for its entrypoint, and by users); None starts an embedded Ray."""
+    return address or rcfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(rcfg: cfgmod.RayConfig, address: str | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if ray.is_initialized():
         return
-    address = address or rcfg.address
+    address = cluster_address(rcfg, address)
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    runtime_env = getattr(rcfg, "runtime_env", None)
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     if address:
+        # Joining a cluster: its nodes bring their own CPUs, GPUs and object stores. Inside a Ray job
+        # (`ray job submit`) the job's runtime_env (working_dir, pip, env_vars) applies to every worker.
         log.info("joining Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=rcfg.num_cpus, object_store_memory=rcfg.object_store_memory,
-                 include_dashboard=False, log_to_driver=True)
+                 include_dashboard=False, **kwargs)
 
 
 def _map_stage(ds: Any, stage: Stage) -> Any:
@@ -120,9 +134,10 @@ def run_stages_local(stages: list[Stage], rows: list[Row]) -> list[Row]:
     return table_to_rows(table)
 
 
-def prepare_output(cfg: cfgmod.PipelineConfig, root: Path, overwrite: bool) -> None:
+def prepare_output(cfg: cfgmod.PipelineConfig, root: Path | str, overwrite: bool) -> None:
     fp = config_fingerprint(cfg)
-    run_file = root / RUN_FILE
+    loc = Location(root)
+    run_file = loc / RUN_FILE
     if run_file.is_file():
         prev = json.loads(run_file.read_text())
         if prev.get("fingerprint") != fp:
@@ -130,11 +145,18 @@ def prepare_output(cfg: cfgmod.PipelineConfig, root: Path, overwrite: bool) -> N
                 raise ConfigError(f"{root}: holds an output of a different config; pass --overwrite "
                                   "or choose another version/--out")
             log.warning("overwriting %s (config changed)", root)
-            shutil.rmtree(root)
-    elif overwrite and root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+            _remove_tree(loc)
+    elif overwrite and loc.exists():
+        _remove_tree(loc)
+    loc.mkdir()
     run_file.write_text(json.dumps({"fingerprint": fp, "config": cfgmod.to_dict(cfg)}, indent=1, sort_keys=True))
+
+
+def _remove_tree(loc: Location) -> None:
+    if loc.local:
+        shutil.rmtree(loc.path)
+    else:
+        loc.rmtree()
 
 
 def run(cfg: cfgmod.PipelineConfig, *, address: str | None = None, out: str | None = None,

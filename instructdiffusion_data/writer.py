@@ -7,6 +7,12 @@ stats json. Files are written under ``*.tmp`` names and renamed when complete, s
 is finished when both stats files exist, and a rerun skips finished shards, so a run killed at any
 point and rerun ends with every sample exactly once. Tars are byte-reproducible (sorted members, fixed
 mtime, owner and mode).
+
+The root may be an object-store URI (``s3://bucket/prefix``, ``gs://...``; see :mod:`storage`). Object
+stores have no rename, but an object only becomes visible once its upload is complete, so there the
+commit is write-then-marker: every data object of the shard (tars, parquets) is written under its
+final name first and the stats jsons, the completion markers, last. A shard cut short leaves data
+objects without markers; it is not done, and the rerun writes it again over them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .imageio import sniff_ext
 from .schema import Row, dumps_meta
+from .storage import Location, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +123,20 @@ def sample_members(row: Row) -> dict[str, bytes]:
     return members
 
 
-def write_tar(path: Path, rows: list[Row]) -> list[dict]:
-    """Write rows (already sorted by key) to ``path``; return per-row member offsets."""
+def write_tar(path: Path | Any, rows: list[Row]) -> list[dict]:
+    """Write rows (already sorted by key) to ``path`` (or an open binary stream); return per-row member
+    offsets."""
+    if hasattr(path, "write"):
+        placements = _write_tar_stream(path, rows)
+    else:
+        with open(path, "wb") as fh:
+            placements = _write_tar_stream(fh, rows)
+    return placements
+
+
+def _write_tar_stream(fh: Any, rows: list[Row]) -> list[dict]:
     placements = []
-    with open(path, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for row in rows:
             place: dict[str, Any] = {}
             for suffix, data in sorted(sample_members(row).items()):
@@ -162,23 +179,28 @@ def split_stats(rows: list[Row]) -> dict:
 
 
 class ShardWriter:
-    """Writes finished shards under ``root`` and the output's manifest."""
+    """Writes finished shards under ``root`` (a folder or an object-store URI) and the output's manifest."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike | Location):
+        self.loc = root if isinstance(root, Location) else Location(root)
+        if isinstance(root, Location):
+            self.root = Path(root.path) if root.local else str(root)
+        else:
+            self.root = str(self.loc) if is_uri(root) else Path(root)
 
-    def split_dir(self, split: str) -> Path:
-        return self.root / split
+    def split_dir(self, split: str) -> Path | Location:
+        return self.root / split if isinstance(self.root, Path) else self.loc / split
+
+    def _names(self, split: str) -> set[str]:
+        return set((self.loc / split).names())
 
     def is_done(self, index: int) -> bool:
-        return all((self.split_dir(s) / f"{shard_name(index)}.stats.json").is_file() for s in SPLITS)
+        return all(f"{shard_name(index)}.stats.json" in self._names(s) for s in SPLITS)
 
     def done_shards(self) -> set[int]:
-        d = self.split_dir("train")
-        if not d.is_dir():
-            return set()
-        found = {int(p.name.split(".")[0]) for p in d.glob("*.stats.json") if p.name.split(".")[0].isdigit()}
-        return {i for i in found if self.is_done(i)}
+        names = {s: self._names(s) for s in SPLITS}
+        found = {n.split(".")[0] for n in names["train"] if n.endswith(".stats.json")}
+        return {int(n) for n in found if n.isdigit() and all(f"{n}.stats.json" in names[s] for s in SPLITS)}
 
     def write_shard(self, index: int, rows: Iterable[Row]) -> dict:
         rows = sorted(rows, key=lambda r: r["key"])
@@ -188,13 +210,17 @@ class ShardWriter:
             raise ValueError(f"shard {index}: duplicate key {dup}: a stage must give each variant its own key")
         name = shard_name(index)
         parts = {"train": [r for r in rows if r.get("keep")], "rejected": [r for r in rows if not r.get("keep")]}
-        pending: list[tuple[Path, Path]] = []
+        # local: write "<final>.tmp" and rename; object store: write the final object directly (no rename)
+        suffix = ".tmp" if self.loc.atomic_rename else ""
+        pending: list[tuple[Location, Location]] = []
+        markers: list[tuple[Location, str]] = []
         stats_out = {}
         for split, srows in parts.items():
-            d = self.split_dir(split)
-            d.mkdir(parents=True, exist_ok=True)
-            tar_tmp = d / f"{name}.tar.tmp"
-            placements = write_tar(tar_tmp, srows)
+            d = self.loc / split
+            d.mkdir()
+            tar_out = d / f"{name}.tar{suffix}"
+            with tar_out.open_write() as fh:
+                placements = write_tar(fh, srows)
             table = pa.Table.from_pylist(
                 [
                     {
@@ -207,17 +233,24 @@ class ShardWriter:
                 ],
                 schema=SIDECAR_SCHEMA,
             )
-            pq_tmp = d / f"{name}.parquet.tmp"
-            pq.write_table(table, pq_tmp, compression="zstd")
+            pq_out = d / f"{name}.parquet{suffix}"
+            with pq_out.open_write() as fh:
+                pq.write_table(table, fh, compression="zstd")
             stats = {"shard": name, "split": split, **split_stats(srows)}
             stats_out[split] = stats
-            st_tmp = d / f"{name}.stats.json.tmp"
-            st_tmp.write_text(json.dumps(stats, indent=1, sort_keys=True))
-            pending += [(tar_tmp, d / f"{name}.tar"), (pq_tmp, d / f"{name}.parquet")]
-            pending.append((st_tmp, d / f"{name}.stats.json"))
+            text = json.dumps(stats, indent=1, sort_keys=True)
+            if suffix:
+                st_tmp = d / f"{name}.stats.json{suffix}"
+                st_tmp.write_text(text)
+                pending += [(tar_out, d / f"{name}.tar"), (pq_out, d / f"{name}.parquet")]
+                pending.append((st_tmp, d / f"{name}.stats.json"))
+            else:
+                markers.append((d / f"{name}.stats.json", text))
         # data files first, stats (the completion markers) last
         for tmp, final in sorted(pending, key=lambda p: p[1].name.endswith(".stats.json")):
-            os.replace(tmp, final)
+            tmp.replace(final)
+        for marker, text in markers:
+            marker.write_text(text)
         return stats_out
 
     def write_manifest(self, *, config: dict, extra: dict | None = None) -> dict:
@@ -225,11 +258,10 @@ class ShardWriter:
         manifest: dict[str, Any] = {"format": "instructdiffusion-data/1", "code_version": code_version(),
                                     "config": config, "splits": {}}
         for split in SPLITS:
-            d = self.split_dir(split)
             shards, tasks, datasets, reasons, verified = [], Counter(), Counter(), Counter(), Counter()
             total = 0
-            for st_path in sorted(d.glob("*.stats.json")) if d.is_dir() else []:
-                st = json.loads(st_path.read_text())
+            for st_name in sorted(n for n in (self.loc / split).names() if n.endswith(".stats.json")):
+                st = json.loads((self.loc / split / st_name).read_text())
                 shards.append({"tar": f"{split}/{st['shard']}.tar", "parquet": f"{split}/{st['shard']}.parquet",
                                "rows": st["rows"]})
                 total += st["rows"]
@@ -244,7 +276,11 @@ class ShardWriter:
             }
         if extra:
             manifest.update(extra)
-        tmp = self.root / f"{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, self.root / MANIFEST)
+        text = json.dumps(manifest, indent=1, sort_keys=True)
+        if self.loc.atomic_rename:
+            tmp = self.loc / f"{MANIFEST}.tmp"
+            tmp.write_text(text)
+            tmp.replace(self.loc / MANIFEST)
+        else:
+            (self.loc / MANIFEST).write_text(text)  # an object appears whole when its upload completes
         return manifest
