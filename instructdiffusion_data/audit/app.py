@@ -338,5 +338,5 @@ def describe_reference(ref) -> dict | None:
     if ref is None:
         return None
     if isinstance(ref, dict):
-        return {"fields": {k: v for k, v in ref.items() if not isinstance(v, (dict, list)) or len(str(v)) < 400}}
+        return {"fields": {k: (v if len(str(v)) < 400 else f"({len(str(v))} characters)") for k, v in ref.items()}}
     return {"fields": {"value": ref if isinstance(ref, (str, int, float, bool)) else str(ref)[:400]}}
