@@ -60,6 +60,10 @@ class Blip2Captioner:
         self.processor = Blip2Processor.from_pretrained(src, **kw)
         self.model = Blip2ForConditionalGeneration.from_pretrained(src, dtype=self.dtype, **kw)
         self.model.to(self.device).eval()
+        if getattr(self.processor, "num_query_tokens", None) is None:
+            # older hub snapshots lack it in processor_config.json; the processor then adds no image
+            # tokens to a text prompt and generate() cannot place the query embeddings
+            self.processor.num_query_tokens = self.model.config.num_query_tokens
         self.model_id = model if not Path(model).expanduser().is_dir() else f"local:{Path(model).name}"
         log.info("loaded BLIP-2 %s on %s (%s)", model, self.device, str(self.dtype).replace("torch.", ""))
 
