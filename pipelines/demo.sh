@@ -9,12 +9,29 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 if [ "$DEMO" != "demo_data" ]; then ln -sfn "$DEMO" demo_data; fi
 
-# Task data (paper 4.1): keypoints, semantic and referring segmentation.
-TASKS=(
+CONFIGS=(
+  # Task data (paper 4.1): keypoints, semantic and referring segmentation.
   configs/pipelines/keypoints_coco.yaml
+  configs/pipelines/keypoints_mpii.yaml
+  configs/pipelines/keypoints_crowdpose.yaml
+  configs/pipelines/keypoints_aic.yaml
   configs/pipelines/semseg_cocostuff.yaml
   configs/pipelines/refseg_refcoco.yaml
   configs/pipelines/refseg_grefcoco.yaml
+  # Enhancement pairs.
+  configs/pipelines/deblur_gopro.yaml
+  configs/pipelines/deblur_reds.yaml
+  configs/pipelines/denoise_sidd.yaml
+  configs/pipelines/dewatermark_clwd.yaml
+  # Existing editing datasets, ingested as they are.
+  configs/pipelines/edit_instructpix2pix.yaml
+  configs/pipelines/edit_magicbrush.yaml
+  configs/pipelines/edit_gier.yaml
+  configs/pipelines/edit_gqa_inpaint.yaml
+  # IEIW (paper 3.2): object removal and addition.
+  configs/pipelines/ieiw_removal.yaml
 )
-"$IDD" run "${TASKS[@]}" --out "$OUT"
+# One embedded Ray for all of them; every config is validated before any work starts.
+"$IDD" run "${CONFIGS[@]}" --out "$OUT"
+"$IDD" mix configs/mixtures/instructdiffusion.yaml --root "$OUT" --out "$OUT/mixture.json"
 "$IDD" inspect "$OUT"
