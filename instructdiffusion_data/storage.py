@@ -176,7 +176,7 @@ class Location:
 def read_bytes(path: str | os.PathLike) -> bytes:
     """Read a local file or an object; FileNotFoundError when missing."""
     if not is_uri(path):
-        return Path(path).read_bytes()
+        return Path(resolve(path)[1]).read_bytes()
     loc = Location(path)
     if not loc.is_file():
         raise FileNotFoundError(str(path))
@@ -191,7 +191,7 @@ def exists(path: str | os.PathLike, kind: str = "any") -> bool:
     """Like ``Path.is_file()/is_dir()/exists()`` for paths and URIs (on an object store a 'folder' is
     any prefix holding objects)."""
     if not is_uri(path):
-        p = Path(path)
+        p = Path(resolve(path)[1])
         return p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
     loc = Location(path)
     info = loc._info()
