@@ -37,6 +37,11 @@ it measures technical quality, not taste; its thresholds are its own.
 histogram (8x4x4), a 2x2-grid gradient orientation histogram (8 bins per cell, magnitude weighted), a
 gradient magnitude histogram (8 log bins) and the five sub-scores; each block square-rooted (Hellinger)
 and the whole vector L2-normalised, 173 dimensions.
+
+:func:`region_features` (``classical-hog/1``) describes an object region for the replacement check:
+a HOG-like 4x4 grid of 8-bin gradient orientation histograms (magnitude weighted) of the region
+brought to 64x64, square-rooted and L2-normalised (128-d). It is gradient-only on purpose: Poisson
+blending (the weight-free replacement) keeps the reference's gradients but shifts its colours.
 """
 
 from __future__ import annotations
@@ -175,3 +180,25 @@ def features(rgb: np.ndarray, work_side: int = 256) -> np.ndarray:
     ]).astype(np.float32)
     n = float(np.linalg.norm(vec))
     return vec / n if n > 0 else vec
+
+
+REGION_FEATURE_ID = "classical-hog/1"
+
+
+def region_features(rgb: np.ndarray, size: int = 64, cells: int = 4) -> np.ndarray:
+    """Weight-free region descriptor (``classical-hog/1``), float32 [cells*cells*8], L2-normalised."""
+    g = cv2.cvtColor(cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=cv2.INTER_AREA),
+                     cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    mag, ang = cv2.cartToPolar(gx, gy)
+    obin = np.minimum((ang % np.pi) / np.pi * 8, 7).astype(np.int64)
+    step = size // cells
+    hist = []
+    for cy in range(cells):
+        for cx in range(cells):
+            sl = (slice(cy * step, (cy + 1) * step), slice(cx * step, (cx + 1) * step))
+            hist.append(np.bincount(obin[sl].ravel(), weights=mag[sl].ravel(), minlength=8))
+    v = np.sqrt(np.concatenate(hist)).astype(np.float32)
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v

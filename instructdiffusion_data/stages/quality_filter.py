@@ -9,8 +9,10 @@ For each row in scope (``tasks``; default every task) it computes, into ``meta["
 * ``edit_change`` and ``background_change`` (edit tasks with a mask): mean ``|tgt - src|`` (0-255)
   inside the mask, and outside the mask dilated by ``background_margin`` px;
 * ``replace_gain`` (``edit_replace``): ``cos(tgt region, reference) - cos(src region, reference)``
-  with CLIP (or the classical features in the weight-free profile); the reference patch is read from
-  ``meta["reference"]`` (see :func:`reference_image`), skipped when absent.
+  with CLIP (or the gradient-only ``classical_quality.region_features`` in the weight-free profile,
+  since Poisson blending keeps a reference's gradients and shifts its colours); regions are the mask's box with
+  the pixels outside the mask neutral grey; the reference patch is read from ``meta["reference"]``
+  (see :func:`reference_image`; an RGBA patch's alpha is its mask), skipped when absent.
 
 then applies the rules of :data:`models.quality.RULES` (thresholds in this config; a failed rule is
 named in ``drop_reason``, e.g. ``aesthetic_tgt<4.5``) and records everything in ``meta["filter"]``:
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _REF_PCT = re.compile(r"^ref:p\d+(\.\d+)?$")
 _GIQA_CACHE: dict[tuple, Any] = {}
+NEUTRAL = (128, 128, 128)  # fill outside a region's mask when regions are compared
 
 
 @dataclass
@@ -82,11 +85,23 @@ class QualityFilterConfig(StageConfig):
     giqa_build_limit: int = 2000  # images used when the reference is built at setup
 
 
+def _decode_with_alpha(data: bytes, where: str | None = None) -> np.ndarray:
+    """RGB, with a PNG's alpha applied: pixels with alpha < 128 (outside the patch's mask) turn
+    :data:`NEUTRAL` grey, as the source and target regions are compared (see ``_masked``)."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data[:4] == b"\x89PNG" else None
+    if arr is not None and arr.ndim == 3 and arr.shape[2] == 4:
+        rgb = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB)
+        rgb[arr[..., 3] < 128] = NEUTRAL
+        return rgb
+    return decode(data, file=where)
+
+
 def reference_image(meta: dict) -> np.ndarray | None:
     """The replacement's reference patch, read defensively from ``meta``: a dict under
     ``reference`` / ``ref`` / ``replacement.reference`` holding base64 image bytes
-    (``patch_png_b64``, ``image_b64``, ``png_b64``, ``jpg_b64``, ``patch_b64``) or a ``file`` / ``path``
-    / ``image`` path with an optional ``bbox`` / ``box`` ``[x, y, w, h]`` crop; or a plain path string."""
+    (``patch_png_b64``, ``image_b64``, ``png_b64``, ``jpg_b64``, ``patch_b64``; an RGBA PNG's alpha is the
+    patch's mask) or a ``file`` / ``path`` / ``image`` path with an optional ``bbox`` / ``box``
+    ``[x, y, w, h]`` crop; or a plain path string."""
     cands = [meta.get("reference"), meta.get("ref")]
     rep = meta.get("replacement")
     if isinstance(rep, dict):
@@ -99,12 +114,12 @@ def reference_image(meta: dict) -> np.ndarray | None:
         for k in ("patch_png_b64", "image_b64", "png_b64", "jpg_b64", "patch_b64"):
             if isinstance(c.get(k), str):
                 try:
-                    return decode(base64.b64decode(c[k]))
+                    return _decode_with_alpha(base64.b64decode(c[k]))
                 except (ValueError, RecordError):
                     continue
         path = next((c[k] for k in ("file", "path", "image") if isinstance(c.get(k), str)), None)
         if path and Path(path).is_file():
-            img = decode(read_bytes(path), file=path)
+            img = _decode_with_alpha(read_bytes(path), path)
             box = c.get("bbox") or c.get("box")
             if isinstance(box, (list, tuple)) and len(box) == 4:
                 x, y, w, h = (int(round(float(v))) for v in box)
@@ -202,7 +217,7 @@ class QualityFilter(Stage):
             "aesthetic": self.predictor.model_id if self.predictor else f"{cq.FEATURE_ID}-score",
             "clip": self.embedder.model_id if self.embedder else None,
             "giqa": self.giqa_extractor.feature_id if self.reference is not None else None,
-            "region": (self.embedder.model_id if c.profile == "clip" else cq.FEATURE_ID),
+            "region": (self.embedder.model_id if c.profile == "clip" else cq.REGION_FEATURE_ID),
         }
 
     # -- the work -------------------------------------------------------------------------------
@@ -320,7 +335,11 @@ class QualityFilter(Stage):
             extra["skipped"].append("replace_gain: empty mask")
             return
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        crops = [src[y0:y1, x0:x1], tgt[y0:y1, x0:x1]]
+        crops = []
+        for im in (src, tgt):  # the region only: pixels outside the mask are neutral grey
+            crop = im[y0:y1, x0:x1].copy()
+            crop[~mask[y0:y1, x0:x1]] = NEUTRAL
+            crops.append(crop)
         meta = row.get("meta") or {}
         ref_vec = None
         if self.embedder is not None and self.config.profile == "clip":
@@ -335,7 +354,7 @@ class QualityFilter(Stage):
             vecs = self.embedder.embed_images(crops + ([ref_img] if ref_vec is None else []))
             ref = ref_vec if ref_vec is not None else vecs[2]
         else:
-            vecs = np.stack([cq.features(im) for im in crops + ([ref_img] if ref_img is not None else [])])
+            vecs = np.stack([cq.region_features(im) for im in crops + [ref_img]])
             ref = vecs[2]
         ref = ref / max(float(np.linalg.norm(ref)), 1e-12)
         sc["replace_gain"] = float(vecs[1] @ ref - vecs[0] @ ref)
