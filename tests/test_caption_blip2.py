@@ -182,3 +182,22 @@ def test_reference_patch_from_meta(tiny_blip2):
     assert np.array_equal(st.reference_patch(row["meta"], "1"), seen)
     assert out["meta"]["captions"] == {"reference": reference_captions(tiny_blip2, [seen], min_new_tokens=2,
                                                                         max_new_tokens=3)[0]}
+
+
+def test_processor_without_num_query_tokens(tiny_blip2, tmp_path):
+    """An older hub snapshot's processor_config.json has no num_query_tokens: taken from the model."""
+    import json
+    import shutil
+
+    from instructdiffusion_data.models.blip2 import Blip2Captioner
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_blip2, old)
+    cfg = json.loads((old / "processor_config.json").read_text())
+    del cfg["num_query_tokens"]
+    (old / "processor_config.json").write_text(json.dumps(cfg))
+    cap = Blip2Captioner(str(old), local_files_only=True, prompt="a photo of", min_new_tokens=2, max_new_tokens=3)
+    assert cap.processor.num_query_tokens == 4
+    imgs = [_img(3)]
+    assert cap.caption(imgs) == reference_captions(tiny_blip2, imgs, prompt="a photo of", min_new_tokens=2,
+                                                   max_new_tokens=3)
