@@ -100,6 +100,9 @@ def test_filter_by_reason_task_dataset_and_text(env):
     assert {r["key"] for r in got} == {r["key"] for r in truth if r["task"] == "keypoint" and r["keep"]}
     got = get_all(c, q="LEFT shoulder")
     assert {r["key"] for r in got} == {r["key"] for r in truth if "left shoulder" in (r["instruction"] or "")}
+    got = get_all(c, reason="image file missing")
+    assert len(got) == 1 and got[0]["has_src"] is False and got[0]["has_tgt"] is False
+    assert all(r["has_src"] and r["has_tgt"] for r in get_all(c, output="keypoints_coco/v1"))
     got = get_all(c, dataset="sa1b", output="ieiw_replacement/v1")
     assert len(got) == 4 and all(r["dataset"] == "sa1b" for r in got)
 

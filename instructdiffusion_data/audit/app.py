@@ -166,7 +166,8 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         meta = catalog.meta(row)
         store = LabelStore(out.path, output)
         pub = {k: v for k, v in row.items() if k not in ("pq_file", "filter_json", "tar")}
-        pub["has_mask"] = bool(row.get("mask_size"))
+        for kind in KINDS:
+            pub[f"has_{kind}"] = bool(row.get(f"{kind}_size"))
         pub["shard"] = row["tar"]
         return {"row": pub, "meta": meta, "pair": [r for r in catalog.related(row, "pair_id") if r["key"] != key],
                 "group": catalog.related(row, "group_id"), "labels": store.history(key=key),

@@ -243,7 +243,8 @@ class Catalog:
         rows = self._q(
             f"""SELECT s.output, s.split, s.key, s.task, s.dataset, s.instruction, s.keep, s.drop_reason, s.reason,
                        s.scores, s.pair_id, s.group_id, s.guidance_scale, s.has_reference,
-                       s.mask_size IS NOT NULL AND s.mask_size > 0 AS has_mask, {", ".join(LOC_COLUMNS)}
+                       coalesce(s.mask_size, 0) > 0 AS has_mask, coalesce(s.src_size, 0) > 0 AS has_src,
+                       coalesce(s.tgt_size, 0) > 0 AS has_tgt, {", ".join(LOC_COLUMNS)}
                 FROM samples s WHERE {where} ORDER BY {order_sql} LIMIT ? OFFSET ?""",
             params + order_params + [page_size, page * page_size])
         for r in rows:
@@ -370,7 +371,7 @@ class Catalog:
             return []
         rows = self._q(
             f"""SELECT s.output, s.split, s.key, s.task, s.dataset, s.instruction, s.keep, s.reason, s.scores,
-                       s.guidance_scale FROM samples s
+                       s.guidance_scale, coalesce(s.tgt_size, 0) > 0 AS has_tgt FROM samples s
                 WHERE s.output = ? AND {col} = ? ORDER BY s.guidance_scale NULLS LAST, s.key LIMIT 64""",
             [row["output"], row[column]])
         for r in rows:

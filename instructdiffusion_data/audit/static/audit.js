@@ -120,7 +120,7 @@ function fmt(x) { return typeof x === "number" ? (Math.abs(x) >= 100 ? x.toFixed
 
 function thumb(r, kind) {
   const box = el("div", { class: "thumb" });
-  if (kind === "tgt" && !r.has_tgt_image) { /* still try: the server answers 404 -> hidden */ }
+  if (r[`has_${kind}`] === false) { box.append(el("span", { class: "key" }, `no ${kind}`)); return box; }
   const img = el("img", { src: imgUrl(r, kind, true), loading: "lazy", alt: `${kind} ${r.key}` });
   img.addEventListener("error", () => { img.replaceWith(el("span", { class: "key" }, `no ${kind}`)); });
   box.append(img);
@@ -210,8 +210,10 @@ async function openSample(r) {
   const d = await api("/api/sample", { output: r.output, split: r.split, key: r.key });
   state.current = d.row;
   const row = d.row;
-  const figs = [el("figure", {}, el("img", { src: imgUrl(row, "src"), alt: "source", id: "full-src" }), el("figcaption", {}, "source"))];
-  figs.push(el("figure", {}, el("img", { src: imgUrl(row, "tgt"), alt: "target", id: "full-tgt" }), el("figcaption", {}, "target")));
+  const figs = [];
+  if (row.has_src) figs.push(el("figure", {}, el("img", { src: imgUrl(row, "src"), alt: "source", id: "full-src" }), el("figcaption", {}, "source")));
+  if (row.has_tgt) figs.push(el("figure", {}, el("img", { src: imgUrl(row, "tgt"), alt: "target", id: "full-tgt" }), el("figcaption", {}, "target")));
+  if (!row.has_src && !row.has_tgt) figs.push(el("p", { class: "key" }, "no images: the row was dropped before any were made"));
   if (row.has_mask) figs.push(el("figure", {}, el("img", { src: imgUrl(row, "mask"), alt: "mask", id: "full-mask" }), el("figcaption", {}, "mask")));
   if (d.reference) {
     const p = new URLSearchParams({ output: row.output, split: row.split, key: row.key });
@@ -222,6 +224,7 @@ async function openSample(r) {
   }
   for (const f of figs) {
     const img = f.querySelector("img");
+    if (!img) continue;
     if (img.id !== "full-ref") img.addEventListener("error", () => img.replaceWith(el("p", { class: "key" }, "image missing")));
   }
   const history = el("ul", { id: "label-history" }, d.labels.map((l) =>
