@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default=None, help="output folder (default: shards/<name>)")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (dotted: index.type=ivfpq, sources.0.limit=100)")
-    b.add_argument("--force", action="store_true", help="rebuild even when DIR holds a gallery of this config")
+    b.add_argument("--reuse", action="store_true",
+                   help="keep DIR when it holds a gallery of this same config (the source files are not compared)")
     b.set_defaults(func=main_build)
     i = gsub.add_parser("info", help="print a gallery's manifest")
     i.add_argument("dir")
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main_build(args: argparse.Namespace) -> int:
+    import shutil
     from pathlib import Path
 
     from ..config import apply_overrides, build, load_yaml, to_dict
@@ -38,11 +40,17 @@ def main_build(args: argparse.Namespace) -> int:
     cfg = build(GalleryConfig, apply_overrides(load_yaml(args.config), args.overrides), where=Path(args.config).name)
     out = Path(args.out or f"shards/{cfg.name}")
     mf = out / MANIFEST
-    if mf.is_file() and not args.force and json.loads(mf.read_text()).get("config") == json.loads(
+    if mf.is_file() and args.reuse and json.loads(mf.read_text()).get("config") == json.loads(
             json.dumps(to_dict(cfg), default=str)):
-        print(f"gallery {out}: up to date ({json.loads(mf.read_text())['patches']} patches); --force rebuilds")
+        print(f"gallery {out}: kept ({json.loads(mf.read_text())['patches']} patches, same config)")
         return 0
-    m = build_gallery(cfg, out)
+    # built aside and swapped in when complete: a killed build never leaves a half gallery in DIR
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    m = build_gallery(cfg, tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
     print(f"gallery {out}: {m['patches']} patches ({', '.join(f'{k}={v}' for k, v in m['datasets'].items())}), "
           f"{m['rejected']} regions rejected, {m['dim']}-d {m['embedder']['type']} embeddings, "
           f"index {m['index']['factory']}, {m['seconds']}s")
