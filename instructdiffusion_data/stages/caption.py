@@ -139,12 +139,16 @@ class CaptionStage(Stage):
             raise ConfigError(f"stages({self.name}).targets: expected some of {list(TARGETS)}, got {c.targets!r}")
         if not 0 <= c.pad_frac <= 2:
             raise ConfigError(f"stages({self.name}).pad_frac: expected 0..2, got {c.pad_frac}")
-        if c.backend == "blip2" and c.model.startswith(("/", "./", "../", "~")):
-            from ..config import check_path
+        if c.backend == "blip2":
             from pathlib import Path
 
-            check_path(str(Path(c.model).expanduser()), f"stages({self.name}).model", kind="dir")
+            from ..config import check_path
 
+            local = Path(c.model).expanduser()
+            if c.model.startswith(("/", "./", "../", "~")):
+                check_path(str(local), f"stages({self.name}).model", kind="dir")
+            if local.is_dir():
+                c.model = str(local.resolve())  # resolved on the driver: Ray workers may run elsewhere
         if c.backend == "blip2" and not (c.concurrency or c.num_gpus):
             log.warning("stages(%s): backend blip2 without concurrency or num_gpus runs as Ray tasks that load "
                         "the model for every batch; set concurrency (CPU) or num_gpus (GPU) for an actor pool",

@@ -30,6 +30,7 @@ instruction marked as such.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -101,6 +102,9 @@ class LLMInstruction(Stage):
             raise ConfigError(f"stages({self.name}): min_chars/min_words must not exceed max_chars/max_words")
         if c.llm.base_url and c.llm.concurrency < 1:
             raise ConfigError(f"stages({self.name}).llm.concurrency: must be >= 1")
+        if c.llm.cache_path:
+            # resolved on the driver: Ray workers may run in another working directory
+            c.llm.cache_path = os.path.abspath(os.path.expanduser(c.llm.cache_path))
         if c.templates_dir:
             from ..config import check_path
 
