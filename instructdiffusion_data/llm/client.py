@@ -96,6 +96,11 @@ class LLMClient:
             if self._client is None:
                 import openai
 
+                # one INFO line per HTTP request from the transport drowns a data job's log; the
+                # stage logs counts instead (a logger the user configured is left alone)
+                for name in ("httpx", "httpx2"):
+                    if logging.getLogger(name).level == logging.NOTSET:
+                        logging.getLogger(name).setLevel(logging.WARNING)
                 key = os.environ.get(self.config.api_key_env) or "none"
                 # our own retry loop counts and logs attempts; the library's is turned off
                 self._client = openai.OpenAI(base_url=self.config.base_url, api_key=key,
