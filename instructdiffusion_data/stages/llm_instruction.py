@@ -129,7 +129,7 @@ class LLMInstruction(Stage):
 
     def process(self, rows: list[Row]) -> list[Row]:
         todo: list[tuple[Row, EditSpec]] = []
-        out: list[Row] = []
+        out: list[Row] = []  # rows keep their order; rows sent to the LLM are changed in place
         for row in rows:
             if row["task"] not in EDIT_TASKS:
                 out.append(row)
@@ -149,49 +149,48 @@ class LLMInstruction(Stage):
                     out.append(self._template(row, spec))
             else:
                 todo.append((row, spec))
+                out.append(row)
         if todo:
-            out.extend(self._ask(todo))
+            self._ask(todo)
         return out
 
-    def _ask(self, todo: list[tuple[Row, EditSpec]]) -> list[Row]:
+    def _ask(self, todo: list[tuple[Row, EditSpec]]) -> None:
+        """Ask the LLM for every row of ``todo`` and set (or drop) each row in place."""
         c = self.config
         requests = [instruction_messages(spec, c.max_words) for _, spec in todo]
         extra = [{"seed": int(self.rng(row["key"], "llm").integers(2**31))} if c.per_row_seed else {} for row, _ in todo]
         results = self.client.complete_many(requests, extra)
-        out = []
         for (row, spec), res in zip(todo, results):
             if isinstance(res, BudgetExhausted):
                 if c.on_budget_exhausted == "template":
-                    out.append(self._template(row, spec, fallback="llm budget exhausted"))
+                    self._template(row, spec, fallback="llm budget exhausted")
                 else:
-                    out.append(drop(row, "llm budget exhausted"))
+                    drop(row, "llm budget exhausted")
                 continue
             if isinstance(res, Exception):
                 if c.on_error == "template":
-                    out.append(self._template(row, spec, fallback=str(res)))
+                    self._template(row, spec, fallback=str(res))
                 else:
-                    out.append(drop(row, f"{self.name}: {res}"))
+                    drop(row, f"{self.name}: {res}")
                 continue
-            prov = {"path": "llm", "model": c.llm.model, "cached": res.cached, "prompt_tokens": res.prompt_tokens,
-                    "completion_tokens": res.completion_tokens, "attempts": res.attempts}
-            row["meta"]["instruction_provenance"] = prov
+            row["meta"]["instruction_provenance"] = {
+                "path": "llm", "model": c.llm.model, "cached": res.cached, "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": res.completion_tokens, "attempts": res.attempts}
             try:
                 text = parse_instruction(res.text)
             except InvalidResponse as e:
-                out.append(drop(row, f"{self.name}: {e}"))
+                drop(row, f"{self.name}: {e}")
                 continue
             reason = check_instruction(text, spec.objects(), self.limits)
             if reason:
                 row["meta"]["instruction_rejected"] = text
-                out.append(drop(row, f"{self.name}: {reason}"))
+                drop(row, f"{self.name}: {reason}")
                 continue
             row["instruction"] = text
-            out.append(row)
         s = self.client.stats
         log.info("%s: %d rows; requests %d (retries %d), cache hits %d, tokens %d+%d, budget refused %d",
                  self.name, len(todo), s["requests"], s["retries"], s["cache_hits"], s["prompt_tokens"],
                  s["completion_tokens"], s["budget_refused"])
-        return out
 
 
 STAGE = LLMInstruction
