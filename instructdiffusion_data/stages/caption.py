@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, RecordError
 from ..imageio import decode, decode_gray, read_bytes, resize_mask
-from ..llm.prompts import label_text
+from ..llm.prompts import label_text, strip_article
 from ..schema import Row, drop
 from ..stage import Stage, StageConfig
 
@@ -73,13 +73,6 @@ def _clean(text) -> str | None:
     return " ".join(text.split()) if isinstance(text, str) and text.strip() else None
 
 
-def _strip_article(phrase: str) -> str:
-    words = phrase.split()
-    if len(words) > 1 and words[0].lower() in ("the", "a", "an", "this", "that"):
-        words = words[1:]
-    return " ".join(words)
-
-
 def object_label(meta: dict) -> tuple[str | None, str]:
     """(the edited object as the annotations name it, which field)."""
     region = meta.get("region") if isinstance(meta.get("region"), dict) else {}
@@ -87,7 +80,7 @@ def object_label(meta: dict) -> tuple[str | None, str]:
                        (region.get("label"), "region.label"), (meta.get("category"), "category"),
                        (meta.get("category_name"), "category_name")):
         if _clean(value):
-            text = _strip_article(_clean(value))
+            text = strip_article(_clean(value))
             return (label_text(text) if how in ("region.label", "category", "category_name") else text), how
     return None, "unavailable"
 
@@ -96,7 +89,7 @@ def reference_label(meta: dict) -> tuple[str | None, str]:
     ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}
     for value, how in ((meta.get("ref_label"), "ref_label"), (ref.get("label"), "reference.label")):
         if _clean(value):
-            return label_text(_strip_article(_clean(value))), how
+            return label_text(strip_article(_clean(value))), how
     return None, "unavailable"
 
 
