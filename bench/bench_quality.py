@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from instructdiffusion_data.imageio import decode, encode_jpeg, encode_png  # noqa: E402
-from instructdiffusion_data.models import classical_quality as cq  # noqa: E402
+from instructdiffusion_data.imageio import decode, encode_jpeg, encode_png
+from instructdiffusion_data.models import classical_quality as cq
 
 
 def scene(seed: int, h: int, w: int) -> np.ndarray:
@@ -97,7 +97,8 @@ def main() -> int:
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         ref = GiqaReference(x, "bench", "l2", info={"percentiles": {}})
         q = x[:256] + rng.normal(0, 0.01, (256, cq.FEATURE_DIM)).astype(np.float32)
-        results[f"GIQA query k=5, {size // 1000}k ref (queries/s)"] = rate(lambda: len(ref.score(q, 5)), 1024)
+        results[f"GIQA query k=5, {size // 1000}k ref (queries/s)"] = rate(
+            lambda ref=ref, q=q: len(ref.score(q, 5)), 1024)
 
     # the stage on removal pairs
     import cv2

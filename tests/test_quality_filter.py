@@ -9,6 +9,7 @@ import pytest
 
 from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.imageio import encode_jpeg, encode_png
+from instructdiffusion_data.models import classical_quality as cq
 from instructdiffusion_data.runner import run_stages_local
 from instructdiffusion_data.schema import new_row
 from instructdiffusion_data.stages.quality_filter import QualityFilter
@@ -59,6 +60,7 @@ def test_removal_rows_scored_and_named(tmp_path):
     assert good_flt["thresholds"]["giqa_tgt_min"] is None  # no reference: GIQA rules off
 
 
+@pytest.mark.ml  # faiss
 def test_giqa_rules_with_reference_percentile(tmp_path):
     ref = tmp_path / "ref"
     ref.mkdir()
@@ -144,3 +146,17 @@ def test_clip_profile_end_to_end(tmp_path):
         assert r["meta"]["filter"]["scorers"]["aesthetic"] == "laion-aesthetic-mlp:head.pth"
         assert set(r["meta"]["clip"]["idd-test-tiny-clip2:clip.pt"]) == {"src", "tgt"}
     assert out[0]["meta"]["scores"]["aesthetic_tgt"] != out[1]["meta"]["scores"]["aesthetic_tgt"]
+
+
+def test_classical_score_ranks_sharp_above_blurred():
+    for seed in range(3):
+        sharp = scene(seed, 240, 320)
+        blurred = cv2.GaussianBlur(sharp, (0, 0), 3)
+        noisy = np.clip(sharp + np.random.default_rng(seed).normal(0, 25, sharp.shape), 0, 255).astype(np.uint8)
+        s, b, n = cq.quality_score(sharp), cq.quality_score(blurred), cq.quality_score(noisy)
+        assert 0 <= b < s <= 10
+        assert n < s
+    m = cq.measure(np.full((64, 64, 3), 128, np.uint8))
+    assert m.colourfulness == pytest.approx(0.0) and m.laplacian_var == pytest.approx(0.0)
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    assert cq.measure(noise).subscores()["noise"] == 0.0

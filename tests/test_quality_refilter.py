@@ -1,7 +1,6 @@
 """``idd filter``: new thresholds from the parquet alone move exactly the rows they select; auditor
 labels win; shards stay valid WebDataset tars with the same image bytes; reports are written."""
 
-import io
 import json
 import tarfile
 
@@ -98,7 +97,7 @@ def test_refilter_moves_exactly_the_selected_rows(tmp_path, capsys):
     assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=none", "--out", str(out2)]) == 0
     relaxed = _rows(out2)
     assert {k for k, r in relaxed.items() if r["split"] == "rejected"} == set(earlier)
-    assert "rejected -> train: %d" % len(moved) in capsys.readouterr().out
+    assert f"rejected -> train: {len(moved)}" in capsys.readouterr().out
     assert _rows(root).keys() == after.keys() and {k for k, r in _rows(root).items() if r["split"] == "rejected"} \
         == expect_rejected
 

@@ -36,8 +36,9 @@ import base64
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,10 +112,10 @@ class ClipEmbedder:
         if not has_schema and model_name not in open_clip.list_models():
             raise ConfigError(f"clip model '{model_name}' is not an open_clip architecture "
                               f"(register one with model_config, or see open_clip.list_models())")
-        if pretrained and not has_schema and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin",
-                                                                                      ".safetensors"))):
-            if not Path(pretrained).is_file():
-                raise ConfigError(f"clip pretrained: checkpoint file not found: {pretrained}")
+        looks_like_file = bool(pretrained) and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin",
+                                                                                         ".safetensors")))
+        if looks_like_file and not has_schema and not Path(pretrained).is_file():
+            raise ConfigError(f"clip pretrained: checkpoint file not found: {pretrained}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = "fp16" if str(self.device).startswith("cuda") else "fp32"
         self.batch_size = max(1, int(batch_size))

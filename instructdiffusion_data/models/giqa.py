@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -167,7 +168,7 @@ class GiqaReference:
         return d
 
     @classmethod
-    def load(cls, folder: str | Path) -> "GiqaReference":
+    def load(cls, folder: str | Path) -> GiqaReference:
         d = Path(folder)
         doc_path, idx_path = d / "giqa.json", d / "index.faiss"
         if not doc_path.is_file() or not idx_path.is_file():
@@ -199,7 +200,7 @@ def iter_images(path: str | Path, member: Literal["src", "tgt", "both"] = "src",
     if is_output:
         root = output_root(p)
         members = ("src", "tgt") if member == "both" else (member,)
-        for _, splits in shard_sidecars(root).items():
+        for splits in shard_sidecars(root).values():
             if "train" not in splits:
                 continue
             fhs: dict = {}

@@ -14,9 +14,10 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -150,7 +151,7 @@ def read_member(tar_path: Path, offset: int | None, size: int | None, fh_cache: 
     if fh_cache is not None:
         fh = fh_cache.get(tar_path)
         if fh is None:
-            fh = fh_cache[tar_path] = open(tar_path, "rb")
+            fh = fh_cache[tar_path] = open(tar_path, "rb")  # noqa: SIM115 - closed by the caller
         fh.seek(offset)
         return fh.read(size)
     with open(tar_path, "rb") as fh:
@@ -159,8 +160,8 @@ def read_member(tar_path: Path, offset: int | None, size: int | None, fh_cache: 
 
 
 def iter_output_rows(root: Path) -> Iterator[dict]:
-    for _, splits in shard_sidecars(root).items():
-        for _, p in splits.items():
+    for splits in shard_sidecars(root).values():
+        for p in splits.values():
             yield from read_sidecar(p)
 
 

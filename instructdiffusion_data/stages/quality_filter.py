@@ -34,7 +34,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, RecordError
+from ..errors import ConfigError, RecordError, UserError
 from ..imageio import decode, decode_gray, read_bytes, resize_mask
 from ..models import classical_quality as cq
 from ..models import quality as qrules
@@ -122,7 +122,7 @@ def reference_image(meta: dict) -> np.ndarray | None:
             img = _decode_with_alpha(read_bytes(path), path)
             box = c.get("bbox") or c.get("box")
             if isinstance(box, (list, tuple)) and len(box) == 4:
-                x, y, w, h = (int(round(float(v))) for v in box)
+                x, y, w, h = (round(float(v)) for v in box)
                 x0, y0 = max(0, x), max(0, y)
                 x1, y1 = min(img.shape[1], x + max(1, w)), min(img.shape[0], y + max(1, h))
                 if x1 > x0 and y1 > y0:
@@ -146,6 +146,8 @@ class QualityFilter(Stage):
             c_path = Path(c.aesthetic_weights)
             if not c_path.is_file():
                 raise ConfigError(f"quality_filter.aesthetic_weights: file not found: {c.aesthetic_weights}")
+            if c.concurrency is None:
+                c.concurrency = 1  # a model stage: an actor pool loads CLIP once per actor, not once per task
         if c.clip_model_config and not Path(c.clip_model_config).is_file():
             raise ConfigError(f"quality_filter.clip_model_config: file not found: {c.clip_model_config}")
         if c.giqa_reference and not Path(c.giqa_reference).exists():
@@ -209,7 +211,7 @@ class QualityFilter(Stage):
                 continue
             try:
                 self.thresholds[f] = qrules.resolve_threshold(f, v, self.giqa_info.get("percentiles"))
-            except Exception as e:  # UserError: bad spec
+            except UserError as e:  # a bad threshold spec
                 raise ConfigError(f"quality_filter.{e}") from None
             if isinstance(v, str):
                 self.specs[f] = v
