@@ -44,27 +44,38 @@ _REASON_SQL = (r"array_to_string(list_transform(string_split(drop_reason, ';'), 
                r"lambda x: regexp_replace(x, '\s*\([^()]*\)\s*$', '')), ';')")
 
 
-def _json_str(path: str) -> str:
-    return f"CASE WHEN json_valid(meta) THEN json_extract_string(meta, '{path}') END"
+# The meta JSON is parsed once per row (json_extract with a list of paths; try() turns invalid JSON into NULL).
+_META_PATHS = ("$.scores", "$.filter", "$.pair_id", "$.group_id", "$.align_group", "$.guidance_scale",
+               "$.record_id", "$.file", "$.reference", "$.ref", "$.replacement.reference")
+
+
+def _j(path: str) -> str:
+    return f"j[{_META_PATHS.index(path) + 1}]"
+
+
+def _js(path: str) -> str:
+    return f"json_extract_string({_j(path)}, '$')"
 
 
 _LOAD_SQL = f"""
+WITH r AS (SELECT *, try(json_extract(meta, [{", ".join(repr(p) for p in _META_PATHS)}])) AS j
+           FROM read_parquet(?, filename = true))
 SELECT ?::VARCHAR AS output, ?::VARCHAR AS split, key, task, dataset, instruction, keep, drop_reason,
        coalesce({_REASON_SQL}, '') AS reason,
        ?::VARCHAR || '/' || tar AS tar, filename AS pq_file,
        src_offset, src_size, tgt_offset, tgt_size, mask_offset, mask_size,
-       CASE WHEN json_valid(meta) THEN json_transform(json_extract(meta, '$.scores'), '"MAP(VARCHAR, DOUBLE)"') END
-           AS scores,
-       CASE WHEN json_valid(meta) THEN json_extract(meta, '$.filter')::VARCHAR END AS filter_json,
-       {_json_str('$.pair_id')} AS pair_id,
-       coalesce({_json_str('$.group_id')}, {_json_str('$.align_group')},
-                CASE WHEN {_json_str('$.guidance_scale')} IS NOT NULL
+       json_transform({_j('$.scores')}, '"MAP(VARCHAR, DOUBLE)"') AS scores,
+       {_j('$.filter')}::VARCHAR AS filter_json,
+       {_js('$.pair_id')} AS pair_id,
+       coalesce({_js('$.group_id')}, {_js('$.align_group')},
+                CASE WHEN {_js('$.guidance_scale')} IS NOT NULL
                      THEN 'auto:' || coalesce(dataset, '') || ':'
-                          || coalesce({_json_str('$.record_id')}, {_json_str('$.file')}, '') || ':'
+                          || coalesce({_js('$.record_id')}, {_js('$.file')}, '') || ':'
                           || md5(coalesce(instruction, '')) END) AS group_id,
-       TRY_CAST({_json_str('$.guidance_scale')} AS DOUBLE) AS guidance_scale,
-       CASE WHEN json_valid(meta) THEN json_extract(meta, '$.reference') IS NOT NULL ELSE false END AS has_reference
-FROM read_parquet(?, filename = true)
+       TRY_CAST({_js('$.guidance_scale')} AS DOUBLE) AS guidance_scale,
+       coalesce(json_type({_j('$.reference')}), json_type({_j('$.ref')}),
+                json_type({_j('$.replacement.reference')}), 'NULL') <> 'NULL' AS has_reference
+FROM r
 """
 
 
@@ -178,7 +189,7 @@ class Catalog:
                 for split in SPLITS:
                     files = finished_parquets(out.path / split)
                     if files:
-                        con.execute(f"INSERT INTO samples_new {_LOAD_SQL}", [rel, split, split, files])
+                        con.execute(f"INSERT INTO samples_new {_LOAD_SQL}", [files, rel, split, split])
             con.execute("DROP TABLE IF EXISTS samples")
             con.execute("ALTER TABLE samples_new RENAME TO samples")
             con.execute("CREATE INDEX samples_key ON samples(key)")  # point look-ups (images, sample view)
