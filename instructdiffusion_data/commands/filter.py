@@ -116,7 +116,13 @@ def _cause(old_reason: str | None, new_reason: str | None, moved_out: bool) -> l
 def refilter(root: Path, sets: dict, dest: Path | None, *, use_audit: bool = True, dry_run: bool = False) -> dict:
     from ..audit.labels import overrides
     from ..errors import UserError
-    from ..models.quality import read_member, read_sidecar, shard_sidecars, write_report
+    from ..models.quality import (
+        RULES,
+        read_member,
+        read_sidecar,
+        shard_sidecars,
+        write_report,
+    )
     from ..writer import MANIFEST, RUN_FILE, ShardWriter
 
     audit = overrides(root) if use_audit else {}
@@ -132,6 +138,7 @@ def refilter(root: Path, sets: dict, dest: Path | None, *, use_audit: bool = Tru
     moved_out: Counter = Counter()
     moved_in: Counter = Counter()
     totals = Counter()
+    applicable: Counter = Counter()
     all_rows: list[dict] = []
     for name, splits in shard_sidecars(root).items():
         rows = []
@@ -150,6 +157,10 @@ def refilter(root: Path, sets: dict, dest: Path | None, *, use_audit: bool = Tru
                         for c in causes:
                             moved_in[c] += 1
                     totals["train" if keep else "rejected"] += 1
+                    scores = meta.get("scores") or {}
+                    for f in sets:
+                        if RULES[f].score in scores:
+                            applicable[f] += 1
                     audit_hit = audit.get(r["key"])
                     if audit_hit:
                         totals[f"audit_{audit_hit}"] += 1
@@ -167,7 +178,8 @@ def refilter(root: Path, sets: dict, dest: Path | None, *, use_audit: bool = Tru
         if not dry_run:
             writer.write_shard(int(name), rows)
     result = {"moved_to_rejected": dict(moved_out), "moved_to_train": dict(moved_in), "totals": dict(totals),
-              "set": {k: v for k, v in sets.items()}, "audit_labels": len(audit)}
+              "set": dict(sets), "audit_labels": len(audit),
+              "rows_with_score": {f: applicable[f] for f in sets}}
     if dry_run:
         return result
     old_manifest = json.loads((root / MANIFEST).read_text())
@@ -215,6 +227,9 @@ def main(args: argparse.Namespace) -> int:
         print("  thresholds: " + ", ".join(f"{k}={v}" for k, v in sets.items()))
     print(f"  train {res['totals'].get('train', 0)}, rejected {res['totals'].get('rejected', 0)}"
           f"; auditor labels applied: {res['audit_labels']}")
+    for f, n in res["rows_with_score"].items():
+        if not n:
+            print(f"  note: no row has the score of {f}; that threshold changes nothing")
     print(f"  train -> rejected: {sum(res['moved_to_rejected'].values())}")
     for rule, n in sorted(res["moved_to_rejected"].items(), key=lambda kv: -kv[1]):
         print(f"    {n:6d}  {rule}")
