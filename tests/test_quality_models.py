@@ -187,3 +187,23 @@ def test_giqa_pair_skips_its_own_reference_image():
     assert t0[0] == pytest.approx(1 / 0.5)  # rewarded for resembling its own source
     s1, t1 = ref.score_pairs(src, tgt, k=1, own_radius=0.05)
     assert t1[0] == pytest.approx(1 / 4.5) and s1[0] == pytest.approx(1 / 4.99, rel=1e-5)
+
+
+def test_giqa_gmm_form(tmp_path):
+    from instructdiffusion_data.models import giqa
+
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    for i in range(30):
+        (ref_dir / f"{i:03d}.jpg").write_bytes(encode_jpeg(scene(i)))
+    ext = giqa.classical_extractor()
+    gmm = giqa.build_reference(ref_dir, ext, form="gmm", components=4)
+    like = ext([scene(100 + i) for i in range(5)])
+    rng = np.random.default_rng(3)
+    noise = ext([rng.integers(0, 256, (160, 200, 3), dtype=np.uint8) for _ in range(5)])
+    assert gmm.score(like).min() > gmm.score(noise).max()
+    gmm.save(tmp_path / "g")
+    back = giqa.load_reference(tmp_path / "g")
+    assert isinstance(back, giqa.GiqaGMM) and back.info["components"] == 4
+    np.testing.assert_allclose(back.score(like), gmm.score(like), rtol=1e-6)
+    assert gmm.info["percentiles"]["p5"] < gmm.info["percentiles"]["p95"]

@@ -16,7 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="reference folder to write (index.faiss + giqa.json)")
     b.add_argument("--features", choices=("classical", "clip"), default="classical",
                    help="classical (weight-free, default) or clip (open_clip, the paper's setting)")
-    b.add_argument("--metric", choices=("l2", "cosine"), default="l2")
+    b.add_argument("--metric", choices=("l2", "cosine"), default="l2", help="KNN distance")
+    b.add_argument("--form", choices=("knn", "gmm"), default="knn",
+                   help="knn (mean 1/distance of the k nearest, default) or gmm (log-likelihood)")
+    b.add_argument("--components", type=int, default=16, help="GMM components (--form gmm)")
     b.add_argument("--member", choices=("src", "tgt", "both"), default="src", help="which images of a shard output")
     b.add_argument("--limit", type=int, default=None, help="at most this many images")
     b.add_argument("--clip-model", default="ViT-L-14")
@@ -38,13 +41,14 @@ def main(args: argparse.Namespace) -> int:
     else:
         ext = giqa.classical_extractor()
     ref = giqa.build_reference(args.images, ext, metric=args.metric, member=args.member, limit=args.limit,
-                               progress=True)
+                               progress=True, form=args.form, components=args.components)
     out = ref.save(args.out)
     pct = ref.info.get("percentiles", {})
-    print(f"GIQA reference: {ref.count} images, {ref.dim}-d '{ref.feature_id}' features, {ref.metric} -> {out}")
+    print(f"GIQA reference ({args.form}): {ref.count} images, {ref.dim}-d '{ref.feature_id}' features, "
+          f"{ref.metric} -> {out}")
     if ref.info.get("skipped_count"):
         print(f"  skipped {ref.info['skipped_count']} unreadable images (listed in giqa.json)")
     if pct:
-        print("  leave-one-out scores of the reference (k=5): " +
+        print("  scores of the reference itself (knn: leave-one-out, k=5): " +
               ", ".join(f"{k}={v:.4g}" for k, v in pct.items()))
     return 0

@@ -18,7 +18,11 @@ A saved reference is a folder: ``index.faiss`` (an exact ``IndexFlat``; up to a 
 that is fast enough for a filter, see bench/bench_quality.py) and ``giqa.json`` (feature id, metric,
 count, dim, where the images came from, and the leave-one-out score percentiles of the reference
 itself, which make thresholds such as ``giqa_tgt_min: ref:p5`` possible).
-The GMM form of GIQA is not implemented.
+
+The GMM form (``form: gmm``): a diagonal-covariance Gaussian mixture fitted by EM (seeded, numpy) to
+the reference features; the score of an image is its log-likelihood under the mixture (higher is
+better; percentiles are those of the reference's own scores). Saved as ``gmm.npz`` + ``giqa.json``.
+:func:`load_reference` opens either form.
 """
 
 from __future__ import annotations
@@ -162,7 +166,8 @@ class GiqaReference:
         faiss = _faiss()
         faiss.write_index(self.index, str(d / "index.faiss.tmp"))
         (d / "index.faiss.tmp").replace(d / "index.faiss")
-        doc = {"format": FORMAT, "feature": self.feature_id, "metric": self.metric, "count": self.count,
+        doc = {"format": FORMAT, "form": "knn", "feature": self.feature_id, "metric": self.metric,
+               "count": self.count,
                "dim": self.dim, **{k: v for k, v in self.info.items() if k not in ("format",)}}
         (d / "giqa.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
         return d
@@ -178,12 +183,124 @@ class GiqaReference:
         if doc.get("format") != FORMAT:
             raise ConfigError(f"{doc_path}: unknown format {doc.get('format')!r}")
         index = _faiss().read_index(str(idx_path))
-        info = {k: v for k, v in doc.items() if k not in ("format", "feature", "metric", "count", "dim")}
+        info = {k: v for k, v in doc.items() if k not in ("format", "form", "feature", "metric", "count", "dim")}
         return cls(np.zeros((0, 0)), doc["feature"], doc["metric"], info, index=index)
 
 
 def is_reference(path: str | Path) -> bool:
     return (Path(path) / "giqa.json").is_file()
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    m = a.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+class GiqaGMM:
+    """GMM-GIQA: log-likelihood of an image's features under a diagonal Gaussian mixture of the
+    reference features. Same scoring interface as :class:`GiqaReference` (``k`` and the exclusions
+    do not apply to a density)."""
+
+    form = "gmm"
+    metric = "loglik"
+
+    def __init__(self, means: np.ndarray, variances: np.ndarray, weights: np.ndarray, feature_id: str,
+                 info: dict | None = None):
+        self.means = np.asarray(means, np.float64)
+        self.variances = np.asarray(variances, np.float64)
+        self.weights = np.asarray(weights, np.float64)
+        self.feature_id = feature_id
+        self.info = dict(info or {})
+        self.dim = int(self.means.shape[1])
+        self.count = int(self.info.get("count", 0))
+
+    def _log_prob(self, x: np.ndarray) -> np.ndarray:
+        """[N, K] log of w_k N(x | mu_k, diag var_k)."""
+        inv = 1.0 / self.variances
+        maha = (x * x) @ inv.T - 2.0 * x @ (self.means * inv).T + (self.means ** 2 * inv).sum(1)
+        logdet = np.log(self.variances).sum(1)
+        return np.log(self.weights) - 0.5 * (maha + logdet + self.dim * np.log(2 * np.pi))
+
+    @classmethod
+    def fit(cls, x: np.ndarray, feature_id: str, components: int = 16, iters: int = 100, seed: int = 0,
+            reg: float = 1e-4, info: dict | None = None) -> GiqaGMM:
+        x = np.asarray(x, np.float64)
+        n = len(x)
+        if n < 2:
+            raise UserError("giqa gmm: needs at least 2 reference images")
+        k = max(1, min(components, n // 2))
+        rng = np.random.default_rng(seed)
+        means = x[rng.choice(n, k, replace=False)]
+        var = np.tile(x.var(0) + reg, (k, 1))
+        model = cls(means, var, np.full(k, 1.0 / k), feature_id, info)
+        prev = -np.inf
+        for _ in range(iters):
+            lp = model._log_prob(x)
+            ll = _logsumexp(lp, 1)
+            resp = np.exp(lp - ll[:, None])
+            nk = resp.sum(0) + 1e-10
+            model.means = (resp.T @ x) / nk[:, None]
+            model.variances = np.maximum((resp.T @ (x * x)) / nk[:, None] - model.means ** 2, 0.0) + reg
+            model.weights = nk / nk.sum()
+            cur = float(ll.mean())
+            if abs(cur - prev) < 1e-6 * max(1.0, abs(cur)):
+                break
+            prev = cur
+        model.count = n
+        model.info.update(count=n, components=k)
+        s = model.score(x)
+        model.info["percentiles"] = {f"p{p}": float(np.percentile(s, p)) for p in PERCENTILES}
+        model.info["percentiles_k"] = None
+        return model
+
+    def score(self, queries: np.ndarray, k: int = 5, exclude_below: float = 0.0,
+              exclude_ids: Sequence[set] | None = None, extra: int = 0) -> np.ndarray:
+        q = np.asarray(queries, np.float64)
+        if len(q) == 0:
+            return np.zeros(0, np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"giqa: queries of dim {q.shape[-1]} against a {self.dim}-d reference")
+        return _logsumexp(self._log_prob(q), 1).astype(np.float32)
+
+    def score_pairs(self, src: np.ndarray, tgt: np.ndarray, k: int = 5, exclude_below: float = 0.0,
+                    own_radius: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        return self.score(src), self.score(tgt)
+
+    def self_percentiles(self, k: int = 5, sample: int = 2000) -> dict[str, float]:
+        return dict(self.info.get("percentiles") or {})
+
+    def save(self, folder: str | Path) -> Path:
+        d = Path(folder)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / "gmm.npz.tmp", "wb") as fh:
+            np.savez(fh, means=self.means, variances=self.variances, weights=self.weights)
+        (d / "gmm.npz.tmp").replace(d / "gmm.npz")
+        doc = {"format": FORMAT, "form": "gmm", "feature": self.feature_id, "metric": self.metric,
+               "dim": self.dim, **{k: v for k, v in self.info.items() if k != "format"}}
+        (d / "giqa.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
+        return d
+
+    @classmethod
+    def load(cls, folder: str | Path) -> GiqaGMM:
+        d = Path(folder)
+        doc = json.loads((d / "giqa.json").read_text())
+        if not (d / "gmm.npz").is_file():
+            raise ConfigError(f"{d}: GMM reference without gmm.npz")
+        z = np.load(d / "gmm.npz")
+        info = {k: v for k, v in doc.items() if k not in ("format", "form", "feature", "metric", "dim")}
+        return cls(z["means"], z["variances"], z["weights"], doc["feature"], info)
+
+
+def load_reference(folder: str | Path) -> GiqaReference | GiqaGMM:
+    """Either form of a saved reference (``giqa.json`` says which)."""
+    d = Path(folder)
+    doc_path = d / "giqa.json"
+    if not doc_path.is_file():
+        raise ConfigError(f"{d}: not a GIQA reference (no giqa.json; build one with `idd giqa build-reference`)")
+    doc = json.loads(doc_path.read_text())
+    if doc.get("format") != FORMAT:
+        raise ConfigError(f"{doc_path}: unknown format {doc.get('format')!r}")
+    return GiqaGMM.load(d) if doc.get("form") == "gmm" else GiqaReference.load(d)
 
 
 # -- reference images -------------------------------------------------------------------------
@@ -242,7 +359,8 @@ def iter_images(path: str | Path, member: Literal["src", "tgt", "both"] = "src",
 
 def build_reference(path: str | Path, extractor: FeatureExtractor, *, metric: Literal["l2", "cosine"] = "l2",
                     member: Literal["src", "tgt", "both"] = "src", limit: int | None = None,
-                    batch: int = 64, progress: bool = False) -> GiqaReference:
+                    batch: int = 64, progress: bool = False, form: Literal["knn", "gmm"] = "knn",
+                    components: int = 16, seed: int = 0) -> GiqaReference | GiqaGMM:
     """Features of every readable image under ``path`` in a new reference (unreadable ones are
     counted in ``info["skipped"]``, never silently lost)."""
     feats: list[np.ndarray] = []
@@ -276,4 +394,8 @@ def build_reference(path: str | Path, extractor: FeatureExtractor, *, metric: Li
     info = {"source": str(Path(path).resolve()), "member": member, "skipped": skipped[:100],
             "skipped_count": len(skipped)}
     log.info("GIQA reference: %d images (%s), %d skipped", len(x), extractor.feature_id, len(skipped))
+    if form == "gmm":
+        return GiqaGMM.fit(x, extractor.feature_id, components=components, seed=seed, info=info)
+    if form != "knn":
+        raise ConfigError(f"giqa form: expected 'knn' or 'gmm', got {form!r}")
     return GiqaReference(x, extractor.feature_id, metric, info)

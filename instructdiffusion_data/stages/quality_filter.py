@@ -83,6 +83,8 @@ class QualityFilterConfig(StageConfig):
     giqa_exclude_below: float = 1e-6  # reference features this close to a query are the query itself: skipped
     giqa_own_radius: float = 0.0  # > 0: reference images this close to either image of a pair are skipped
     giqa_build_limit: int = 2000  # images used when the reference is built at setup
+    giqa_form: Literal["knn", "gmm"] = "knn"  # for a reference built at setup (a saved one says its form)
+    giqa_components: int = 16  # GMM components (form gmm)
 
 
 def _decode_with_alpha(data: bytes, where: str | None = None) -> np.ndarray:
@@ -183,24 +185,26 @@ class QualityFilter(Stage):
         self.giqa_info: dict[str, Any] = {}
         if c.giqa_reference:
             key = (str(Path(c.giqa_reference).resolve()), self.giqa_extractor.feature_id, c.giqa_metric,
-                   c.giqa_build_limit)
+                   c.giqa_build_limit, c.giqa_form, c.giqa_components)
             ref = _GIQA_CACHE.get(key)
             if ref is None:
                 if giqa.is_reference(c.giqa_reference):
-                    ref = giqa.GiqaReference.load(c.giqa_reference)
+                    ref = giqa.load_reference(c.giqa_reference)
                 else:
                     log.info("building the GIQA reference from %s", c.giqa_reference)
                     ref = giqa.build_reference(c.giqa_reference, self.giqa_extractor, metric=c.giqa_metric,
-                                               limit=c.giqa_build_limit)
+                                               limit=c.giqa_build_limit, form=c.giqa_form,
+                                               components=c.giqa_components, seed=self.seed)
                 _GIQA_CACHE[key] = ref
             if ref.feature_id != self.giqa_extractor.feature_id:
                 raise ConfigError(f"quality_filter.giqa_reference: {c.giqa_reference} holds '{ref.feature_id}' "
                                   f"features, this filter computes '{self.giqa_extractor.feature_id}'")
             self.reference = ref
             pct = ref.info.get("percentiles") or {}
-            if ref.info.get("percentiles_k") != c.giqa_k:
+            if getattr(ref, "form", "knn") == "knn" and ref.info.get("percentiles_k") != c.giqa_k:
                 pct = ref.self_percentiles(c.giqa_k)
-            self.giqa_info = {"reference": str(c.giqa_reference), "feature": ref.feature_id, "metric": ref.metric,
+            self.giqa_info = {"reference": str(c.giqa_reference), "form": getattr(ref, "form", "knn"),
+                              "feature": ref.feature_id, "metric": ref.metric,
                               "count": ref.count, "k": c.giqa_k, "percentiles": pct}
         self.thresholds: dict[str, float | None] = {}
         self.specs: dict[str, str] = {}
