@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from instructdiffusion_data.llm import LLMClient  # noqa: E402
-from tests.helpers_llm import FakeOpenAIServer  # noqa: E402
+from instructdiffusion_data.llm import LLMClient
+from tests.helpers_llm import FakeOpenAIServer
 
 
 def _serve(latency: float, port_q, stop_ev) -> None:

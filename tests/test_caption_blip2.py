@@ -19,8 +19,13 @@ transformers = pytest.importorskip("transformers")
 def build_tiny_blip2(out_dir):
     """Save a random tiny BLIP-2 and its processor to ``out_dir`` (~1 MB)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
-                              GPT2TokenizerFast)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        GPT2TokenizerFast,
+    )
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -35,13 +40,14 @@ def build_tiny_blip2(out_dir):
                                num_query_tokens=4)  # adds the <image> token to the tokenizer
     image_token = tok.convert_tokens_to_ids("<image>")
     config = Blip2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        qformer_config=dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=64, max_position_embeddings=64),
-        text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-                         num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        qformer_config={"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "intermediate_size": 64, "max_position_embeddings": 64},
+        text_config={"model_type": "opt", "vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 2,
+                     "ffn_dim": 64, "num_attention_heads": 4, "max_position_embeddings": 128, "word_embed_proj_dim": 32,
+                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                     "pad_token_id": tok.pad_token_id},
         num_query_tokens=4, image_token_index=image_token)
     torch.manual_seed(0)
     Blip2ForConditionalGeneration(config).save_pretrained(out_dir)
@@ -171,7 +177,7 @@ def test_reference_patch_from_meta(tiny_blip2):
     patch = _img(7, 24, 20)
     alpha = np.zeros((24, 20), np.uint8)
     alpha[4:20, 3:17] = 255
-    ok, png = cv2.imencode(".png", np.dstack([cv2.cvtColor(patch, cv2.COLOR_RGB2BGR), alpha]))
+    _ok, png = cv2.imencode(".png", np.dstack([cv2.cvtColor(patch, cv2.COLOR_RGB2BGR), alpha]))
     row = new_row(key="r", task="edit_replace", dataset="t",
                   meta={"record_id": "1", "reference": {"label": "Cat", "patch_png_b64": base64.b64encode(png.tobytes()).decode()}})
     st = CaptionStage({"backend": "blip2", "model": tiny_blip2, "local_files_only": True, "targets": ["reference"],

@@ -1,13 +1,18 @@
 """The LLM client against a real HTTP server on loopback, through the real ``openai`` client."""
 
-import json
-import threading
 import time
 
 import pytest
 
-from instructdiffusion_data.llm import (BudgetExhausted, LLMClient, LLMError, SqliteCache, check_instruction,
-                                        parse_instruction, request_key)
+from instructdiffusion_data.llm import (
+    BudgetExhausted,
+    LLMClient,
+    LLMError,
+    SqliteCache,
+    check_instruction,
+    parse_instruction,
+    request_key,
+)
 from instructdiffusion_data.llm.validate import InvalidResponse
 
 from .helpers_llm import FakeOpenAIServer

@@ -7,7 +7,12 @@ Used by the ``llm_instruction`` stage and by ``idd instructions expand``. See do
 
 from .cache import BudgetExhausted, SqliteCache, request_key
 from .client import Completion, LLMClient, LLMConfig, LLMError
-from .prompts import EditSpec, instruction_messages, task_templates, template_instruction
+from .prompts import (
+    EditSpec,
+    instruction_messages,
+    task_templates,
+    template_instruction,
+)
 from .validate import InvalidResponse, Limits, check_instruction, parse_instruction
 
 __all__ = [

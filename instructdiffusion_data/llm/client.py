@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # statuses retried besides 429 and 5xx (which the openai client maps to RateLimitError / InternalServerError)
 RETRY_STATUSES = (408, 409, 425)
 
-__all__ = ["LLMConfig", "LLMClient", "LLMError", "BudgetExhausted", "Completion"]
+__all__ = ["BudgetExhausted", "Completion", "LLMClient", "LLMConfig", "LLMError"]
 
 
 @dataclass

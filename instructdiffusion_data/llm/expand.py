@@ -149,7 +149,7 @@ def expand_templates(client: LLMClient, task: str, originals: list[str], n: int,
 
 
 def _candidates(text: str) -> list:
-    m = re.match(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", text or "", re.S)
+    m = re.match(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", text or "", re.DOTALL)
     try:
         data = json.loads(m.group(1) if m else text)
     except (json.JSONDecodeError, TypeError):

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 # Phrases that mark a refusal or a chatty non-answer instead of an instruction.
 REFUSALS = (
@@ -22,11 +22,12 @@ REFUSALS = (
     "can't assist", "cannot help with", "can't help with", "not able to provide", "i do not feel comfortable",
 )
 
-STOPWORDS = frozenset(
-    "a an the of on in at to with and or for from by into onto over under near next its it this that these "
-    "those is are be some any his her their there here up down out off left right top bottom front back "
-    "side middle part area image picture photo".split()
-)
+STOPWORDS = frozenset((
+    "a", "an", "the", "of", "on", "in", "at", "to", "with", "and", "or", "for", "from", "by", "into", "onto",
+    "over", "under", "near", "next", "its", "it", "this", "that", "these", "those", "is", "are", "be",
+    "some", "any", "his", "her", "their", "there", "here", "up", "down", "out", "off", "left", "right",
+    "top", "bottom", "front", "back", "side", "middle", "part", "area", "image", "picture", "photo",
+))
 
 
 def _snip(text: str, n: int = 80) -> str:

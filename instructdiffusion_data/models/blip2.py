@@ -18,8 +18,9 @@ BPE tokenizer), save it and load it back through this class.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 

@@ -35,8 +35,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ConfigError
-from ..llm import (BudgetExhausted, EditSpec, InvalidResponse, Limits, LLMClient, LLMConfig, LLMError,
-                   check_instruction, instruction_messages, parse_instruction, task_templates, template_instruction)
+from ..llm import (
+    BudgetExhausted,
+    EditSpec,
+    InvalidResponse,
+    Limits,
+    LLMClient,
+    LLMConfig,
+    check_instruction,
+    instruction_messages,
+    parse_instruction,
+    task_templates,
+    template_instruction,
+)
 from ..llm.prompts import EDIT_TASKS, label_text
 from ..schema import Row, drop
 from ..stage import Stage, StageConfig
