@@ -204,7 +204,7 @@ def test_images_come_from_the_tar_members(env):
         assert res.status_code == 200
         assert res.content == members[row[f"{kind}_member"]]
     thumb = c.get("/api/image", params={**params, "kind": "tgt", "thumb": 1})
-    assert thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.headers["content-type"] == "image/jpeg" and thumb.headers["x-content-type-options"] == "nosniff"
     small, full = decode(thumb.content), decode(members[row["tgt_member"]])
     assert small.shape == full.shape  # 96x72 fits the 256 thumbnail box: not upscaled
     assert np.abs(small.astype(int) - full.astype(int)).mean() < 6

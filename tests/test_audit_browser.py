@@ -70,14 +70,18 @@ def page(server):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        # Playwright's wait_for_function evaluates strings, which the page's CSP forbids: this context bypasses
+        # it; test_page_runs_under_its_content_security_policy checks the page itself under the CSP.
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
         pg = ctx.new_page()
         pg.set_default_timeout(15000)
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP violations too
         pg.goto(server["url"])
         pg.wait_for_selector("body[data-ready='1']", timeout=20000)
         pg.errors = errors
+        pg.browser_ = browser
         yield pg
         browser.close()
 
@@ -168,3 +172,21 @@ def test_browse_filter_label_and_export(server, page):
     import pyarrow.parquet as pq
     assert sorted(pq.read_table(out / "train" / "000000.parquet").column("key").to_pylist()) == sorted(picked)
     assert page.errors == []
+
+
+def test_page_runs_under_its_content_security_policy(server, page):
+    ctx = page.browser_.new_context(viewport={"width": 1200, "height": 800})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    res = pg.goto(server["url"])
+    assert "default-src 'self'" in res.headers["content-security-policy"]
+    pg.wait_for_selector("body[data-ready='1']", timeout=15000)
+    pg.click(".tabs button[data-tab=stats]")
+    pg.wait_for_selector(".counts .bar", timeout=15000)
+    pg.click(".tabs button[data-tab=samples]")
+    pg.locator("#grid .card").first.click()
+    pg.wait_for_selector("#sample:not([hidden]) #meta", timeout=15000)
+    assert errors == []
+    ctx.close()

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 KINDS = ("src", "tgt", "mask")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def default_cache_dir() -> Path:
@@ -57,6 +63,12 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
     app.state.catalog = catalog
     app.state.thumbs = thumbs
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):
+        res = await call_next(request)
+        res.headers.update(SECURITY_HEADERS)
+        return res
 
     # -- helpers ---------------------------------------------------------------------------------------
     def need_output(name: str | None):
@@ -97,8 +109,8 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
             need_output(output)
         ranges = []
         for spec in (score or [])[:MAX_SCORE_FILTERS]:
-            name, _, rest = spec.partition(":")
-            lo, _, hi = rest.partition(":")
+            rest, _, hi = spec.rpartition(":")  # the score name may itself hold colons
+            name, _, lo = rest.rpartition(":")
             try:
                 ranges.append((name, float(lo) if lo.strip() else None, float(hi) if hi.strip() else None))
             except ValueError:
