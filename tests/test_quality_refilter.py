@@ -17,7 +17,7 @@ from instructdiffusion_data.imageio import decode
 from tests.helpers_quality import removal_pair
 
 
-def _build(tmp_path, n=8, t1=0.0):
+def _build(tmp_path, n=8, t1=0.0, use_ray=False, out="shards"):
     cfg = cfgmod.build(cfgmod.PipelineConfig, {
         "name": "qpairs", "version": "v1", "seed": 0,
         "source": {"type": "tests.helpers_quality:PairSource", "n": n},
@@ -26,9 +26,9 @@ def _build(tmp_path, n=8, t1=0.0):
             {"type": "quality_filter", "aesthetic_tgt_min": t1, "aesthetic_diff_max": None,
              "background_change_max": None, "edit_change_min": 4.0, "batch_size": 4},
         ],
-        "writer": {"out": str(tmp_path / "shards"), "records_per_shard": 3},
+        "writer": {"out": str(tmp_path / out), "records_per_shard": 3},
     })
-    summary = runner.run(cfg, use_ray=False)
+    summary = runner.run(cfg, use_ray=use_ray)
     return summary.root
 
 
@@ -158,3 +158,15 @@ def test_giqa_build_reference_from_folder_and_output(tmp_path, capsys):
     n_train = json.loads((root / "manifest.json").read_text())["splits"]["train"]["rows"]
     assert doc["count"] == 2 * n_train and doc["feature"] == "classical/1"
     assert (tmp_path / "r2" / "index.faiss").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_filter_on_ray_matches_local(tmp_path, ray_local):
+    local = _build(tmp_path, n=6, t1=8.5)
+    ray_root = _build(tmp_path, n=6, t1=8.5, use_ray=True, out="ray_shards")
+    tars = sorted(p.relative_to(local) for p in local.glob("*/*.tar"))
+    assert tars == sorted(p.relative_to(ray_root) for p in ray_root.glob("*/*.tar"))
+    for rel in tars:
+        assert (local / rel).read_bytes() == (ray_root / rel).read_bytes()
+    rows = _rows(ray_root)
+    assert any(r["drop_reason"] and "aesthetic_tgt<8.5" in r["drop_reason"] for r in rows.values())
