@@ -84,3 +84,14 @@ def test_removal_pipeline_over_demo_data_writes_provenance(tmp_path):
         assert phrase in r["instruction"]
         assert meta["instruction_provenance"] == {"path": "template", "by": "upstream",
                                                   "template_index": meta["template_id"]}
+
+
+def test_blip2_captions_take_precedence_over_class_names():
+    row = _row("edit_replace", region={"label": "Dog"}, ref_label="Cat")
+    row["meta"]["captions"] = {"src_region": "a running dog", "reference": "a cute cat with black and white stripes"}
+    row["meta"]["caption_provenance"] = {"backend": "blip2"}
+    out = run_stages_local([LLMInstruction({}, seed=0)], [row])[0]
+    assert "running dog" in out["instruction"] and "a cute cat with black and white stripes" in out["instruction"]
+    row["meta"]["caption_provenance"] = {"backend": "annotations"}  # the stated reference label first otherwise
+    out = run_stages_local([LLMInstruction({}, seed=0)], [row])[0]
+    assert "a cat" in out["instruction"] and "stripes" not in out["instruction"]

@@ -7,6 +7,8 @@ What the edit is about is read from ``meta`` (first found wins):
   ``meta["phrase"]`` (PhraseCut), ``meta["captions"]["src_region"]``, ``meta["region"]["label"]``;
 - replacement target: ``meta["ref_label"]``, ``meta["captions"]["reference"]``,
   ``meta["captions"]["tgt_region"]``, ``meta["reference"]["label"]``;
+- when the captions come from BLIP-2 (``meta["caption_provenance"]["backend"] == "blip2"``) the
+  region captions go first ("a running dog" says more than the class name "dog"), as in the paper;
 - whole-image captions: ``meta["captions"]["src"]`` and ``meta["captions"]["tgt"]`` (the ``caption``
   stage writes ``meta["captions"]``).
 
@@ -89,14 +91,17 @@ def edit_spec(row: Row) -> EditSpec:
     caps = meta.get("captions") if isinstance(meta.get("captions"), dict) else {}
     region = meta.get("region") if isinstance(meta.get("region"), dict) else {}
     ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}
-    obj = _first(meta.get("object"), meta.get("src_label"), meta.get("phrase"), caps.get("src_region"),
-                 _label(region.get("label")))
+    prov = meta.get("caption_provenance") if isinstance(meta.get("caption_provenance"), dict) else {}
+    pixels = prov.get("backend") == "blip2"  # captions of the pixels describe more than a class name
+    labels = (meta.get("object"), meta.get("src_label"), meta.get("phrase"), _label(region.get("label")))
+    obj = _first(caps.get("src_region"), *labels) if pixels else _first(*labels[:3], caps.get("src_region"), labels[3])
     if obj is None:
         raise ValueError("no edited object in meta (expected phrase, src_label, object or captions.src_region)")
     target = None
     if row["task"] == "edit_replace":
-        target = _first(_label(meta.get("ref_label")), caps.get("reference"), caps.get("tgt_region"),
-                        _label(ref.get("label")))
+        ref_labels = (_label(meta.get("ref_label")), _label(ref.get("label")))
+        ref_caps = (caps.get("reference"), caps.get("tgt_region"))
+        target = _first(*ref_caps, *ref_labels) if pixels else _first(ref_labels[0], *ref_caps, ref_labels[1])
         if target is None:
             raise ValueError("no replacement target in meta (expected ref_label, captions.reference or captions.tgt_region)")
     return EditSpec(task=row["task"], obj=obj, target_obj=target, source_caption=_first(caps.get("src")),
