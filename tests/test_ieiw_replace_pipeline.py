@@ -117,9 +117,13 @@ def test_retrieval_never_returns_the_query_image(demo, gallery):
     assert len(out) == len(rows)
     kept = [r for r in out if r["keep"]]
     assert len(kept) >= len(rows) - 2
+    g = Gallery(gallery)
     same_seen = 0
     for r in kept:
         ref, ret = r["meta"]["reference"], r["meta"]["retrieval"]
+        qid = g.lookup("openimages", r["meta"]["image_id"], r["meta"]["region"]["id"])
+        assert ref["similarity"] == pytest.approx(float(g.embeddings[qid] @ g.embeddings[ref["gallery_id"]]), abs=1e-5)
+        assert [c[1] for c in ret["candidates"]] == sorted((c[1] for c in ret["candidates"]), reverse=True)
         assert ref["image_id"] != r["meta"]["image_id"] and ref["file"] != r["meta"]["file"]
         assert ret["query"] == "gallery" and ret["candidates"][0][1] >= ref["similarity"] - 1e-6
         assert ref["similarity"] <= 0.999

@@ -305,10 +305,11 @@ class Gallery:
         if not mf.is_file():
             raise ConfigError(f"gallery: {self.root} has no {MANIFEST} (build it with `idd gallery build`)")
         self.manifest = json.loads(mf.read_text())
-        self.table = pq.read_table(self.root / TABLE).to_pylist()
+        self.table = _Rows(pq.read_table(self.root / TABLE))
         self.embeddings = np.load(self.root / EMBEDDINGS, mmap_mode="r")
         self.index = _load(self.root / INDEX, nprobe=nprobe) if load_index else None
-        self.by_region = {(r["dataset"], r["image_id"], r["region_id"]): r["gallery_id"] for r in self.table}
+        c = self.table.cols
+        self.by_region = {k: i for i, k in enumerate(zip(c["dataset"], c["image_id"], c["region_id"]))}
         self._files: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -334,6 +335,27 @@ class Gallery:
 
     def patch(self, gid: int) -> np.ndarray:
         return decode_rgba(self.patch_bytes(gid))
+
+
+class _Rows:
+    """gallery.parquet as column lists; ``rows[i]`` builds row i's dict (a dict per row for millions
+    of patches would cost gigabytes)."""
+
+    def __init__(self, table: pa.Table):
+        self.names = table.column_names
+        self.cols = {n: table.column(n).to_pylist() for n in self.names}
+        self.n = table.num_rows
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return {n: self.cols[n][i] for n in self.names}
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self[i] for i in range(self.n))
 
 
 def read_patch(root: Path, tar: str, offset: int, size: int, handles: dict | None = None,

@@ -60,6 +60,22 @@ class RetrieveReferenceConfig(StageConfig):
     batch_size: int = 64
 
 
+_GALLERIES: dict[tuple, Gallery] = {}
+
+
+def open_gallery(path: str, nprobe: int | None) -> Gallery:
+    """One open gallery per worker process and (folder, build, nprobe): Ray reuses worker processes
+    across tasks, so the index and the table are read once, not once per batch."""
+    from pathlib import Path
+
+    mf = Path(path) / "gallery.json"
+    key = (str(Path(path).resolve()), mf.stat().st_mtime_ns if mf.is_file() else 0, nprobe)
+    if key not in _GALLERIES:
+        _GALLERIES.clear()
+        _GALLERIES[key] = Gallery(path, nprobe=nprobe)
+    return _GALLERIES[key]
+
+
 class RetrieveReferenceStage(Stage):
     name = "retrieve_reference"
     Config = RetrieveReferenceConfig
@@ -71,7 +87,7 @@ class RetrieveReferenceStage(Stage):
             raise ConfigError(f"stages({self.name}): need 1 <= k <= search_k, got k={c.k} search_k={c.search_k}")
 
     def setup(self) -> None:
-        self.gallery = Gallery(self.config.gallery, nprobe=self.config.nprobe)
+        self.gallery = open_gallery(self.config.gallery, self.config.nprobe)
         self._embedder = None
 
     @property
@@ -109,9 +125,16 @@ class RetrieveReferenceStage(Stage):
         c = self.config
         g = self.gallery
         vecs, how = self._query_vectors(rows)
-        sims, ids = search(g.index, vecs, c.search_k)
+        _, ids = search(g.index, vecs, c.search_k)
         out = []
-        for r, s_row, i_row, q_how in zip(rows, sims, ids, how):
+        for r, q, i_row, q_how in zip(rows, vecs, ids, how):
+            # exact similarities from the stored vectors (an IVF-PQ index returns approximate ones),
+            # so that the near-duplicate and similarity thresholds mean what they say
+            i_row = i_row[i_row >= 0]
+            s_row = np.asarray(g.embeddings[np.sort(i_row)], np.float32) @ q
+            s_row = s_row[np.argsort(np.argsort(i_row))]  # back to the index's order
+            order = np.argsort(-s_row, kind="stable")
+            i_row, s_row = i_row[order], s_row[order]
             m = r["meta"]
             reg = m["region"]
             excluded = {"same_image": 0, "near_duplicate": 0, "label": 0, "low_similarity": 0}
