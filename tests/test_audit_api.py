@@ -306,6 +306,10 @@ def test_token_rules_and_append_only_labels(env, tmp_path):
     assert overrides(out) == {row["key"]: "accept"}  # the newest wins
     grid = {r["key"]: r["label"] for r in get_all(c, output="keypoints_coco/v1")}
     assert grid[row["key"]] == "accept" and sum(v is not None for v in grid.values()) == 1
+    assert [r["key"] for r in get_all(c, label="accept")] == [row["key"]]
+    assert [r["key"] for r in get_all(c, label="labelled", output="keypoints_coco/v1")] == [row["key"]]
+    assert get_all(c, label="reject") == []
+    assert c.get("/api/samples", params={"label": "' OR 1=1 --"}).status_code == 422
     hist = c.get("/api/labels", params={"output": "keypoints_coco/v1", "key": row["key"]}).json()
     assert [x["verdict"] for x in hist] == ["accept", "reject"]
     # a server without a token is read-only whatever the client sends

@@ -142,6 +142,12 @@ def test_browse_filter_label_and_export(server, page):
     assert rows == [("e2e-auditor", key, "reject", "target looks washed out")]
     shot(page, "03-labelled")
     page.click("#close")
+    page.select_option("#filters select[name=reason]", "")
+    page.select_option("#filters select[name=label]", "reject")
+    page.wait_for_function("document.querySelector('.pageinfo').textContent.includes('(1 samples)')")
+    assert page.locator("#grid .card").get_attribute("data-key") == key
+    assert page.locator("#grid .card .badge.reject").count() == 1
+    page.select_option("#filters select[name=label]", "")
 
     # counts and histograms with the thresholds drawn
     page.click(".tabs button[data-tab=stats]")

@@ -26,12 +26,13 @@ from ..writer import SPLITS
 from .alignment import export_alignment
 from .catalog import MAX_PAGE_SIZE, MAX_SCORE_FILTERS, MAX_TEXT, Catalog, Filters
 from .images import MemberError, ThumbCache, check_image, error_tile, read_member, validate_image
-from .labels import LabelStore
+from .labels import LabelStore, overrides
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 KINDS = ("src", "tgt", "mask")
+LABEL_PATTERN = "^(|accept|reject|labelled)$"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -102,7 +103,14 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         if not x_audit_token or not hmac.compare_digest(x_audit_token.encode(), token.encode()):
             raise HTTPException(401, "a valid X-Audit-Token header is required to label")
 
-    def filters(output, split, task, dataset, reason, q, score) -> Filters:
+    def labelled(output: str | None, label: str | None) -> list[str] | None:
+        """``output\0key`` of the samples whose newest accept/reject is ``label`` (``labelled``: either)."""
+        if not label:
+            return None
+        outs = [need_output(output)] if output else list(catalog.outputs.values())
+        return [f"{o.rel}\0{k}" for o in outs for k, v in overrides(o.path).items() if label in (v, "labelled")]
+
+    def filters(output, split, task, dataset, reason, q, score, label=None) -> Filters:
         if split:
             need_split(split)
         if output:
@@ -116,7 +124,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
             except ValueError:
                 raise HTTPException(422, f"score filter must be NAME:MIN:MAX, not {spec[:80]!r}") from None
         return Filters(output=output or None, split=split or None, task=task or None, dataset=dataset or None,
-                       reason=reason or None, text=q or None, scores=ranges)
+                       reason=reason or None, text=q or None, scores=ranges, label_keys=labelled(output, label))
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError):
@@ -144,8 +152,9 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
     @app.get("/api/counts")
     def counts(output: str | None = None, split: str | None = None, task: str | None = None,
                dataset: str | None = None, reason: str | None = None,
-               q: str | None = Query(None, max_length=MAX_TEXT), score: list[str] | None = Query(None)):
-        return catalog.counts(filters(output, split, task, dataset, reason, q, score))
+               q: str | None = Query(None, max_length=MAX_TEXT), score: list[str] | None = Query(None),
+               label: str | None = Query(None, pattern=LABEL_PATTERN)):
+        return catalog.counts(filters(output, split, task, dataset, reason, q, score, label))
 
     @app.get("/api/histograms")
     def histograms(output: str | None = None, split: str | None = None, bins: int = Query(20, ge=2, le=100)):
@@ -155,9 +164,9 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
     def samples(output: str | None = None, split: str | None = None, task: str | None = None,
                 dataset: str | None = None, reason: str | None = None,
                 q: str | None = Query(None, max_length=MAX_TEXT), score: list[str] | None = Query(None),
-                sort: str = Query("key", max_length=200), order: str = Query("asc", pattern="^(asc|desc)$"),
+                label: str | None = Query(None, pattern=LABEL_PATTERN), sort: str = Query("key", max_length=200), order: str = Query("asc", pattern="^(asc|desc)$"),
                 page: int = Query(0, ge=0, le=10_000_000), page_size: int = Query(48, ge=1, le=MAX_PAGE_SIZE)):
-        res = catalog.search(filters(output, split, task, dataset, reason, q, score), sort=sort, order=order,
+        res = catalog.search(filters(output, split, task, dataset, reason, q, score, label), sort=sort, order=order,
                              page=page, page_size=page_size)
         by_output: dict[str, list[str]] = {}
         for r in res["rows"]:

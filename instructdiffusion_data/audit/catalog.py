@@ -235,8 +235,8 @@ class Catalog:
             if lo is None and hi is None:
                 clauses.append("s.scores[?] IS NOT NULL")
                 params.append(name)
-        if f.label_keys is not None:
-            clauses.append("list_contains(?, s.key)")
+        if f.label_keys is not None:  # "output\0key" strings of the samples with the wanted label
+            clauses.append("list_contains(?, s.output || chr(0) || s.key)")
             params.append(list(f.label_keys))
         return " AND ".join(clauses), params
 

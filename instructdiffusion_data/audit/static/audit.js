@@ -52,7 +52,7 @@ function imgUrl(r, kind, thumb, style) {
 function filterValues() {
   const f = new FormData($("#filters"));
   const v = {};
-  for (const k of ["output", "split", "task", "dataset", "reason", "q", "sort", "order"]) v[k] = f.get(k) || "";
+  for (const k of ["output", "split", "task", "dataset", "reason", "label", "q", "sort", "order"]) v[k] = f.get(k) || "";
   v.score = [...document.querySelectorAll("#ranges .range")].map((r) => {
     const name = r.querySelector("select").value, [lo, hi] = [...r.querySelectorAll("input")].map((i) => i.value);
     return name && (lo !== "" || hi !== "") ? `${name}:${lo}:${hi}` : null;
@@ -350,7 +350,7 @@ async function init() {
   $("#filters").addEventListener("submit", (e) => { e.preventDefault(); state.page = 0; refresh(); });
   $("#filters").output.addEventListener("change", () => loadFacets().then(() => { state.page = 0; refresh(); }));
   $("#filters").split.addEventListener("change", () => loadFacets().then(() => { state.page = 0; refresh(); }));
-  for (const name of ["task", "dataset", "reason", "sort", "order", "page_size"]) {
+  for (const name of ["task", "dataset", "reason", "label", "sort", "order", "page_size"]) {
     $("#filters")[name].addEventListener("change", () => { state.page = 0; refresh(); });
   }
   $("#overlay").addEventListener("change", () => loadGrid());
