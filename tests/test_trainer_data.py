@@ -56,7 +56,7 @@ def test_mixture_draws_datasets_in_proportion_to_weights(outputs, tmp_path):
     # effective samples per epoch: small 10*3 = 30, large 20*0.5 = 10 -> 3:1
     assert [s.name for s in specs] == ["small", "large"]
     assert [round(s.probability, 6) for s in specs] == [0.75, 0.25]
-    n = 4000
+    n = 2000
     counts, _ = _draw(specs, cfg, n)
     assert chisquare(counts, np.array([0.75, 0.25]) * n).pvalue > 1e-3
     assert abs(counts[0] / n - 0.75) < 0.03
@@ -118,7 +118,7 @@ def test_corrupt_samples_skipped_and_counted(outputs, tokenizer):
     undecodable = last["pos"] - len(seen)
     assert undecodable > 0
     assert last["corrupt"] > undecodable
-    assert all(torch.isfinite(s["src"]).all() and s["src"].shape == (3, 16, 16) for s in seen)
+    assert all(s["src"].dtype == np.uint8 and s["src"].shape == (3, 16, 16) and s["src"].std() > 0 for s in seen)
     assert all(s["input_ids"].shape == (77,) for s in seen)
 
 

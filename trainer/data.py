@@ -327,32 +327,54 @@ def _member(sample: dict, prefix: str) -> tuple[str, bytes] | None:
 
 def paired_augment(src: np.ndarray, tgt: np.ndarray, resolution: int, rng: np.random.Generator | None,
                    aug: AugmentConfig, allow_flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Resize the shorter side to ``resolution * s`` (s ~ U(aug.scale)), crop ``resolution`` square at a
-    random place and flip: the same for source and target. ``rng=None``: centre crop, no flip."""
+    """The same random crop, resize and flip for source and target: a square of side
+    ``min(h, w) / s`` (s ~ U(aug.scale), i.e. the shorter side resized to ``resolution * s``) at a
+    random place, resized to ``resolution``, flipped with ``aug.flip_p``. ``rng=None``: the centred
+    square of the whole shorter side, no flip (validation)."""
     h, w = src.shape[:2]
     if tgt.shape[:2] != (h, w):
         tgt = cv2.resize(tgt, (w, h), interpolation=cv2.INTER_AREA)
     scale = 1.0 if rng is None else float(rng.uniform(aug.scale[0], aug.scale[-1]))
-    factor = resolution * scale / min(h, w)
-    nh, nw = max(resolution, round(h * factor)), max(resolution, round(w * factor))
-    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
-    if (nh, nw) != (h, w):
-        src = cv2.resize(src, (nw, nh), interpolation=interp)
-        tgt = cv2.resize(tgt, (nw, nh), interpolation=interp)
+    side = max(1, min(h, w, round(min(h, w) / scale)))
     if rng is None:
-        y, x = (nh - resolution) // 2, (nw - resolution) // 2
+        y, x = (h - side) // 2, (w - side) // 2
     else:
-        y, x = int(rng.integers(0, nh - resolution + 1)), int(rng.integers(0, nw - resolution + 1))
-    src = src[y:y + resolution, x:x + resolution]
-    tgt = tgt[y:y + resolution, x:x + resolution]
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    # crop first, then resize only the crop (cheaper than resizing the whole image)
+    src = src[y:y + side, x:x + side]
+    tgt = tgt[y:y + side, x:x + side]
+    if side != resolution:
+        interp = cv2.INTER_AREA if side > resolution else cv2.INTER_CUBIC
+        src = cv2.resize(src, (resolution, resolution), interpolation=interp)
+        tgt = cv2.resize(tgt, (resolution, resolution), interpolation=interp)
     if rng is not None and allow_flip and rng.random() < aug.flip_p:
         src, tgt = src[:, ::-1], tgt[:, ::-1]
     return np.ascontiguousarray(src), np.ascontiguousarray(tgt)
 
 
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """RGB uint8 [H, W, 3] -> float [3, H, W] in [-1, 1]."""
-    return torch.from_numpy(img).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+def to_chw(img: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> uint8 [3, H, W]. Batches travel as uint8 (4x less than float between
+    processes); :func:`to_model_range` makes floats in [-1, 1] on the device. The sample path stays in
+    numpy (single-threaded): torch's intra-op pool only slows these small copies down."""
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack numpy arrays into tensors, ints into a tensor, keep strings as a list."""
+    out: dict[str, Any] = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        if isinstance(vals[0], np.ndarray):
+            out[k] = torch.from_numpy(np.stack(vals))
+        elif isinstance(vals[0], (int, np.integer)):
+            out[k] = torch.tensor(vals, dtype=torch.int64)
+        else:
+            out[k] = vals
+    return out
+
+
+def to_model_range(x: torch.Tensor, device, dtype) -> torch.Tensor:
+    return x.to(device, non_blocking=True).to(dtype).div_(127.5).sub_(1.0)
 
 
 def decode_pair(sample: dict) -> tuple[np.ndarray, np.ndarray, str, dict]:
@@ -404,10 +426,10 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.num_workers = max(1, cfg.num_workers if num_workers is None else num_workers)
         self.state = state or StreamState(seed=seed)
 
-    def tokenize(self, text: str) -> torch.Tensor:
+    def tokenize(self, text: str) -> np.ndarray:
         ids = self.tokenizer(text, max_length=self.tokenizer.model_max_length, padding="max_length",
-                             truncation=True, return_tensors="pt").input_ids
-        return ids[0]
+                             truncation=True).input_ids
+        return np.asarray(ids, dtype=np.int64)
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -439,7 +461,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             except (RecordError, cv2.error, ValueError) as e:
                 counter.skip(f"{self.specs[ds].name}: {e}")
                 continue
-            yield {"src": to_tensor(src), "tgt": to_tensor(tgt), "input_ids": self.tokenize(text),
+            yield {"src": to_chw(src), "tgt": to_chw(tgt), "input_ids": self.tokenize(text),
                    "dataset": ds, "worker": logical, "pos": pos, "corrupt": counter.n, "key": raw.get("__key__", "")}
 
 
@@ -448,8 +470,8 @@ def make_loader(dataset: MixtureDataset, batch_size: int) -> torch.utils.data.Da
     kw: dict[str, Any] = {}
     if nw > 0:
         kw = {"prefetch_factor": dataset.cfg.prefetch_factor, "persistent_workers": False}
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=nw, pin_memory=torch.cuda.is_available(),
-                                       **kw)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=nw, collate_fn=collate,
+                                       pin_memory=torch.cuda.is_available(), **kw)
 
 
 def validation_pairs(specs: list[DatasetSpec], n: int, resolution: int) -> list[dict]:

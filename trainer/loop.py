@@ -31,7 +31,7 @@ from instructdiffusion_data.config import to_dict
 from instructdiffusion_data.errors import ConfigError
 
 from .config import TrainConfig
-from .data import MixtureDataset, StreamState, _seed, make_loader, resolve_datasets, validation_pairs
+from .data import MixtureDataset, StreamState, _seed, make_loader, resolve_datasets, to_model_range, validation_pairs
 from .model import freeze, load_components, make_ema, make_tiny_model, widen_conv_in
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,8 @@ class Trainer:
     def loss(self, batch: dict) -> torch.Tensor:
         acc, g = self.accelerator, self.noise_gen
         dev, dt = acc.device, self.weight_dtype
-        src = batch["src"].to(dev, dtype=dt, non_blocking=True)
-        tgt = batch["tgt"].to(dev, dtype=dt, non_blocking=True)
+        src = to_model_range(batch["src"], dev, dt)
+        tgt = to_model_range(batch["tgt"], dev, dt)
         ids = batch["input_ids"].to(dev, non_blocking=True)
         bsz = tgt.shape[0]
         with torch.no_grad():
