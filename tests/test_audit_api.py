@@ -454,3 +454,15 @@ def test_thresholds_from_the_quality_filter_layout():
     assert thresholds_from_filter("{not json", "x") == {} and thresholds_from_filter(None, "x") == {}
     assert thresholds_from_reason("aesthetic_tgt<4.5", "aesthetic_tgt") == {"rule aesthetic_tgt<4.5": 4.5}
     assert thresholds_from_reason("aesthetic_tgt<x", "aesthetic_tgt") == {}
+
+
+def test_unreadable_sidecar_skips_that_split_only(tmp_path):
+    root = tmp_path / "root"
+    write_output(root / "good" / "v1", keypoint_rows(2), name="good")
+    bad = write_output(root / "bad" / "v1", keypoint_rows(3), name="bad")
+    (bad / "train" / "000000.parquet").write_bytes(b"PAR1 this is not parquet")
+    c = TestClient(create_app(root, cache_dir=tmp_path / "cache"))
+    outs = {o["output"]: o for o in c.get("/api/outputs").json()}
+    assert outs["good/v1"]["errors"] == [] and "train: sidecars unreadable" in outs["bad/v1"]["errors"][0]
+    assert c.get("/api/samples", params={"output": "good/v1"}).json()["total"] == 2
+    assert c.get("/api/samples", params={"output": "bad/v1"}).json()["total"] == 0

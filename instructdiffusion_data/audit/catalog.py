@@ -90,6 +90,7 @@ class Output:
     rel: str  # path relative to the root, posix, e.g. "keypoints_coco/v1"
     path: Path
     manifest: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         splits = self.manifest.get("splits") or {}
@@ -98,6 +99,7 @@ class Output:
             "name": self.manifest.get("name") or self.rel,
             "version": self.manifest.get("version"),
             "mixture_weight": self.manifest.get("mixture_weight"),
+            "errors": list(self.errors),
             "splits": {s: {k: (splits.get(s) or {}).get(k, {} if k != "rows" else 0)
                            for k in ("rows", "tasks", "datasets", "drop_reasons")} for s in SPLITS},
         }
@@ -188,8 +190,14 @@ class Catalog:
             for rel, out in sorted(outputs.items()):
                 for split in SPLITS:
                     files = finished_parquets(out.path / split)
-                    if files:
+                    if not files:
+                        continue
+                    try:
                         con.execute(f"INSERT INTO samples_new {_LOAD_SQL}", [files, rel, split, split])
+                    except duckdb.Error as e:  # one unreadable sidecar must not take the page down
+                        con.execute(f"DELETE FROM samples_new WHERE output = ? AND split = ?", [rel, split])
+                        out.errors.append(f"{split}: sidecars unreadable ({str(e).splitlines()[0][:300]})")
+                        log.warning("%s/%s: sidecars unreadable, split skipped: %s", out.path, split, e)
             con.execute("DROP TABLE IF EXISTS samples")
             con.execute("ALTER TABLE samples_new RENAME TO samples")
             con.execute("CREATE INDEX samples_key ON samples(key)")  # point look-ups (images, sample view)
@@ -365,8 +373,12 @@ class Catalog:
 
     def meta(self, row: dict) -> dict:
         """The full ``meta`` of a sample, read from its own parquet file."""
-        with self._lock:
-            got = self.con.execute("SELECT meta FROM read_parquet(?) WHERE key = ?", [row["pq_file"], row["key"]]).fetchone()
+        try:
+            with self._lock:
+                got = self.con.execute("SELECT meta FROM read_parquet(?) WHERE key = ?",
+                                       [row["pq_file"], row["key"]]).fetchone()
+        except duckdb.Error as e:  # the sidecar changed or broke since it was indexed
+            return {"_error": f"meta unreadable: {str(e).splitlines()[0][:300]}"}
         if not got or not got[0]:
             return {}
         try:

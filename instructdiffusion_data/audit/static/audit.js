@@ -105,7 +105,8 @@ async function loadOutputs() {
     el("a", { "data-output": o.output, "data-split": "train", onclick: () => pickOutput(o.output, "train") },
       `kept ${o.splits.train.rows}`),
     el("a", { "data-output": o.output, "data-split": "rejected", onclick: () => pickOutput(o.output, "rejected") },
-      `rejected ${o.splits.rejected.rows}`))));
+      `rejected ${o.splits.rejected.rows}`),
+    o.errors.map((e) => el("div", { class: "error" }, e)))));
 }
 async function pickOutput(output, split) {
   const f = $("#filters");
