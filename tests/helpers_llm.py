@@ -7,7 +7,8 @@ The server answers ``POST /v1/chat/completions`` deterministically from the prom
 - ``server.state.fail_next``: list of HTTP statuses (429, 500, 503) returned, in order, by the next requests;
 - ``server.state.delay_s``: sleep before answering (timeouts);
 - object names containing ``refusebait`` -> a refusal, ``badjson`` -> content that is not JSON,
-  ``holder`` -> a leftover ``{object}``, ``offtopic`` -> an instruction not naming the object.
+  ``holder`` -> a leftover ``{object}``, ``offtopic`` -> an instruction not naming the object,
+  ``flaky`` -> off-topic the first time a prompt is seen, a good answer when it is asked again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ServerState:
     retry_after: str | None = None
     delay_s: float = 0.0
     garbage_body: bool = False
+    seen: set = field(default_factory=set)  # prompts answered once ("flaky" objects)
     inflight: int = 0
     max_inflight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -123,6 +125,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, b"<html>not json at all")
         user = "\n".join(m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user")
         content = answer_for(user, int(body.get("seed") or 0))
+        if "flaky" in user:  # off-topic the first time a prompt is seen, fine when asked again
+            with state.lock:
+                first = user not in state.seen
+                state.seen.add(user)
+            if first:
+                content = json.dumps({"instruction": "make the sky a little brighter"})
         prompt_tokens = sum(len(m.get("content", "").split()) for m in body.get("messages", []))
         resp = {
             "id": f"chatcmpl-{len(state.requests)}", "object": "chat.completion", "created": 1700000000,

@@ -79,7 +79,7 @@ def _read_split(root, split):
 
 @pytest.mark.slow
 def test_pipeline_llm_path_validation_to_rejected_and_cache(tmp_path):
-    objects = ["dog", "refusebait cat", "badjson lamp", "holder vase", "offtopic tree", "red car"]
+    objects = ["dog", "refusebait cat", "badjson lamp", "holder vase", "offtopic tree", "red car", "flaky bench"]
     with FakeOpenAIServer() as srv:
         srv.state.fail_next = [429, 500]  # the first requests are retried
         raw = {"name": "llm_demo", "version": "v1", "seed": 0,
@@ -87,24 +87,28 @@ def test_pipeline_llm_path_validation_to_rejected_and_cache(tmp_path):
                "stages": [{"type": "llm_instruction", "llm": _llm(srv, tmp_path, concurrency=2)}],
                "writer": {"out": str(tmp_path / "shards"), "records_per_shard": 4}}
         summary = runner.run(build(PipelineConfig, raw), use_ray=False)
-        assert len(srv.chat_requests()) == len(objects) + 2
+        # one ask per row, 2 HTTP retries, and one more ask for each of the 5 answers failing validation
+        assert len(srv.chat_requests()) == len(objects) + 2 + 5
         train = {r["key"]: r for r in _read_split(summary.root, "train")}
         rejected = {json.loads(r["meta"])["phrase"]: r for r in _read_split(summary.root, "rejected")}
-        assert sorted(json.loads(r["meta"])["phrase"] for r in train.values()) == ["dog", "red car"]
+        assert sorted(json.loads(r["meta"])["phrase"] for r in train.values()) == ["dog", "flaky bench", "red car"]
         for r in train.values():
             meta = json.loads(r["meta"])
             assert r["instruction"] == f"remove the {meta['phrase']} from the picture"
             prov = meta["instruction_provenance"]
+            assert prov["asked"] == (2 if meta["phrase"] == "flaky bench" else 1)
             assert prov["path"] == "llm" and prov["model"] == "test-model" and prov["cached"] is False
             assert prov["prompt_tokens"] > 50  # the server counts words of system + user prompt
-            assert prov["completion_tokens"] == len(json.dumps({"instruction": r["instruction"]}).split())
+            first_ask = 7 if meta["phrase"] == "flaky bench" else 0  # the off-topic answer's words count too
+            assert prov["completion_tokens"] == len(json.dumps({"instruction": r["instruction"]}).split()) + first_ask
         assert "instruction is a refusal" in rejected["refusebait cat"]["drop_reason"]
         assert "llm answer not JSON" in rejected["badjson lamp"]["drop_reason"]
         assert "leftover placeholder" in rejected["holder vase"]["drop_reason"]
         assert "does not mention the edited object" in rejected["offtopic tree"]["drop_reason"]
         assert all(r["drop_reason"].startswith("llm_instruction: ") for r in rejected.values())
+        assert all(json.loads(r["meta"])["instruction_provenance"]["asked"] == 2 for r in rejected.values())
         manifest = json.loads((summary.root / "manifest.json").read_text())
-        assert manifest["splits"]["rejected"]["rows"] == 4 and manifest["splits"]["train"]["rows"] == 2
+        assert manifest["splits"]["rejected"]["rows"] == 4 and manifest["splits"]["train"]["rows"] == 3
 
         # a rerun (new output, same cache file) pays nothing: zero requests, same answers
         before = len(srv.chat_requests())
@@ -171,10 +175,11 @@ def test_ray_workers_share_the_cache_file(tmp_path, ray_local):
                     "stages": [{"type": "llm_instruction", "batch_size": 2, "llm": _llm(srv, tmp_path), **stage}],
                     "writer": {"out": str(tmp_path / out), "records_per_shard": 3}}
 
+        asked = len(objects) + 1  # the off-topic answer is asked twice
         s1 = runner.run(build(PipelineConfig, raw("ray", concurrency=2)), use_ray=True)
-        assert len(srv.chat_requests()) == len(objects)
+        assert len(srv.chat_requests()) == asked
         s2 = runner.run(build(PipelineConfig, raw("local", concurrency=2)), use_ray=False)
-        assert len(srv.chat_requests()) == len(objects)  # all answers came from the cache the workers wrote
+        assert len(srv.chat_requests()) == asked  # all answers came from the cache the workers wrote
         for split in ("train", "rejected"):
             a = [(r["key"], r["instruction"], r["drop_reason"]) for r in _read_split(s1.root, split)]
             b = [(r["key"], r["instruction"], r["drop_reason"]) for r in _read_split(s2.root, split)]

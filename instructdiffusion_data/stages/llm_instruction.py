@@ -13,7 +13,8 @@ What the edit is about is read from ``meta`` (first found wins):
   stage writes ``meta["captions"]``).
 
 Output: ``instruction`` and ``meta["instruction_provenance"]`` =
-``{"path": "llm", "model", "cached", "prompt_tokens", "completion_tokens", "attempts"}`` or
+``{"path": "llm", "model", "cached", "prompt_tokens", "completion_tokens", "attempts", "asked"}``
+(tokens summed over the asks; ``attempts`` = HTTP attempts of the last answer, 0 when cached) or
 ``{"path": "template", "template_index", "templates"}`` (plus ``"fallback": reason`` when a
 template stood in for a failed LLM call, see ``on_budget_exhausted`` / ``on_error``).
 
@@ -22,7 +23,8 @@ With ``llm.base_url`` unset the instruction comes from the task's templates
 seeded generator: the same row always gets the same text; a row that already carries an instruction
 from an earlier template stage keeps it (``keep_existing``, provenance ``"by": "upstream"``). With an endpoint, every row is asked of the
 LLM (cached, retried, budgeted: :mod:`instructdiffusion_data.llm`) and the answer validated; a row
-whose answer fails validation is dropped with the reason (``llm_instruction: instruction does not
+whose answer fails validation is asked again with another seed (``validation_retries``, default 1;
+each ask is a cached request) and then dropped with the reason (``llm_instruction: instruction does not
 mention the edited object``). When the budget is spent, the remaining rows are dropped with
 ``llm budget exhausted`` (default; a rerun with a larger budget and ``--overwrite`` re-asks only
 those, the rest come from the cache) or, with ``on_budget_exhausted: template``, keep a template
@@ -69,6 +71,7 @@ class LLMInstructionConfig(StageConfig):
     min_words: int = 2
     max_words: int = 30
     per_row_seed: bool = True  # send a seed derived from the row key (diversity across identical inputs)
+    validation_retries: int = 1  # an answer failing validation is asked again (new seed) this many times
     keep_existing: bool = True  # template path: a row that already has an instruction (e.g. from the
     # removal stage, same templates) keeps it and is marked {"path": "template", "by": "upstream"}
 
@@ -116,6 +119,8 @@ class LLMInstruction(Stage):
         c = self.config
         if c.min_chars > c.max_chars or c.min_words > c.max_words:
             raise ConfigError(f"stages({self.name}): min_chars/min_words must not exceed max_chars/max_words")
+        if c.validation_retries < 0:
+            raise ConfigError(f"stages({self.name}).validation_retries: must be >= 0")
         if c.llm.base_url and c.llm.concurrency < 1:
             raise ConfigError(f"stages({self.name}).llm.concurrency: must be >= 1")
         if c.llm.cache_path:
@@ -171,42 +176,59 @@ class LLMInstruction(Stage):
         return out
 
     def _ask(self, todo: list[tuple[Row, EditSpec]]) -> None:
-        """Ask the LLM for every row of ``todo`` and set (or drop) each row in place."""
+        """Ask the LLM for every row of ``todo`` and set (or drop) each row in place. An answer that
+        fails validation is asked again with another seed, up to ``validation_retries`` times."""
         c = self.config
-        requests = [instruction_messages(spec, c.max_words) for _, spec in todo]
-        extra = [{"seed": int(self.rng(row["key"], "llm").integers(2**31))} if c.per_row_seed else {} for row, _ in todo]
-        results = self.client.complete_many(requests, extra)
-        for (row, spec), res in zip(todo, results):
-            if isinstance(res, BudgetExhausted):
-                if c.on_budget_exhausted == "template":
-                    self._template(row, spec, fallback="llm budget exhausted")
-                else:
-                    drop(row, "llm budget exhausted")
-                continue
-            if isinstance(res, Exception):
-                if c.on_error == "template":
-                    self._template(row, spec, fallback=str(res))
-                else:
-                    drop(row, f"{self.name}: {res}")
-                continue
-            row["meta"]["instruction_provenance"] = {
-                "path": "llm", "model": c.llm.model, "cached": res.cached, "prompt_tokens": res.prompt_tokens,
-                "completion_tokens": res.completion_tokens, "attempts": res.attempts}
-            try:
-                text = parse_instruction(res.text)
-            except InvalidResponse as e:
-                drop(row, f"{self.name}: {e}")
-                continue
-            reason = check_instruction(text, spec.objects(), self.limits)
-            if reason:
-                row["meta"]["instruction_rejected"] = text
-                drop(row, f"{self.name}: {reason}")
-                continue
-            row["instruction"] = text
+        pending = list(todo)
+        tokens: dict[str, list[int]] = {}
+        for round_ in range(c.validation_retries + 1):
+            requests = [instruction_messages(spec, c.max_words) for _, spec in pending]
+            extra = [{"seed": self._seed(row["key"], round_)} if c.per_row_seed or round_ else {} for row, _ in pending]
+            results = self.client.complete_many(requests, extra)
+            failed: list[tuple[Row, EditSpec, str]] = []
+            for (row, spec), res in zip(pending, results):
+                if isinstance(res, BudgetExhausted):
+                    if c.on_budget_exhausted == "template":
+                        self._template(row, spec, fallback="llm budget exhausted")
+                    else:
+                        drop(row, "llm budget exhausted")
+                    continue
+                if isinstance(res, Exception):
+                    if c.on_error == "template":
+                        self._template(row, spec, fallback=str(res))
+                    else:
+                        drop(row, f"{self.name}: {res}")
+                    continue
+                used = tokens.setdefault(row["key"], [0, 0])
+                used[0] += res.prompt_tokens
+                used[1] += res.completion_tokens
+                row["meta"]["instruction_provenance"] = {
+                    "path": "llm", "model": c.llm.model, "cached": res.cached, "prompt_tokens": used[0],
+                    "completion_tokens": used[1], "attempts": res.attempts, "asked": round_ + 1}
+                try:
+                    text = parse_instruction(res.text)
+                    reason = check_instruction(text, spec.objects(), self.limits)
+                except InvalidResponse as e:
+                    text, reason = res.text, str(e)
+                if reason:
+                    failed.append((row, spec, reason))
+                    row["meta"]["instruction_rejected"] = text
+                    continue
+                row["meta"].pop("instruction_rejected", None)
+                row["instruction"] = text
+            pending = [(row, spec) for row, spec, _ in failed]
+            if not pending:
+                break
+            if round_ == c.validation_retries:
+                for row, _, reason in failed:
+                    drop(row, f"{self.name}: {reason}")
         s = self.client.stats
         log.info("%s: %d rows; requests %d (retries %d), cache hits %d, tokens %d+%d, budget refused %d",
                  self.name, len(todo), s["requests"], s["retries"], s["cache_hits"], s["prompt_tokens"],
                  s["completion_tokens"], s["budget_refused"])
+
+    def _seed(self, key: str, round_: int) -> int:
+        return int(self.rng(key, "llm", *([round_] if round_ else [])).integers(2**31))
 
 
 STAGE = LLMInstruction
