@@ -123,6 +123,9 @@ class LLMInstruction(Stage):
             raise ConfigError(f"stages({self.name}).validation_retries: must be >= 0")
         if c.llm.base_url and c.llm.concurrency < 1:
             raise ConfigError(f"stages({self.name}).llm.concurrency: must be >= 1")
+        if c.llm.base_url and not os.environ.get(c.llm.api_key_env):
+            log.warning("%s: $%s is not set; requests go to %s without an API key (fine for a local vLLM or "
+                        "llama.cpp server, a 401 for every row elsewhere)", self.name, c.llm.api_key_env, c.llm.base_url)
         if c.llm.cache_path:
             # resolved on the driver: Ray workers may run in another working directory
             c.llm.cache_path = os.path.abspath(os.path.expanduser(c.llm.cache_path))
