@@ -13,7 +13,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=400 * 1024**2, include_dashboard=False,
+        # address="local": always a new embedded instance, never a cluster some other test started
+        ray.init(address="local", num_cpus=2, object_store_memory=400 * 1024**2, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
