@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..errors import RecordError, UserError
@@ -195,9 +196,24 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
                 "reference": describe_reference(find_reference(meta))}
 
     @app.get("/api/image")
-    def image(output: str, split: str, key: str = Query(..., max_length=500),
-              kind: str = Query("src", pattern="^(src|tgt|mask)$"), thumb: bool = False,
-              style: str = Query("image", pattern="^(image|overlay)$")):
+    async def image(output: str, split: str, key: str = Query(..., max_length=500),
+                    kind: str = Query("src", pattern="^(src|tgt|mask)$"), thumb: bool = False,
+                    style: str = Query("image", pattern="^(image|overlay)$")):
+        """A member's bytes (full size, checked to decode) or its thumbnail. A thumbnail of a sample listed by
+        a recent grid page that is already in the disk cache is answered on the event loop; everything
+        else (queries, decoding) runs in the thread pool."""
+        out = catalog.outputs.get(output)
+        loc = catalog.cached_location(output, split, key) if thumb and out is not None else None
+        if loc is not None and loc.get(f"{kind}_size"):
+            tar = (out.path / loc["tar"]).resolve()
+            tkind = "image" if kind != "mask" else ("overlay" if style == "overlay" else "mask")
+            if out.path.resolve() in tar.parents:
+                hit = thumbs.cached(tar, loc[f"{kind}_offset"], loc[f"{kind}_size"], tkind)
+                if hit is not None:
+                    return Response(hit[0], media_type=hit[1], headers={"Cache-Control": "max-age=3600"})
+        return await run_in_threadpool(image_sync, output, split, key, kind, thumb, style)
+
+    def image_sync(output: str, split: str, key: str, kind: str, thumb: bool, style: str) -> Response:
         need_output(output)
         row = catalog.location(output, need_split(split), key)
         if row is None:

@@ -352,6 +352,10 @@ class Catalog:
             while len(self._loc) > LOC_CACHE:
                 self._loc.popitem(last=False)
 
+    def cached_location(self, output: str, split: str, key: str) -> dict | None:
+        """The remembered location only (no query, no refresh): safe on the event loop."""
+        return self._loc.get((output, split, key))
+
     def location(self, output: str, split: str, key: str) -> dict | None:
         """Where a sample's members are (tar and offsets): remembered from the grid page that listed it
         (the thumbnails of a page need no query), else one indexed look-up."""

@@ -119,6 +119,18 @@ class ThumbCache:
         h = hashlib.sha1(f"{tar}\0{offset}\0{size}\0{mtime}\0{kind}\0{self.max_side}".encode()).hexdigest()
         return self.folder / h[:2] / f"{h}.{'jpg' if kind == 'image' else 'png'}"
 
+    def cached(self, tar: Path, offset: int | None, size: int | None, kind: str) -> tuple[bytes, str] | None:
+        """The cached thumbnail, or None (no decoding here)."""
+        if self.folder is None or kind not in THUMB_KINDS:
+            return None
+        path = self._path(tar, offset or 0, size or 0, kind)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        self.hits += 1
+        return data, "image/jpeg" if kind == "image" else "image/png"
+
     def get(self, tar: Path, offset: int | None, size: int | None, kind: str) -> tuple[bytes, str]:
         """Thumbnail bytes and media type; raises MemberError for an unreadable member."""
         if kind not in THUMB_KINDS:
