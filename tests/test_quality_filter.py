@@ -160,3 +160,20 @@ def test_classical_score_ranks_sharp_above_blurred():
     assert m.colourfulness == pytest.approx(0.0) and m.laplacian_var == pytest.approx(0.0)
     noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     assert cq.measure(noise).subscores()["noise"] == 0.0
+
+
+def test_reference_patch_alpha_is_its_mask(tmp_path):
+    from instructdiffusion_data.stages.quality_filter import NEUTRAL, reference_image
+
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., :3] = (255, 0, 0)
+    rgba[5:15, 10:20] = (0, 200, 0, 255)  # the object; outside it alpha = 0
+    _, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    img = reference_image({"reference": {"patch_png_b64": base64.b64encode(buf.tobytes()).decode()}})
+    assert img.shape == (20, 30, 3)
+    assert tuple(img[10, 15]) == (0, 200, 0) and tuple(img[0, 0]) == NEUTRAL
+    # a file with a bbox crop
+    (tmp_path / "r.png").write_bytes(encode_png(np.full((40, 50, 3), 90, np.uint8)))
+    crop = reference_image({"ref": {"path": str(tmp_path / "r.png"), "bbox": [45, 30, 20, 20]}})
+    assert crop.shape == (10, 5, 3)
+    assert reference_image({"reference": {"file": str(tmp_path / "missing.png")}}) is None
