@@ -86,3 +86,39 @@ def test_classical_embedder_groups_similar_images():
     m[10:40, 10:40] = 1
     vm = e.embed_images([mixed], [m])[0]
     assert vm @ v[0] > e.embed_images([mixed])[0] @ v[0]
+
+
+def test_paint_replace_stage_with_paint_by_example_backend(tiny_pbe, tmp_path):
+    from instructdiffusion_data.imageio import decode, decode_gray, encode_png
+    from instructdiffusion_data.replace.gallery import _TarShards, encode_rgba
+    from instructdiffusion_data.replace.regions import encode_rle
+    from instructdiffusion_data.schema import make_key, new_row
+    from instructdiffusion_data.stages.paint_replace import STAGE
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    (tmp_path / "src.png").write_bytes(encode_png(img))
+    region = np.zeros((40, 48), np.uint8)
+    region[12:28, 14:34] = 1
+    patch = np.dstack([rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), np.full((20, 20), 255, np.uint8)])
+    shards = _TarShards(tmp_path, 10)
+    tar, offset, size = shards.add("p.png", encode_rgba(patch))
+    shards.close()
+    meta = {"file": str(tmp_path / "src.png"), "record_id": "img:1", "width": 48, "height": 40, "image_id": "img",
+            "region": {"id": "1", "label": "dog", "bbox": [14, 12, 20, 16], "area_frac": 0.17,
+                       "mask": {"rle": encode_rle(region)}},
+            "reference": {"gallery": str(tmp_path), "label": "cat", "patch": {"tar": tar, "offset": offset, "size": size}}}
+    row = new_row(key=make_key("sa1b", "img:1", "rec"), task="edit_replace", dataset="sa1b", meta=meta)
+    st = STAGE({"backend": "paint_by_example", "model": str(tiny_pbe), "local_files_only": True, "steps": 2,
+                "resolution": 32, "device": "cpu", "mask_dilate": 2, "tgt_format": "png"}, seed=3)
+    st.setup()
+    rec_key = row["key"]
+    (out,) = st.process([row])
+    assert out["key"] == make_key("sa1b", "img:1", "replace") and out["src"] == (tmp_path / "src.png").read_bytes()
+    tgt, mask = decode(out["tgt"]), decode_gray(out["mask"]) > 0
+    assert mask[region > 0].all() and not mask[0, 0]
+    np.testing.assert_array_equal(tgt[~mask], img[~mask])  # paste_back: untouched outside the mask
+    assert np.abs(tgt[mask].astype(int) - img[mask]).mean() > 5
+    e = out["meta"]["edit"]
+    assert e["backend"] == "paint_by_example" and e["weight_free"] is False and e["steps"] == 2
+    assert e["seed"] == int(st.rng(rec_key, "pbe").integers(0, 2**31 - 1))  # seeded from the record's key
