@@ -177,3 +177,15 @@ def test_reference_patch_alpha_is_its_mask(tmp_path):
     crop = reference_image({"ref": {"path": str(tmp_path / "r.png"), "bbox": [45, 30, 20, 20]}})
     assert crop.shape == (10, 5, 3)
     assert reference_image({"reference": {"file": str(tmp_path / "missing.png")}}) is None
+
+
+def test_a_bad_image_drops_only_its_row():
+    src, tgt, mask = removal_pair(6)
+    bad = _row("corrupt", src, tgt, mask)
+    bad["tgt"] = b"\xff\xd8 truncated"
+    tiny = _row("tiny", src, tgt, mask)
+    tiny["tgt"] = encode_png(np.zeros((2, 2, 3), np.uint8))
+    out = {r["key"]: r for r in run_stages_local([QualityFilter({})], [_row("fine", src, tgt, mask), bad, tiny])}
+    assert out["fine"]["keep"] and "aesthetic_tgt" in out["fine"]["meta"]["scores"]
+    assert out["corrupt"]["keep"] is False and out["corrupt"]["drop_reason"].startswith("quality_filter: image is corrupt")
+    assert out["tiny"]["drop_reason"].startswith("quality_filter: image too small to score")

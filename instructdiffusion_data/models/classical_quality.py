@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from ..errors import RecordError
+
 FEATURE_ID = "classical/1"
 FEATURE_DIM = 128 + 32 + 8 + 5  # colour + orientation + magnitude + sub-scores
 WEIGHTS = {"sharpness": 0.35, "exposure": 0.15, "colourfulness": 0.1, "noise": 0.25, "blockiness": 0.15}
@@ -113,7 +115,9 @@ def _blockiness(gray: np.ndarray) -> float:
 
 
 def measure(rgb: np.ndarray, work_side: int = 512) -> Measurements:
-    """All classical measurements of one RGB uint8 image."""
+    """All classical measurements of one RGB uint8 image (at least 3x3 pixels)."""
+    if min(rgb.shape[:2]) < 3:
+        raise RecordError(f"image too small to score ({rgb.shape[0]}x{rgb.shape[1]})")
     img = working_image(np.ascontiguousarray(rgb), work_side)
     gray8 = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     gray = gray8.astype(np.float32)
