@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import instructions as tmpl
 from ..errors import ConfigError
+from ..text import removal_phrase, with_article
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,6 @@ class EditSpec:
         return v
 
 
-_DETERMINERS = ("the", "a", "an", "this", "that", "these", "those")
-_NO_ARTICLE = ("some", "many", "several", "two", "three", "four", "five", "few", "his", "her", "their", "its",
-               "my", "our", "your", "both", "all", "each")
-
-
 def label_text(label: str) -> str:
     """A dataset's class name as running text: OpenImages' "Human face" -> "human face" (an
     all-caps or mixed-case first word such as "TV" or "iPod" is kept)."""
@@ -85,27 +81,12 @@ def label_text(label: str) -> str:
 
 def strip_article(phrase: str) -> str:
     """"the blue bird" -> "blue bird" (a lone word is kept as it is)."""
-    words = phrase.split()
-    if len(words) > 1 and words[0].lower() in _DETERMINERS:
-        words = words[1:]
-    return " ".join(words)
+    return removal_phrase(phrase)
 
 
 def with_indefinite_article(phrase: str) -> str:
-    """"red car" -> "a red car", "old man" -> "an old man"; plurals ("dogs"), numbers and
-    quantified phrases ("two dogs", "some grass") are left bare. (A light rule: the removal stage's
-    own grammar is richer; pipelines that need it keep that stage's instruction on the template path.)"""
-    words = phrase.split()
-    if not words:
-        return phrase
-    first = words[0].lower()
-    if first in _NO_ARTICLE or first[0].isdigit() or first in ("a", "an"):
-        return phrase
-    head = words[-1].lower()  # short phrases ("red cars"); longer ones carry relations ("dog on the grass")
-    if len(words) <= 3 and head.endswith("s") and not head.endswith(("ss", "us", "is")):
-        return phrase
-    article = "an" if first[0] in "aeiou" and not first.startswith(("uni", "use", "eu", "one")) else "a"
-    return f"{article} {phrase}"
+    """"red car" -> "a red car", "old man" -> "an old man", "white clouds", "two dogs", "grass"."""
+    return with_article(phrase)
 
 
 SYSTEM = ("You write instructions for an image-editing dataset. Each instruction is one short, natural, "
