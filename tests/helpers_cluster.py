@@ -84,13 +84,19 @@ class LocalCluster:
                      f"--dashboard-agent-listen-port={p[0]}", f"--dashboard-agent-grpc-port={p[1]}",
                      f"--metrics-export-port={p[2]}", f"--runtime-env-agent-port={p[3]}",
                      f"--ray-client-server-port={p[4]}", *common], "head.log")
-        addr_file = self.tmp / "head" / "ray_current_cluster"
-        self._wait(lambda: addr_file.is_file() and addr_file.read_text().strip(), timeout, "head node")
-        self.address = addr_file.read_text().strip()
+        from ray._private.services import get_node_ip_address
+
+        # the second node starts at once and waits for the head's GCS (saves a head start-up time)
+        self.address = f"{get_node_ip_address()}:{gcs}"
         self.dashboard = f"http://127.0.0.1:{dash}"
         self._start([f"--address={self.address}", f"--temp-dir={self.tmp}/worker",
                      f"--dashboard-agent-listen-port={p[5]}", f"--dashboard-agent-grpc-port={p[6]}",
                      f"--metrics-export-port={p[7]}", f"--runtime-env-agent-port={p[8]}", *common], "worker.log")
+        started = "Ray runtime started"
+        self._wait(lambda: all(started in (self.tmp / f).read_text(errors="replace") for f in ("head.log", "worker.log")),
+                   timeout, "both nodes")
+        addr_file = self.tmp / "head" / "ray_current_cluster"
+        assert addr_file.read_text().strip() == self.address, addr_file.read_text()
         self._wait(lambda: self.alive_nodes() == 2, timeout, "second node")
         return self
 

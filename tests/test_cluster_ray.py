@@ -40,6 +40,21 @@ def cluster():
         assert not (default_addr.is_file() and default_addr.read_text().strip() == c.address)
 
 
+@pytest.fixture(scope="module")
+def single_node(tmp_path_factory, demo_root):
+    """The keypoint demo pipeline in one process (no Ray): the reference output."""
+    out = tmp_path_factory.mktemp("single")
+    conf = REPO / "configs" / "pipelines" / "keypoints_coco.yaml"
+    run(load_pipeline_config(conf, keypoint_overrides(demo_root)), out=str(out), use_ray=False)
+    return files_digest(out / "keypoints_coco" / "v1")
+
+
+def clean_digest(conf: Path, out: Path) -> dict:
+    """An uninterrupted run of the same config in one process (no sleeping: timing never changes bytes)."""
+    run(load_pipeline_config(conf, ["stages.0.sleep=0", "stages.0.where_dir=''"]), out=str(out), use_ray=False)
+    return digest_tree(out / "t" / "v1")
+
+
 def keypoint_overrides(demo_root: Path) -> list[str]:
     return [f"source.annotations={demo_root}/coco/annotations/person_keypoints_train2017.json",
             f"source.images={demo_root}/coco/train2017", "writer.records_per_shard=4"]
@@ -65,21 +80,19 @@ def slow_config(tmp_path: Path, where: Path, n: int = 40, sleep: float = 0.1) ->
     return conf
 
 
-def test_keypoints_on_two_nodes_equal_single_node(tmp_path, demo_root, cluster):
+def test_keypoints_on_two_nodes_equal_single_node(tmp_path, demo_root, single_node, cluster):
     conf = REPO / "configs" / "pipelines" / "keypoints_coco.yaml"
     sets = [a for s in keypoint_overrides(demo_root) for a in ("--set", s)]
     res = subprocess.run([*IDD, str(conf), *sets, "--address", cluster.address, "--out", str(tmp_path / "c")],
                          cwd=REPO, env=cluster_env(), capture_output=True, text=True, timeout=150)
     assert res.returncode == 0, res.stderr[-3000:]
-    single = tmp_path / "s"
-    run(load_pipeline_config(conf, keypoint_overrides(demo_root)), out=str(single), use_ray=False)
-    a, b = files_digest(tmp_path / "c" / "keypoints_coco" / "v1"), files_digest(single / "keypoints_coco" / "v1")
-    assert len(a) > 4 and a == b
+    a = files_digest(tmp_path / "c" / "keypoints_coco" / "v1")
+    assert len(a) > 4 and a == single_node
     keys = all_keys(tmp_path / "c" / "keypoints_coco" / "v1")
     assert len(keys) == len(set(keys)) > 20
 
 
-def test_ray_job_submit(tmp_path, demo_root, cluster):
+def test_ray_job_submit(tmp_path, demo_root, single_node, cluster):
     """`ray job submit -- idd run CONFIG`: the entrypoint runs on the head node and joins the cluster
     through RAY_ADDRESS, which the job server sets."""
     conf = REPO / "configs" / "pipelines" / "keypoints_coco.yaml"
@@ -90,9 +103,7 @@ def test_ray_job_submit(tmp_path, demo_root, cluster):
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "succeeded" in res.stdout
     assert "joining Ray cluster" in res.stdout + res.stderr or "Connecting to existing Ray cluster" in res.stdout + res.stderr
-    single = tmp_path / "s"
-    run(load_pipeline_config(conf, keypoint_overrides(demo_root)), out=str(single), use_ray=False)
-    assert files_digest(tmp_path / "j" / "keypoints_coco" / "v1") == files_digest(single / "keypoints_coco" / "v1")
+    assert files_digest(tmp_path / "j" / "keypoints_coco" / "v1") == single_node
 
 
 def test_worker_sigkill_mid_stage_every_sample_once(tmp_path, cluster):
@@ -125,15 +136,13 @@ def test_worker_sigkill_mid_stage_every_sample_once(tmp_path, cluster):
     m = json.loads((root / "manifest.json").read_text())
     # the row that raised went to rejected/ with its error, on the cluster as on one node
     assert m["splits"]["rejected"]["drop_reasons"] == {"bad record": 6, "paint: error ValueError: boom on 10": 1}
-    clean = tmp_path / "clean"
-    run(load_pipeline_config(conf), out=str(clean), use_ray=False)
-    assert digest_tree(root) == digest_tree(clean / "t" / "v1")
+    assert digest_tree(root) == clean_digest(conf, tmp_path / "clean")
 
 
 def test_driver_killed_on_cluster_then_rerun_resumes(tmp_path, cluster):
     where = tmp_path / "where"
     where.mkdir()
-    conf = slow_config(tmp_path, where, n=60, sleep=0.1)
+    conf = slow_config(tmp_path, where, n=48, sleep=0.1)
     cmd = [*IDD, str(conf), "--address", cluster.address, "--out", str(tmp_path / "o")]
     proc = subprocess.Popen(cmd, cwd=REPO, env=cluster_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -144,7 +153,7 @@ def test_driver_killed_on_cluster_then_rerun_resumes(tmp_path, cluster):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_at_kill = len(list(train.glob("*.stats.json")))
-    assert 3 <= done_at_kill < 15, "the run must be killed part-way"
+    assert 3 <= done_at_kill < 12, "the run must be killed part-way"
     assert not (tmp_path / "o" / "t" / "v1" / "manifest.json").exists()
     nodes = {f.name.rsplit(".", 1)[0] for f in where.iterdir()}
     assert len(nodes) == 2, f"the stage ran on both nodes: {nodes}"
@@ -154,7 +163,5 @@ def test_driver_killed_on_cluster_then_rerun_resumes(tmp_path, cluster):
     assert f"{done_at_kill} already done" in res.stdout or f"{done_at_kill - 1} already done" in res.stdout
     root = tmp_path / "o" / "t" / "v1"
     keys = all_keys(root)
-    assert len(keys) == len(set(keys)) == 9 + 1 + 2 * 50
-    clean = tmp_path / "clean"
-    run(load_pipeline_config(conf), out=str(clean), use_ray=False)
-    assert digest_tree(root) == digest_tree(clean / "t" / "v1")
+    assert len(keys) == len(set(keys)) == 7 + 1 + 2 * 40  # 7 bad records, record 10 raises
+    assert digest_tree(root) == clean_digest(conf, tmp_path / "clean")
