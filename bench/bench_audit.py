@@ -34,9 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from instructdiffusion_data.imageio import encode_jpeg, encode_png  # noqa: E402
-from instructdiffusion_data.schema import drop, make_key, new_row  # noqa: E402
-from instructdiffusion_data.writer import ShardWriter  # noqa: E402
+from instructdiffusion_data.imageio import encode_jpeg, encode_png
+from instructdiffusion_data.schema import drop, make_key, new_row
+from instructdiffusion_data.writer import ShardWriter
 
 TASKS = ("edit_remove", "edit_add", "edit_replace", "keypoint", "semantic_seg")
 DATASETS = ("phrasecut", "sa1b", "coco", "cocostuff")
@@ -120,7 +120,11 @@ def thumbs_inprocess(app, root: Path, output: str, cache: Path, n: int = 100) ->
     """The thumbnail path alone (no HTTP): sidecar look-up, then read by offset + decode + resize + encode
     (no cache / cold) or a cache hit (warm)."""
     from instructdiffusion_data.audit.catalog import Filters
-    from instructdiffusion_data.audit.images import ThumbCache, make_thumbnail, read_member
+    from instructdiffusion_data.audit.images import (
+        ThumbCache,
+        make_thumbnail,
+        read_member,
+    )
 
     cat = app.state.catalog
     rows = cat.search(Filters(output=output), page=3, page_size=n)["rows"]  # the grid page primes the locations

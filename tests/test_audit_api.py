@@ -13,10 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers_audit import build_outputs, corrupt_member, keypoint_rows, write_output
 from instructdiffusion_data.audit.app import create_app
 from instructdiffusion_data.audit.labels import alignment_picks, overrides
 from instructdiffusion_data.imageio import decode, decode_gray
+from tests.helpers_audit import (
+    build_outputs,
+    corrupt_member,
+    keypoint_rows,
+    write_output,
+)
 
 TOKEN = "s3cret-token-for-tests"
 HOSTILE = [
@@ -124,7 +129,7 @@ def test_pagination_is_bounded_and_complete(env):
     c = env["client"]
     total = c.get("/api/samples", params={"page_size": 1}).json()["total"]
     keys = []
-    for page in range(0, 100):
+    for page in range(100):
         body = c.get("/api/samples", params={"page_size": 5, "page": page}).json()
         keys += [(r["output"], r["key"]) for r in body["rows"]]
         if not body["rows"]:
@@ -401,7 +406,8 @@ def test_new_output_shows_up_without_restart(env, tmp_path):
 
 
 def test_cli_binds_loopback_by_default_and_needs_the_token_variable(monkeypatch, tmp_path):
-    from instructdiffusion_data.cli import build_parser, main as idd
+    from instructdiffusion_data.cli import build_parser
+    from instructdiffusion_data.cli import main as idd
 
     args = build_parser().parse_args(["audit", str(tmp_path)])
     assert args.host == "127.0.0.1" and args.port == 8080 and args.token_env is None
@@ -444,7 +450,10 @@ def test_reference_patch_sources(tmp_path):
 
 
 def test_thresholds_from_the_quality_filter_layout():
-    from instructdiffusion_data.audit.catalog import thresholds_from_filter, thresholds_from_reason
+    from instructdiffusion_data.audit.catalog import (
+        thresholds_from_filter,
+        thresholds_from_reason,
+    )
 
     doc = json.dumps({"thresholds": {"aesthetic_tgt_min": 4.5, "giqa_tgt_min": 0.2, "aesthetic_diff_max": 1.5},
                       "classical": {"aesthetic_tgt": {"sharpness": 9.0}}, "prior_drop": None, "audit": "accept"})

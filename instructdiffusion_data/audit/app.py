@@ -14,6 +14,7 @@ import hmac
 import logging
 import os
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -26,7 +27,14 @@ from ..imageio import decode, encode_png
 from ..writer import SPLITS
 from .alignment import export_alignment
 from .catalog import MAX_PAGE_SIZE, MAX_SCORE_FILTERS, MAX_TEXT, Catalog, Filters
-from .images import MemberError, ThumbCache, check_image, error_tile, read_member, validate_image
+from .images import (
+    MemberError,
+    ThumbCache,
+    check_image,
+    error_tile,
+    read_member,
+    validate_image,
+)
 from .labels import LabelStore, overrides
 
 log = logging.getLogger(__name__)
@@ -153,7 +161,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
     @app.get("/api/counts")
     def counts(output: str | None = None, split: str | None = None, task: str | None = None,
                dataset: str | None = None, reason: str | None = None,
-               q: str | None = Query(None, max_length=MAX_TEXT), score: list[str] | None = Query(None),
+               q: str | None = Query(None, max_length=MAX_TEXT), score: Annotated[list[str] | None, Query()] = None,
                label: str | None = Query(None, pattern=LABEL_PATTERN)):
         return catalog.counts(filters(output, split, task, dataset, reason, q, score, label))
 
@@ -164,7 +172,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
     @app.get("/api/samples")
     def samples(output: str | None = None, split: str | None = None, task: str | None = None,
                 dataset: str | None = None, reason: str | None = None,
-                q: str | None = Query(None, max_length=MAX_TEXT), score: list[str] | None = Query(None),
+                q: str | None = Query(None, max_length=MAX_TEXT), score: Annotated[list[str] | None, Query()] = None,
                 label: str | None = Query(None, pattern=LABEL_PATTERN), sort: str = Query("key", max_length=200), order: str = Query("asc", pattern="^(asc|desc)$"),
                 page: int = Query(0, ge=0, le=10_000_000), page_size: int = Query(48, ge=1, le=MAX_PAGE_SIZE)):
         res = catalog.search(filters(output, split, task, dataset, reason, q, score, label), sort=sort, order=order,
@@ -276,7 +284,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         return LabelStore(out.path, output).history(key=key, group_id=group)
 
     @app.post("/api/labels")
-    def add_label(body: dict = Body(...), x_audit_token: str | None = Header(None)):
+    def add_label(body: Annotated[dict, Body()], x_audit_token: str | None = Header(None)):
         require_token(x_audit_token)
         output, split, key = str(body.get("output", "")), str(body.get("split", "")), str(body.get("key", ""))
         need_row(output, split, key)
@@ -301,7 +309,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         return {"candidates": rows, "labels": LabelStore(out.path, output).history(group_id=group)}
 
     @app.post("/api/align/pick")
-    def align_pick(body: dict = Body(...), x_audit_token: str | None = Header(None)):
+    def align_pick(body: Annotated[dict, Body()], x_audit_token: str | None = Header(None)):
         require_token(x_audit_token)
         output, group = str(body.get("output", "")), str(body.get("group", ""))
         out = need_output(output)
@@ -316,7 +324,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         return LabelStore(out.path, output).pick(group, keys, str(body.get("auditor", "")), body.get("comment"))
 
     @app.post("/api/align/export")
-    def align_export(body: dict = Body(...), x_audit_token: str | None = Header(None)):
+    def align_export(body: Annotated[dict, Body()], x_audit_token: str | None = Header(None)):
         """Export the picks of one output to ``<output>/audit/alignment`` (fixed place under the root)."""
         require_token(x_audit_token)
         out = need_output(str(body.get("output", "")))
@@ -353,7 +361,7 @@ def crop_png(data: bytes, box) -> bytes:
         raise MemberError(str(e)) from None
     if isinstance(box, (list, tuple)) and len(box) == 4:
         try:
-            x, y, w, h = (int(round(float(v))) for v in box)
+            x, y, w, h = (round(float(v)) for v in box)
         except (TypeError, ValueError):
             x = y = w = h = 0
         x0, y0, x1, y1 = max(0, x), max(0, y), min(img.shape[1], x + max(1, w)), min(img.shape[0], y + max(1, h))

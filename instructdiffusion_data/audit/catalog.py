@@ -195,7 +195,7 @@ class Catalog:
                     try:
                         con.execute(f"INSERT INTO samples_new {_LOAD_SQL}", [files, rel, split, split])
                     except duckdb.Error as e:  # one unreadable sidecar must not take the page down
-                        con.execute(f"DELETE FROM samples_new WHERE output = ? AND split = ?", [rel, split])
+                        con.execute("DELETE FROM samples_new WHERE output = ? AND split = ?", [rel, split])
                         out.errors.append(f"{split}: sidecars unreadable ({str(e).splitlines()[0][:300]})")
                         log.warning("%s/%s: sidecars unreadable, split skipped: %s", out.path, split, e)
             con.execute("DROP TABLE IF EXISTS samples")
@@ -459,8 +459,7 @@ def thresholds_from_filter(filter_json: str | None, score: str) -> dict[str, flo
     out = {}
     for path, value in _flatten(doc):
         parts = path.replace("[", ".").split(".")
-        if any(p == score or p.startswith(score + "_") or p.startswith(score + "<") or p.startswith(score + ">")
-               for p in parts):
+        if any(p == score or p.startswith((score + "_", score + "<", score + ">")) for p in parts):
             out[path] = value
     return out
 
