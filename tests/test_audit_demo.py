@@ -93,7 +93,13 @@ def test_idd_filter_honours_the_page_labels(demo):
 
 
 def test_demo_page_in_chromium(demo):
-    from tests.test_audit_browser import ARGS, ARTIFACTS, CHROMIUM, free_port, sync_playwright
+    from tests.test_audit_browser import (
+        ARGS,
+        ARTIFACTS,
+        CHROMIUM,
+        free_port,
+        sync_playwright,
+    )
 
     if sync_playwright is None or not Path(CHROMIUM).is_file():
         pytest.skip(f"needs the playwright package and chromium at {CHROMIUM}")
