@@ -198,12 +198,15 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--workers", type=int, default=2, help="loader workers for the training measurement")
     p.add_argument("--gpu", action="store_true", help="real-size SD-1.5 UNet (random weights) on the GPU")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads of the main process (default: torch's)")
     p.add_argument("--keep", default=None, help="write shards/models here instead of a temp dir")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tmp_ctx = tempfile.TemporaryDirectory() if args.keep is None else None
     tmp = Path(args.keep or tmp_ctx.name)
     tmp.mkdir(parents=True, exist_ok=True)

@@ -148,3 +148,7 @@ def test_stream_resume_continues_exactly(outputs, tokenizer, workers):
     # reseed: a fresh generation, not a replay
     other = batches(StreamState.from_dict(saved).for_resume("reseed", 10_000), 4)
     assert [k for k, _ in other] != [k for k, _ in rest]
+    # another number of loader workers cannot replay positions: a new generation instead
+    moved = StreamState.from_dict(saved).for_resume("replay", 10_000, layout=[1, max(1, workers) + 1])
+    assert moved.generation == 1 and moved.positions == {}
+    assert StreamState.from_dict(saved).for_resume("replay", 10_000, layout=[1, max(1, workers)]).positions

@@ -84,6 +84,7 @@ class StreamState:
     positions: dict[int, int] = field(default_factory=dict)
     corrupt: dict[int, int] = field(default_factory=dict)
     batches: int = 0  # batches consumed from the loader (decides which worker yields the next one)
+    layout: list[int] = field(default_factory=list)  # [processes, loader workers] the positions belong to
 
     def update(self, batch: dict) -> None:
         w = int(batch["worker"][0])
@@ -96,20 +97,26 @@ class StreamState:
         return sum(self.corrupt.values())
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "generation": self.generation, "batches": self.batches,
+        return {"seed": self.seed, "generation": self.generation, "batches": self.batches, "layout": self.layout,
                 "positions": {str(k): v for k, v in self.positions.items()},
                 "corrupt": {str(k): v for k, v in self.corrupt.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StreamState":
         return cls(seed=d["seed"], generation=d.get("generation", 0), batches=d.get("batches", 0),
+                   layout=list(d.get("layout", [])),
                    positions={int(k): v for k, v in d.get("positions", {}).items()},
                    corrupt={int(k): v for k, v in d.get("corrupt", {}).items()})
 
-    def for_resume(self, mode: str, replay_max: int) -> "StreamState":
-        """The state a resumed loader starts from: the same positions (replay) or a new generation."""
+    def for_resume(self, mode: str, replay_max: int, layout: list[int] | None = None) -> "StreamState":
+        """The state a resumed loader starts from: the same positions (replay) or a new generation.
+        A different [processes, workers] layout cannot replay: it gets a new generation."""
         drawn = max(self.positions.values(), default=0)
-        if mode == "reseed" or (mode == "auto" and drawn > replay_max):
+        moved = bool(layout and self.layout and list(layout) != self.layout)
+        if moved:
+            log.warning("data streams saved with [processes, workers] = %s, resumed with %s: new generation, "
+                        "not an exact replay", self.layout, layout)
+        if moved or mode == "reseed" or (mode == "auto" and drawn > replay_max):
             log.info("data streams: new generation %d (reseed; %d samples drawn per worker at most)",
                      self.generation + 1, drawn)
             return StreamState(seed=self.seed, generation=self.generation + 1, corrupt=dict(self.corrupt))
@@ -424,8 +431,9 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world = world
         self.num_workers = max(1, cfg.num_workers if num_workers is None else num_workers)
-        self.state = state or StreamState(seed=seed)
-
+        state = state or StreamState(seed=seed)
+        state.layout = [world, self.num_workers]
+        self.state = StreamState.from_dict(state.to_dict())  # a snapshot: the loop keeps updating its own
     def tokenize(self, text: str) -> np.ndarray:
         ids = self.tokenizer(text, max_length=self.tokenizer.model_max_length, padding="max_length",
                              truncation=True).input_ids

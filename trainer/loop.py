@@ -190,8 +190,9 @@ class Trainer:
             raise ConfigError(f"resume_from_checkpoint: {d} has no state for rank {r} (saved with fewer processes?)")
         state = json.loads(path.read_text())
         self.step = int(state["step"])
-        self.stream = StreamState.from_dict(state["stream"]).for_resume(self.cfg.data.resume_mode,
-                                                                        self.cfg.data.replay_max_samples)
+        self.stream = StreamState.from_dict(state["stream"]).for_resume(
+            self.cfg.data.resume_mode, self.cfg.data.replay_max_samples,
+            layout=[acc.num_processes, max(1, self.cfg.data.num_workers)])
         rng = d / f"noise_rng_rank{r}.pt"
         if rng.is_file():
             self.noise_gen.set_state(torch.load(rng, weights_only=True))
