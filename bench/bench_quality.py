@@ -6,7 +6,8 @@ Measures, one process (one core unless a library threads):
   baseline   simplejpeg decode of the same JPEGs (images/s)
   classical  decode + the weight-free score (models.classical_quality.measure)
   features   decode + the weight-free GIQA features
-  giqa       KNN GIQA queries (k=5, exact FAISS FlatL2) against 10k and 100k reference vectors
+  giqa       KNN GIQA queries (k=5, exact FAISS FlatL2) against 10k and 100k reference vectors,
+             and IVF1024,Flat (nprobe 16) at 100k
   stage      the quality_filter stage, weightfree profile, on removal pairs (rows/s; 2 images + mask)
   clip-tiny  a tiny open_clip (1-layer ViT) forward, images/s, through ClipEmbedder
   clip-L14   ViT-L-14 with random weights (real size; throughput does not depend on weights), CPU fp32
@@ -97,8 +98,12 @@ def main() -> int:
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         ref = GiqaReference(x, "bench", "l2", info={"percentiles": {}})
         q = x[:256] + rng.normal(0, 0.01, (256, cq.FEATURE_DIM)).astype(np.float32)
-        results[f"GIQA query k=5, {size // 1000}k ref (queries/s)"] = rate(
+        results[f"GIQA query k=5, {size // 1000}k ref, exact Flat (queries/s)"] = rate(
             lambda ref=ref, q=q: len(ref.score(q, 5)), 1024)
+        if size >= 100_000:
+            ivf = GiqaReference(x, "bench", "l2", info={"percentiles": {}}, factory="IVF1024,Flat", nprobe=16)
+            results[f"GIQA query k=5, {size // 1000}k ref, IVF1024 nprobe 16 (queries/s)"] = rate(
+                lambda ivf=ivf, q=q: len(ivf.score(q, 5)), 1024)
 
     # the stage on removal pairs
     import cv2

@@ -207,3 +207,20 @@ def test_giqa_gmm_form(tmp_path):
     assert isinstance(back, giqa.GiqaGMM) and back.info["components"] == 4
     np.testing.assert_allclose(back.score(like), gmm.score(like), rtol=1e-6)
     assert gmm.info["percentiles"]["p5"] < gmm.info["percentiles"]["p95"]
+
+
+def test_giqa_ivf_index_probing_every_list_is_exact(tmp_path):
+    from instructdiffusion_data.models.giqa import GiqaReference, load_reference
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 16)).astype(np.float32)
+    q = x[:50] + 0.01
+    flat = GiqaReference(x, "toy", "l2")
+    ivf = GiqaReference(x, "toy", "l2", factory="IVF16,Flat", nprobe=16)
+    np.testing.assert_allclose(ivf.score(q, 5), flat.score(q, 5), rtol=1e-5)
+    ivf.save(tmp_path / "ivf")
+    back = load_reference(tmp_path / "ivf")
+    assert back.info["index"] == "IVF16,Flat"
+    np.testing.assert_allclose(back.score(q, 5), flat.score(q, 5), rtol=1e-5)
+    with pytest.raises(ConfigError, match="factory"):
+        GiqaReference(x, "toy", "l2", factory="NotAnIndex")

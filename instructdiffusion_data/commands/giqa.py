@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--form", choices=("knn", "gmm"), default="knn",
                    help="knn (mean 1/distance of the k nearest, default) or gmm (log-likelihood)")
     b.add_argument("--components", type=int, default=16, help="GMM components (--form gmm)")
+    b.add_argument("--index", default="Flat", help="FAISS factory string (--form knn): Flat (exact), IVF4096,Flat, ...")
+    b.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query")
     b.add_argument("--member", choices=("src", "tgt", "both"), default="src", help="which images of a shard output")
     b.add_argument("--limit", type=int, default=None, help="at most this many images")
     b.add_argument("--clip-model", default="ViT-L-14")
@@ -41,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         ext = giqa.classical_extractor()
     ref = giqa.build_reference(args.images, ext, metric=args.metric, member=args.member, limit=args.limit,
-                               progress=True, form=args.form, components=args.components)
+                               progress=True, form=args.form, components=args.components, index=args.index,
+                               nprobe=args.nprobe)
     out = ref.save(args.out)
     pct = ref.info.get("percentiles", {})
     print(f"GIQA reference ({args.form}): {ref.count} images, {ref.dim}-d '{ref.feature_id}' features, "

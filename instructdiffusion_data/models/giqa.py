@@ -14,8 +14,8 @@ Features are named by a ``feature_id`` that the reference records and queries mu
 ``classical/1`` (weight-free, :func:`classical_quality.features`) or ``clip:<model_id>`` (open_clip,
 :class:`clip.ClipEmbedder`, the paper's setting with a big reference such as LAION).
 
-A saved reference is a folder: ``index.faiss`` (an exact ``IndexFlat``; up to a few million vectors
-that is fast enough for a filter, see bench/bench_quality.py) and ``giqa.json`` (feature id, metric,
+A saved reference is a folder: ``index.faiss`` (exact ``Flat`` by default; for millions of vectors
+any FAISS factory string, e.g. ``IVF4096,Flat`` with ``nprobe``, see bench/bench_quality.py) and ``giqa.json`` (feature id, metric,
 count, dim, where the images came from, and the leave-one-out score percentiles of the reference
 itself, which make thresholds such as ``giqa_tgt_min: ref:p5`` possible).
 
@@ -79,7 +79,7 @@ class GiqaReference:
     """A reference feature set in a FAISS index, and the KNN GIQA score against it."""
 
     def __init__(self, features: np.ndarray, feature_id: str, metric: Literal["l2", "cosine"] = "l2",
-                 info: dict | None = None, *, index=None):
+                 info: dict | None = None, *, index=None, factory: str = "Flat", nprobe: int = 16):
         if metric not in ("l2", "cosine"):
             raise ConfigError(f"giqa metric: expected 'l2' or 'cosine', got {metric!r}")
         self.feature_id = feature_id
@@ -92,16 +92,30 @@ class GiqaReference:
                 raise UserError("giqa: the reference set is empty")
             if metric == "cosine":
                 x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-                index = faiss.IndexFlatIP(x.shape[1])
-            else:
-                index = faiss.IndexFlatL2(x.shape[1])
+            mt = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+            try:
+                index = faiss.index_factory(x.shape[1], factory, mt)
+            except RuntimeError as e:
+                raise ConfigError(f"giqa index: bad FAISS factory string {factory!r} ({e})") from None
+            if not index.is_trained:
+                index.train(x)
             index.add(x)
+            self.info.update(index=factory, nprobe=nprobe)
         self.index = index
+        ivf = self._ivf()
+        if ivf is not None:
+            ivf.nprobe = int(self.info.get("nprobe", nprobe))
         self.count = int(index.ntotal)
         self.dim = int(index.d)
         if "percentiles" not in self.info:
             self.info["percentiles"] = self.self_percentiles(5)
             self.info["percentiles_k"] = 5
+
+    def _ivf(self):
+        try:
+            return _faiss().extract_index_ivf(self.index)
+        except RuntimeError:
+            return None
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances (``metric``) to the ``n`` nearest reference features, ascending, and their ids."""
@@ -155,6 +169,9 @@ class GiqaReference:
             return {}
         n = min(sample, self.count)
         idx = np.linspace(0, self.count - 1, n).astype(np.int64)
+        ivf = self._ivf()
+        if ivf is not None:
+            ivf.make_direct_map()
         x = np.stack([self.index.reconstruct(int(i)) for i in idx])
         s = self.score(x, k)
         return {f"p{p}": float(np.percentile(s, p)) for p in PERCENTILES}
@@ -360,7 +377,8 @@ def iter_images(path: str | Path, member: Literal["src", "tgt", "both"] = "src",
 def build_reference(path: str | Path, extractor: FeatureExtractor, *, metric: Literal["l2", "cosine"] = "l2",
                     member: Literal["src", "tgt", "both"] = "src", limit: int | None = None,
                     batch: int = 64, progress: bool = False, form: Literal["knn", "gmm"] = "knn",
-                    components: int = 16, seed: int = 0) -> GiqaReference | GiqaGMM:
+                    components: int = 16, seed: int = 0, index: str = "Flat",
+                    nprobe: int = 16) -> GiqaReference | GiqaGMM:
     """Features of every readable image under ``path`` in a new reference (unreadable ones are
     counted in ``info["skipped"]``, never silently lost)."""
     feats: list[np.ndarray] = []
@@ -398,4 +416,4 @@ def build_reference(path: str | Path, extractor: FeatureExtractor, *, metric: Li
         return GiqaGMM.fit(x, extractor.feature_id, components=components, seed=seed, info=info)
     if form != "knn":
         raise ConfigError(f"giqa form: expected 'knn' or 'gmm', got {form!r}")
-    return GiqaReference(x, extractor.feature_id, metric, info)
+    return GiqaReference(x, extractor.feature_id, metric, info, factory=index, nprobe=nprobe)
