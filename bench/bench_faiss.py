@@ -9,8 +9,10 @@ Index mode (default), on synthetic L2-normalised vectors:
   and the same with what ``retrieve_reference`` does: the top 64 re-scored exactly with the stored
   vectors (recall@10 after re-ranking), optionally ``IndexRefineFlat`` (``--refine``).
 
-Vectors: ``--data latent`` (default; a 64-d latent through a fixed random map plus noise, L2-normalised:
-low intrinsic dimension like image embeddings) or ``clusters`` (near-ties inside clusters, the hard case).
+Vectors (L2-normalised): ``--data mixture`` (default; 1000 cluster centres, like object classes, each
+with its own 8-d subspace of variation, plus small noise), ``latent`` (a 64-d Gaussian latent through a
+fixed random map plus noise: no cluster structure, a hard case) or ``clusters`` (isotropic spread
+around centres: near-ties inside clusters, the hardest case for PQ).
 
     .venv/bin/python bench/bench_faiss.py                 # 100k x 512
     .venv/bin/python bench/bench_faiss.py --million       # also 1M x 512 (several minutes, ~4.5 GB)
@@ -43,18 +45,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def synthetic(n: int, dim: int, clusters: int, seed: int, kind: str = "latent") -> np.ndarray:
-    """``latent``: a 64-d Gaussian latent mapped to ``dim`` by a fixed random matrix plus isotropic
+    """``mixture``: ``clusters`` centres (object classes), each with its own 8-d subspace of variation,
+    plus small isotropic noise; ``latent``: a 64-d Gaussian latent mapped to ``dim`` by a fixed random matrix plus isotropic
     noise (low intrinsic dimension, like image embeddings); ``clusters``: ``clusters`` centres with
     Gaussian spread (near-ties inside a cluster: the hard case for PQ)."""
     basis = np.random.default_rng(12345)
     W = basis.normal(size=(64, dim)).astype(np.float32)
     centres = basis.normal(size=(clusters, dim)).astype(np.float32)
+    if kind == "mixture":  # per cluster, an 8-d subspace of variation (scale: half the centre's norm)
+        bases = (basis.normal(size=(clusters, 8, dim)) * (0.5 / np.sqrt(8))).astype(np.float32)
     rng = np.random.default_rng(seed)
     out = np.empty((n, dim), np.float32)
     step = 100_000
     for i in range(0, n, step):
         m = min(step, n - i)
-        if kind == "latent":
+        if kind == "mixture":
+            c = rng.integers(0, clusters, m)
+            local = np.einsum("nk,nkd->nd", rng.normal(size=(m, 8)).astype(np.float32), bases[c])
+            out[i:i + m] = centres[c] + local + rng.normal(scale=0.05, size=(m, dim)).astype(np.float32)
+        elif kind == "latent":
             out[i:i + m] = rng.normal(size=(m, 64)).astype(np.float32) @ W + rng.normal(size=(m, dim)).astype(np.float32)
         else:
             out[i:i + m] = centres[rng.integers(0, clusters, m)] + rng.normal(scale=0.6, size=(m, dim)).astype(np.float32)
@@ -144,28 +153,30 @@ def bench_models(tiny: bool, steps: int, batch: int, device: str | None) -> dict
     import tempfile
 
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from diffusers.pipelines.deprecated.paint_by_example import PaintByExampleImageEncoder
+    from diffusers.pipelines.deprecated.paint_by_example import (
+        PaintByExampleImageEncoder,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
     from instructdiffusion_data.models.paint_by_example import PaintByExampleEditor
 
     res = 64 if tiny else 512
     if tiny:
-        unet_kw = dict(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                       attention_head_dim=4, norm_num_groups=8, layers_per_block=1)
-        vae_kw = dict(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-                      up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=8, layers_per_block=1)
+        unet_kw = {"block_out_channels": (16, 32), "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                       "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": 32,
+                       "attention_head_dim": 4, "norm_num_groups": 8, "layers_per_block": 1}
+        vae_kw = {"block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+                      "up_block_types": ["UpDecoderBlock2D"] * 2, "norm_num_groups": 8, "layers_per_block": 1}
         enc_cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=4, num_attention_heads=4,
                                    image_size=32, patch_size=8, projection_dim=32)
         proj = 32
     else:  # Stable Diffusion 1.x inpainting UNet + SD VAE + CLIP ViT-L/14 vision tower (PaintByExample)
-        unet_kw = dict(block_out_channels=(320, 640, 1280, 1280),
-                       down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                       up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
-                       attention_head_dim=8, layers_per_block=2)
-        vae_kw = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                      up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2)
+        unet_kw = {"block_out_channels": (320, 640, 1280, 1280),
+                       "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                       "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "cross_attention_dim": 768,
+                       "attention_head_dim": 8, "layers_per_block": 2}
+        vae_kw = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+                      "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2}
         enc_cfg = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                    num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
         proj = 768
@@ -207,7 +218,6 @@ def bench_models(tiny: bool, steps: int, batch: int, device: str | None) -> dict
         torch.cuda.empty_cache()
 
     # -- CLIP image embeddings (open_clip ViT-L-14 random init) through the gallery embedder ------------
-    import open_clip
 
     from instructdiffusion_data.models.clip import ClipEmbedder
 
@@ -242,10 +252,10 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=2000)
-    ap.add_argument("--clusters", type=int, default=2000)
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 64])
     ap.add_argument("--refine", type=int, default=0, help="also IVF-PQ + IndexRefineFlat(k_factor) (0: skip)")
-    ap.add_argument("--data", choices=["latent", "clusters"], default="latent")
+    ap.add_argument("--data", choices=["mixture", "latent", "clusters"], default="mixture")
     ap.add_argument("--million", action="store_true", help="also 1,000,000 vectors (minutes; ~4.5 GB RAM)")
     ap.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: faiss' own)")
     ap.add_argument("--gpu", action="store_true", help="model throughput instead (PaintByExample, CLIP)")

@@ -24,7 +24,9 @@ def build_tiny_paint_by_example(out_dir: Path, resolution: int = 32) -> Path:
     """Random tiny components built from configs, saved one folder each, plus the real model_index."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from diffusers.pipelines.deprecated.paint_by_example import PaintByExampleImageEncoder
+    from diffusers.pipelines.deprecated.paint_by_example import (
+        PaintByExampleImageEncoder,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
     torch.manual_seed(0)

@@ -10,7 +10,11 @@ import pytest
 
 pytestmark = pytest.mark.ml
 
-from .helpers_ieiw_replace import REAL_MODEL_INDEX, build_tiny_open_clip, build_tiny_paint_by_example
+from .helpers_ieiw_replace import (
+    REAL_MODEL_INDEX,
+    build_tiny_open_clip,
+    build_tiny_paint_by_example,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +27,14 @@ def test_real_checkpoint_layout_does_not_load_with_plain_from_pretrained(tiny_pb
     from diffusers.pipelines.deprecated.paint_by_example import PaintByExamplePipeline
 
     assert json.loads((tiny_pbe / "model_index.json").read_text())["image_encoder"] == REAL_MODEL_INDEX["image_encoder"]
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="paint_by_example"):
         PaintByExamplePipeline.from_pretrained(str(tiny_pbe), local_files_only=True)
 
 
 def test_paint_by_example_loads_real_layout_and_edits_deterministically(tiny_pbe):
-    from diffusers.pipelines.deprecated.paint_by_example import PaintByExampleImageEncoder
+    from diffusers.pipelines.deprecated.paint_by_example import (
+        PaintByExampleImageEncoder,
+    )
 
     from instructdiffusion_data.models.paint_by_example import PaintByExampleEditor
 

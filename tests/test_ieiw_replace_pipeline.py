@@ -81,7 +81,13 @@ def test_gallery_layout_offsets_and_rejected(gallery):
 
 
 def test_index_save_load_gives_the_same_neighbours(tmp_path):
-    from instructdiffusion_data.models.faiss_index import IndexConfig, build_index, load_index, save_index, search
+    from instructdiffusion_data.models.faiss_index import (
+        IndexConfig,
+        build_index,
+        load_index,
+        save_index,
+        search,
+    )
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 32)).astype(np.float32)

@@ -92,7 +92,7 @@ def _openimages_root(tmp_path):
     # masks are published at another resolution: 20 x 32 here, half the image
     small = np.zeros((20, 32), np.uint8)
     small[5:15, 8:20] = 255
-    ok, png = cv2.imencode(".png", small)
+    _ok, png = cv2.imencode(".png", small)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr(f"{image_id}_m0bt9lr_aaaa1111.png", png.tobytes())

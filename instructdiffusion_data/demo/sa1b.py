@@ -52,7 +52,7 @@ def generate(out: Path, n: int, seed: int) -> dict:
             occupied |= o.mask
             if rng.random() < 0.4:  # a part-level mask: the top half of the object
                 part = o.mask.copy()
-                x, y, bw, bh = o.bbox
+                _x, y, _bw, bh = o.bbox
                 part[y + bh // 2:, :] = 0
                 if part.any():
                     anns.append(_ann(1000 * image_id + len(anns), part, rng, h, w))

@@ -17,8 +17,8 @@ is a cosine similarity in [0, 1]. Dimension: 128 + 144 = 272 with the defaults.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np

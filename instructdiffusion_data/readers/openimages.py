@@ -19,15 +19,21 @@ from __future__ import annotations
 import csv
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image
 
 from ..config import check_path
 from ..errors import ConfigError, RecordError
-from ..replace.regions import RegionSelect, decode_png_mask, mask_bbox, read_zip_member, region_reasons
+from ..replace.regions import (
+    RegionSelect,
+    decode_png_mask,
+    mask_bbox,
+    read_zip_member,
+    region_reasons,
+)
 from ..schema import Row, drop, make_key, new_row
 from ..stage import Source, SourceConfig
 

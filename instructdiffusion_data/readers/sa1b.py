@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from ..config import check_path
 from ..replace.regions import RegionSelect, region_reasons

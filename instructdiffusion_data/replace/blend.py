@@ -43,13 +43,13 @@ def poisson_replace(src: np.ndarray, region: np.ndarray, ref_rgba: np.ndarray,
     if w == 0:
         raise RecordError("source region is empty")
     alpha = ref_rgba[..., 3] > 127
-    rx, ry, rw, rh = mask_bbox(alpha)
+    _rx, _ry, rw, rh = mask_bbox(alpha)
     if rw < 2 or rh < 2:
         raise RecordError("reference patch has no object pixels")
     scale = min(w * p.fit / rw, h * p.fit / rh)
     # the object plus its ring and a 2 px frame must fit inside the image (seamlessClone needs a margin)
     scale = min(scale, (W - 8) / (rw * 1.2), (H - 8) / (rh * 1.2))
-    pw_all, ph_all = max(2, int(round(ref_rgba.shape[1] * scale))), max(2, int(round(ref_rgba.shape[0] * scale)))
+    pw_all, ph_all = max(2, round(ref_rgba.shape[1] * scale)), max(2, round(ref_rgba.shape[0] * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     ref_all = cv2.resize(np.ascontiguousarray(ref_rgba[..., :3]), (pw_all, ph_all), interpolation=interp)
     a_all = cv2.resize(alpha.astype(np.uint8), (pw_all, ph_all), interpolation=cv2.INTER_NEAREST)
@@ -57,7 +57,7 @@ def poisson_replace(src: np.ndarray, region: np.ndarray, ref_rgba: np.ndarray,
         raise RecordError("reference too small after scaling")
     # Poisson cloning keeps the gradients inside its mask: the mask must include the object's outline,
     # so it is the object grown by a ring of the reference's own surroundings (the patch's context)
-    ring = max(4, int(round(p.ring * max(mask_bbox(a_all)[2:]))))  # OpenCV erodes the mask 1 px and needs 2 more
+    ring = max(4, round(p.ring * max(mask_bbox(a_all)[2:])))  # OpenCV erodes the mask 1 px and needs 2 more
     clone_a = cv2.dilate(a_all, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring + 1, 2 * ring + 1)))
     ax, ay, aw, ah = mask_bbox(a_all)
 
@@ -79,8 +79,8 @@ def poisson_replace(src: np.ndarray, region: np.ndarray, ref_rgba: np.ndarray,
         raise RecordError("reference does not fit inside the image")
     # centre the object (not its ring) on the region's box, then shift the patch inside the image
     ox, oy = ax + pad - (cx - 2), ay + pad - (cy - 2)  # object box origin inside the cropped patch
-    x0 = int(round(x + w / 2 - aw / 2)) - ox
-    y0 = int(round(y + h / 2 - ah / 2)) - oy
+    x0 = round(x + w / 2 - aw / 2) - ox
+    y0 = round(y + h / 2 - ah / 2) - oy
     x0 = min(max(x0, 1), W - pw - 1)
     y0 = min(max(y0, 1), H - ph - 1)
     # The patch goes onto a canvas of the destination's size at its final place, and the clone is

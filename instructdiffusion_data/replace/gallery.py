@@ -25,9 +25,10 @@ import logging
 import tarfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -35,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, RecordError
-from ..imageio import decode, encode_png, read_bytes
+from ..imageio import decode, read_bytes
 from ..models.faiss_index import IndexConfig
 from .regions import mask_bbox, region_mask
 
@@ -131,7 +132,7 @@ def extract_patch(rgb: np.ndarray, mask: np.ndarray, cfg: PatchConfig) -> tuple[
     if w < cfg.min_side or h < cfg.min_side:
         raise RecordError(f"region smaller than patch.min_side={cfg.min_side}")
     H, W = mask.shape
-    cx, cy = int(round(w * cfg.context)), int(round(h * cfg.context))
+    cx, cy = round(w * cfg.context), round(h * cfg.context)
     x0, y0, x1, y1 = max(0, x - cx), max(0, y - cy), min(W, x + w + cx), min(H, y + h + cy)
     rgba = np.dstack([rgb[y0:y1, x0:x1], (mask[y0:y1, x0:x1] > 0).astype(np.uint8) * 255])
     scale = min(1.0, cfg.max_side / max(rgba.shape[:2]))
@@ -185,7 +186,7 @@ class _TarShards:
         if self.n % self.per_shard == 0:
             self.close()
             self.path = self.dir / f"{self.n // self.per_shard:06d}.tar"
-            self.tf = tarfile.open(self.path, "w", format=tarfile.USTAR_FORMAT)
+            self.tf = tarfile.open(self.path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed by close()
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
         header_at = self.tf.offset
@@ -371,7 +372,7 @@ def read_patch(root: Path, tar: str, offset: int, size: int, handles: dict | Non
             f = handles.get(path)
             if f is None:
                 try:
-                    f = handles[path] = open(path, "rb")
+                    f = handles[path] = open(path, "rb")  # noqa: SIM115 - kept open across calls
                 except FileNotFoundError:
                     raise RecordError("gallery patch shard missing", file=path) from None
             f.seek(offset)
