@@ -119,13 +119,15 @@ def test_demo_page_in_chromium(demo):
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
             page.set_default_timeout(15000)
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("body[data-ready='1']")
             page.select_option("#filters select[name=task]", "edit_remove")
             page.select_option("#filters select[name=split]", "train")
             page.wait_for_selector("#grid .card .badge.task")
+            page.wait_for_function("[...document.querySelectorAll('#grid .card .badge.task')]"
+                                   ".every(b => b.textContent === 'edit_remove')")
             page.locator("#grid .card").first.click()
             page.wait_for_selector("#sample:not([hidden]) #pair .neighbour")
             assert "edit_add" in page.inner_text("#pair")

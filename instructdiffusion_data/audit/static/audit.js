@@ -143,7 +143,9 @@ function card(r) {
 }
 async function loadGrid() {
   const v = filterValues();
+  const seq = (state.gridSeq = (state.gridSeq || 0) + 1);
   const res = await api("/api/samples", { ...v, page: state.page, page_size: state.pageSize });
+  if (seq !== state.gridSeq) return;  // a newer request was sent meanwhile: its answer wins
   state.total = res.total;
   const pages = Math.max(1, Math.ceil(res.total / state.pageSize));
   for (const p of document.querySelectorAll("#tab-samples .pageinfo")) p.textContent = `page ${state.page + 1} of ${pages} (${res.total} samples)`;
@@ -187,7 +189,9 @@ function histogram(h) {
 }
 async function loadStats() {
   const v = filterValues();
+  const seq = (state.statsSeq = (state.statsSeq || 0) + 1);
   const [c, hs] = await Promise.all([api("/api/counts", v), api("/api/histograms", { output: v.output, split: v.split })]);
+  if (seq !== state.statsSeq) return;
   $("#counts").replaceChildren(el("div", { class: "counts" }, countTable("split", c.splits), countTable("task", c.tasks),
     countTable("dataset", c.datasets), countTable("drop reason", c.reasons)));
   $("#histograms").replaceChildren(...(hs.length ? hs.map(histogram) : [el("p", {}, "No scores in meta[\"scores\"] for these samples.")]));
@@ -267,7 +271,9 @@ function closeSample() { $("#sample").hidden = true; state.current = null; }
 // ---------------------------------------------------------------------------- alignment
 async function loadGroups() {
   const output = filterValues().output;
+  const seq = (state.groupSeq = (state.groupSeq || 0) + 1);
   const res = await api("/api/align/groups", { output, page: state.alignPage, page_size: 24 });
+  if (seq !== state.groupSeq) return;
   const pages = Math.max(1, Math.ceil(res.total / 24));
   for (const p of document.querySelectorAll("#tab-align .pageinfo")) p.textContent = `page ${state.alignPage + 1} of ${pages} (${res.total} groups)`;
   $("#groups").replaceChildren(...(res.rows.length ? res.rows.map((g) => el("div", { class: "groupcard", "data-group": g.group_id,
