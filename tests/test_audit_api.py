@@ -367,6 +367,13 @@ def test_alignment_picks_and_export(env, tmp_path):
             assert s["txt"].decode() == src[key]["instruction"]
             meta = json.loads(s["json"])["meta"]
             assert meta["alignment"]["group_id"] in (g0, g2) and meta["guidance_scale"] == src[key]["meta"]["guidance_scale"]
+    # the trainer reads it as an output (data.outputs) and decodes its pairs
+    from trainer.data import decode_pair, specs_from_outputs
+
+    spec = specs_from_outputs([str(out)], {})[0]
+    assert spec.name == "alignment" and spec.samples == 3 and len(spec.shards) == 1
+    src_img, tgt_img, text, doc = decode_pair(samples[0])
+    assert src_img.shape == tgt_img.shape and text and doc["meta"]["alignment"]["auditor"] in ("ann", "cy")
     # exporting again over an earlier export replaces it; any other non-empty folder is refused
     assert idd(["export-alignment", str(labels), "--out", str(out)]) == 0
     (tmp_path / "busy").mkdir()
