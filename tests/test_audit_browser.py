@@ -124,6 +124,11 @@ def test_browse_filter_label_and_export(server, page):
         assert field in meta_keys
     assert page.locator("#pair .neighbour").count() == 1
     assert page.locator("#accept").is_disabled()
+    second = cards.nth(1).get_attribute("data-key")
+    page.keyboard.press("ArrowRight")  # step to the next sample of the page and back
+    page.wait_for_function(f"document.querySelector('#sample .key:not(.hint)').textContent.endsWith('{second}')")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(f"document.querySelector('#sample .key:not(.hint)').textContent.endsWith('{key}')")
     shot(page, "02-sample")
 
     # unlock with the token and label it

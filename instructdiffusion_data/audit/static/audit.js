@@ -149,6 +149,7 @@ async function loadGrid() {
   state.total = res.total;
   const pages = Math.max(1, Math.ceil(res.total / state.pageSize));
   for (const p of document.querySelectorAll("#tab-samples .pageinfo")) p.textContent = `page ${state.page + 1} of ${pages} (${res.total} samples)`;
+  state.rows = res.rows;
   $("#grid").replaceChildren(...(res.rows.length ? res.rows.map(card) : [el("p", {}, "No samples match.")]));
 }
 
@@ -323,6 +324,22 @@ async function exportAlignment() {
   } catch (e) { $("#export-result").textContent = e.message; toast(e.message, true); }
 }
 
+// Keys in the sample view: Escape closes, left/right arrows step through the grid page, a / r accept / reject.
+function onKey(e) {
+  if (e.target.closest && e.target.closest("input, textarea, select")) return;
+  if (e.key === "Escape") { closeSample(); return; }
+  const cur = state.current;
+  if (!cur || $("#sample").hidden) return;
+  if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+    const rows = state.rows || [];
+    const i = rows.findIndex((r) => r.key === cur.key && r.output === cur.output && r.split === cur.split);
+    const next = rows[i + (e.key === "ArrowRight" ? 1 : -1)];
+    if (i >= 0 && next) openSample(next);
+  } else if ((e.key === "a" || e.key === "r") && state.writable) {
+    $(e.key === "a" ? "#accept" : "#reject").click();
+  }
+}
+
 // ---------------------------------------------------------------------------- wiring
 function showTab(name) {
   for (const b of document.querySelectorAll(".tabs button")) b.classList.toggle("active", b.dataset.tab === name);
@@ -371,7 +388,7 @@ async function init() {
   $("#export").addEventListener("click", exportAlignment);
   $("#close").addEventListener("click", closeSample);
   $("#sample").addEventListener("click", (e) => { if (e.target.id === "sample") closeSample(); });
-  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeSample(); });
+  document.addEventListener("keydown", onKey);
   const info = await api("/api/info");
   if (!info.writable) { $("#unlock").disabled = true; $("#token").disabled = true; $("#mode").textContent = "read-only (no token configured)"; }
   else if ($("#token").value) await unlock();
