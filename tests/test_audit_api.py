@@ -482,3 +482,22 @@ def test_unreadable_sidecar_skips_that_split_only(tmp_path):
     assert outs["good/v1"]["errors"] == [] and "train: sidecars unreadable" in outs["bad/v1"]["errors"][0]
     assert c.get("/api/samples", params={"output": "good/v1"}).json()["total"] == 2
     assert c.get("/api/samples", params={"output": "bad/v1"}).json()["total"] == 0
+
+
+def test_thumbnail_cache_stays_under_its_limit(env, tmp_path):
+    from instructdiffusion_data.audit.images import ThumbCache
+
+    out = env["outs"]["alignment_bench/v1"]
+    rs = [r for r in sidecar_rows(out) if r["keep"]]
+    tar = out / "train" / rs[0]["tar"]
+    one = len(ThumbCache(tmp_path / "probe").get(tar, rs[0]["src_offset"], rs[0]["src_size"], "image")[0])
+    cache = ThumbCache(tmp_path / "c", max_bytes=int(one * 4.5))
+    first = rs[0]
+    for r in rs[:8]:
+        cache.get(tar, r["src_offset"], r["src_size"], "image")
+        cache.get(tar, first["src_offset"], first["src_size"], "image")  # kept in use: never pruned
+    files = [p for p in (tmp_path / "c").rglob("*.jpg")]
+    assert sum(p.stat().st_size for p in files) <= one * 4.5 and len(files) >= 2
+    hits = cache.hits
+    cache.get(tar, first["src_offset"], first["src_size"], "image")
+    assert cache.hits == hits + 1

@@ -56,7 +56,8 @@ def default_cache_dir() -> Path:
 
 
 def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: str | os.PathLike | None = None,
-               use_cache: bool = True, refresh_s: float = 2.0, allow_dirs: list | None = None) -> FastAPI:
+               use_cache: bool = True, refresh_s: float = 2.0, allow_dirs: list | None = None,
+               cache_max_mb: int = 2048) -> FastAPI:
     """``allow_dirs``: extra folders whose image files may be served as reference patches (e.g. the
     demo's source images); by default only files under ``root`` are ever read."""
     root = Path(root)
@@ -68,7 +69,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
             raise UserError(f"--allow-dir {d}: not a folder")
         allowed.append(Path(d).resolve())
     catalog = Catalog(root, refresh_s=refresh_s)
-    thumbs = ThumbCache((cache_dir or default_cache_dir()) if use_cache else None)
+    thumbs = ThumbCache((cache_dir or default_cache_dir()) if use_cache else None, max_bytes=cache_max_mb << 20)
     app = FastAPI(title="idd audit", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.catalog = catalog
     app.state.thumbs = thumbs

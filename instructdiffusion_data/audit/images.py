@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -101,15 +102,49 @@ def error_tile(message: str = "corrupt", side: int = 160) -> bytes:
 
 
 class ThumbCache:
-    """Thumbnails on disk under ``folder`` (None: no cache, every thumbnail is decoded again)."""
+    """Thumbnails on disk under ``folder`` (None: no cache, every thumbnail is decoded again).
 
-    def __init__(self, folder: str | os.PathLike | None, max_side: int = 256):
+    The folder is kept under ``max_bytes``: past it, the least recently used thumbnails (a hit touches
+    its file) are deleted down to 80% of the limit."""
+
+    def __init__(self, folder: str | os.PathLike | None, max_side: int = 256, max_bytes: int = 2 << 30):
         self.folder = Path(folder) if folder else None
         self.max_side = max_side
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
+        self._bytes: int | None = None  # counted on the first write
+        self._lock = threading.Lock()
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _files(self) -> list[tuple[float, int, Path]]:
+        out = []
+        for sub in os.scandir(self.folder):
+            if sub.is_dir():
+                for f in os.scandir(sub.path):
+                    if f.is_file() and not f.name.endswith(".tmp"):
+                        st = f.stat()
+                        out.append((st.st_mtime, st.st_size, Path(f.path)))
+        return out
+
+    def _account(self, added: int) -> None:
+        with self._lock:
+            if self._bytes is None:
+                self._bytes = sum(size for _, size, _ in self._files())
+            else:
+                self._bytes += added
+            if self._bytes <= self.max_bytes:
+                return
+            files = sorted(self._files())
+            total = sum(size for _, size, _ in files)
+            for _, size, path in files:
+                if total <= 0.8 * self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size
+            self._bytes = total
+            log.info("thumbnail cache pruned to %.1f MiB", total / 2**20)
 
     def _path(self, tar: Path, offset: int, size: int, kind: str) -> Path:
         try:
@@ -126,6 +161,7 @@ class ThumbCache:
         path = self._path(tar, offset or 0, size or 0, kind)
         try:
             data = path.read_bytes()
+            os.utime(path)  # recently used: pruned last
         except OSError:
             return None
         self.hits += 1
@@ -137,9 +173,10 @@ class ThumbCache:
             raise ValueError(kind)
         media = "image/jpeg" if kind == "image" else "image/png"
         path = self._path(tar, offset or 0, size or 0, kind) if self.folder else None
-        if path is not None and path.is_file():
-            self.hits += 1
-            return path.read_bytes(), media
+        if path is not None:
+            hit = self.cached(tar, offset, size, kind)
+            if hit is not None:
+                return hit
         self.misses += 1
         data, media = make_thumbnail(read_member(tar, offset, size), kind, self.max_side)
         if path is not None:
@@ -147,4 +184,5 @@ class ThumbCache:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
+            self._account(len(data))
         return data, media

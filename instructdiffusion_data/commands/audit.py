@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="environment variable holding the labelling token; without it the page is read-only")
     p.add_argument("--cache-dir", default=None,
                    help="thumbnail cache folder (default $XDG_CACHE_HOME/idd/audit-thumbs)")
+    p.add_argument("--cache-max-mb", type=int, default=2048,
+                   help="thumbnail cache size limit; least recently used thumbnails go first (default 2048)")
     p.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
                    help="also serve reference-patch images from this folder (e.g. demo_data); repeatable. "
                         "By default only files under ROOT are read")
@@ -38,7 +40,8 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--token-env {args.token_env}: the variable is not set or empty")
         if len(token) < 8:
             raise UserError(f"--token-env {args.token_env}: the token must be at least 8 characters")
-    app = create_app(args.root, token=token, cache_dir=args.cache_dir, allow_dirs=args.allow_dir)
+    app = create_app(args.root, token=token, cache_dir=args.cache_dir, allow_dirs=args.allow_dir,
+                     cache_max_mb=args.cache_max_mb)
     outputs = len(app.state.catalog.outputs)
     mode = "labelling with the token" if token else "read-only"
     print(f"idd audit: {outputs} outputs under {args.root}, {mode}, http://{args.host}:{args.port}/", flush=True)
