@@ -176,7 +176,8 @@ class Trainer:
             for old in list_checkpoints(self.cfg.output_dir)[: -self.cfg.checkpoints_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
                 log.info("removed old checkpoint %s", old)
-        log.info("checkpoint %s", d)
+        if acc.is_main_process:
+            log.info("checkpoint %s", d)
         return d
 
     def load_checkpoint(self, d: Path) -> None:
@@ -335,8 +336,10 @@ class Trainer:
                         "corrupt_samples": self.stream.corrupt_total}
                 acc.log(logs, step=self.step)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", wait=f"{logs['data_wait_fraction']:.2f}")
-                log.info("step %d loss %.4f lr %.2e %.1f samples/s data-wait %.0f%% skipped %d", self.step, logs["loss"],
-                         logs["lr"], logs["samples_per_s"], 100 * logs["data_wait_fraction"], logs["corrupt_samples"])
+                if acc.is_main_process:
+                    log.info("step %d loss %.4f lr %.2e %.1f samples/s data-wait %.0f%% skipped %d (rank 0)", self.step,
+                             logs["loss"], logs["lr"], logs["samples_per_s"], 100 * logs["data_wait_fraction"],
+                             logs["corrupt_samples"])
                 total["t"] += dt
                 total["samples"] += window["samples"]
                 window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0, "loss": [], "steps": 0}

@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_train_config(args.config, overrides)
     res = train(cfg, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(json.dumps({"step": res.step, "last_loss": res.losses[-1] if res.losses else None,
                       "checkpoints": res.checkpoints[-1:], "validation": res.validation_images[-1:],
                       "skipped_samples": res.corrupt, "samples_per_s": round(res.samples_per_s, 2),
