@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("body[data-ready='1']")
             if args.output:
@@ -55,7 +55,8 @@ def main(argv=None) -> int:
                 page.select_option("#filters select[name=split]", args.split)
             page.check("#overlay")
             page.wait_for_timeout(500)
-            page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete)")
+            page.wait_for_function("[...document.querySelectorAll('#grid img')]"
+                                   ".filter(i => i.getBoundingClientRect().top < innerHeight).every(i => i.complete)")
             if args.sample >= 0:
                 page.locator("#grid .card").nth(args.sample).click()
                 page.wait_for_selector("#sample:not([hidden]) #meta")
