@@ -34,6 +34,7 @@ demo: demo-data
 	bash pipelines/demo.sh $(DEMO) $(OUT)
 
 test: venv-ml
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 	$(BIN)/python -m pytest -q tests
 
 bench: venv
