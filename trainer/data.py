@@ -351,7 +351,8 @@ def paired_augment(src: np.ndarray, tgt: np.ndarray, resolution: int, rng: np.ra
     src = src[y:y + side, x:x + side]
     tgt = tgt[y:y + side, x:x + side]
     if side != resolution:
-        interp = cv2.INTER_AREA if side > resolution else cv2.INTER_CUBIC
+        # area averaging only where it matters (strong downscale, aliasing); linear is 3x cheaper
+        interp = cv2.INTER_AREA if side > 2 * resolution else cv2.INTER_LINEAR if side > resolution else cv2.INTER_CUBIC
         src = cv2.resize(src, (resolution, resolution), interpolation=interp)
         tgt = cv2.resize(tgt, (resolution, resolution), interpolation=interp)
     if rng is not None and allow_flip and rng.random() < aug.flip_p:
