@@ -116,6 +116,7 @@ class Trainer:
         if cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
         torch.manual_seed(cfg.seed)
+        self.specs = resolve_datasets(cfg.data)  # before the models: a wrong data path fails fast
         prepare_model_path(cfg, acc.is_main_process)
         acc.wait_for_everyone()
         c = load_components(cfg.model.pretrained, revision=cfg.model.revision, unet_path=cfg.model.unet,
@@ -152,7 +153,6 @@ class Trainer:
             ids = self.tokenizer("", max_length=self.tokenizer.model_max_length, padding="max_length",
                                  truncation=True, return_tensors="pt").input_ids.to(acc.device)
             self.null_text = self.text_encoder(ids)[0]
-        self.specs = resolve_datasets(cfg.data)
         log.info("datasets: %s", ", ".join(f"{s.name} p={s.probability:.3f} ({len(s.shards)} shards)" for s in self.specs))
         self.noise_gen = torch.Generator(device=acc.device).manual_seed(_seed(cfg.seed, acc.process_index, 1))
         self.step = 0

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.config == "make-tiny-model":
         if not args.dir:
-            raise UserError("make-tiny-model: give the folder to write, e.g. `idd train make-tiny-model models/tiny-sd`")
+            raise UserError("make-tiny-model: give the folder to write, e.g. `idd train make-tiny-model runs/models/tiny-sd`")
         from .model import make_tiny_model
 
         print(make_tiny_model(args.dir))
