@@ -152,3 +152,27 @@ def test_stream_resume_continues_exactly(outputs, tokenizer, workers):
     moved = StreamState.from_dict(saved).for_resume("replay", 10_000, layout=[1, max(1, workers) + 1])
     assert moved.generation == 1 and moved.positions == {}
     assert StreamState.from_dict(saved).for_resume("replay", 10_000, layout=[1, max(1, workers)]).positions
+
+
+def test_epoch_mode_splits_by_rank_and_worker(tmp_path):
+    from trainer.data import _shard_urls
+
+    # 6 shards over 2 ranks x 2 workers: each epoch, every shard read by exactly one of the 4 workers
+    spec = specs_from_outputs([str(make_output(tmp_path, "six", 12, shards=6))], {})[0]
+    cfg = DataConfig(resampled=False)
+    firsts = []
+    for g in range(4):
+        it = _shard_urls(spec, cfg, seed=11, gworker=g, gtotal=4)
+        n = len(spec.shards[g::4])
+        firsts.append([next(it)["url"] for _ in range(n)])
+    flat = [u for f in firsts for u in f]
+    assert sorted(flat) == sorted(spec.shards)
+    # fewer shards than workers: every worker reads the one shard and keeps its share of the samples
+    one = specs_from_outputs([str(make_output(tmp_path, "one", 10, shards=1))], {})
+    cfg = DataConfig(resampled=False, shuffle_buffer=0)
+    seen = []
+    for rank in (0, 1):
+        mix = iter(Mixture(one, cfg, seed=0, rank=rank, world=2, worker=0, num_workers=1))
+        seen.append([next(mix)[1]["__key__"] for _ in range(5)])
+    assert not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0]) | set(seen[1])) == 10

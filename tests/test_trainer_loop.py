@@ -139,17 +139,19 @@ def test_train_4_equals_train_2_resume_2(tmp_path, tiny_model, mixture):
 
 
 @pytest.mark.slow
-def test_idd_train_end_to_end_writes_checkpoints_grid_and_logs(tmp_path, tiny_model, mixture):
+def test_idd_train_end_to_end_writes_checkpoints_grid_and_logs(tmp_path):
     import yaml
     from PIL import Image
 
     from instructdiffusion_data.cli import main
 
+    # 5 of gamma's 8 sources are unreadable: 6 good samples cannot come without meeting some of them
+    make_output(tmp_path / "shards", "gamma", 8, shards=1, seed=4, corrupt=5)
     cfg = {"output_dir": str(tmp_path / "run"), "max_train_steps": 3, "train_batch_size": 2,
            "checkpointing_steps": 1, "checkpoints_total_limit": 2, "log_every_steps": 1,
            "model": {"pretrained": str(tmp_path / "made-on-demand"), "create_tiny_if_missing": True,
                      "tiny_sample_size": 32, "local_files_only": True},
-           "data": {"mixture": str(tmp_path / "no-mixture.json"), "outputs": [str(mixture.parent / "*" / "*")],
+           "data": {"mixture": str(tmp_path / "no-mixture.json"), "outputs": [str(tmp_path / "shards" / "*" / "*")],
                     "resolution": 32, "num_workers": 1, "shuffle_buffer": 4, "shuffle_initial": 2},
            "optim": {"lr_warmup_steps": 1},
            "validation": {"every_steps": 2, "num_samples": 2, "num_inference_steps": 2}}
@@ -169,4 +171,5 @@ def test_idd_train_end_to_end_writes_checkpoints_grid_and_logs(tmp_path, tiny_mo
     unet = UNet2DConditionModel.from_pretrained(run / "final", subfolder="unet")
     assert unet.config.in_channels == 8
     state = json.loads((run / "checkpoint-3" / "trainer_state_rank0.json").read_text())
-    assert state["step"] == 3 and state["stream"]["corrupt"]  # corrupt samples of alpha were met and counted
+    assert state["step"] == 3
+    assert sum(state["stream"]["corrupt"].values()) > 0  # gamma's unreadable sources: skipped, counted
