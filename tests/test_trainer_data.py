@@ -97,6 +97,20 @@ def test_paired_augmentation_same_crop_and_flip():
     assert 3 <= flips <= 17  # about half of the crops were flipped
 
 
+def test_no_flip_where_a_flip_would_make_the_instruction_wrong():
+    from trainer.data import flip_allowed
+
+    aug = AugmentConfig()
+    assert not flip_allowed("Remove the rightmost dog.", "edit", aug)
+    assert not flip_allowed("circle the left shoulder of the man in red", "keypoint", aug)
+    assert not flip_allowed("place a blue mask on the cup", "referring_seg", aug)  # task listed
+    assert flip_allowed("make the sky brighter", "edit", aug)  # "brighter" is not "right"
+    src = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    for s in range(10):  # flip_p = 1 but not allowed: never flipped
+        a, _ = paired_augment(src, src, 4, np.random.default_rng(s), AugmentConfig(scale=[1.0, 1.0], flip_p=1.0), False)
+        assert a[0, 0, 0] < a[0, -1, 0]
+
+
 def test_corrupt_samples_skipped_and_counted(outputs, tokenizer):
     root, outs = outputs
     # one shard truncated in the middle: its tail is unreadable, the run goes on
