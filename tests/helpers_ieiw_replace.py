@@ -47,6 +47,16 @@ def build_tiny_paint_by_example(out_dir: Path, resolution: int = 32) -> Path:
     PNDMScheduler(skip_prk_steps=True).save_pretrained(out / "scheduler")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
         out / "feature_extractor")
+    # the published checkpoint ships a safety checker too (the adapter skips it unless asked)
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    clip_cfg = CLIPConfig(text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                                       "num_attention_heads": 4, "vocab_size": 100},
+                          vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                                         "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+                          projection_dim=32)
+    StableDiffusionSafetyChecker(clip_cfg).save_pretrained(out / "safety_checker")
     (out / "model_index.json").write_text(json.dumps(REAL_MODEL_INDEX, indent=2))
     return out
 

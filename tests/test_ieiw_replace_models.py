@@ -40,7 +40,13 @@ def test_paint_by_example_loads_real_layout_and_edits_deterministically(tiny_pbe
 
     ed = PaintByExampleEditor(str(tiny_pbe), device="cpu", steps=2, guidance_scale=2.0, resolution=32)
     assert isinstance(ed.pipe.image_encoder, PaintByExampleImageEncoder)
-    assert ed.pipe.safety_checker is None
+    assert ed.pipe.safety_checker is None  # not loaded unless asked
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    from instructdiffusion_data.models.paint_by_example import load_pipeline
+
+    with_checker = load_pipeline(str(tiny_pbe), device="cpu", load_safety_checker=True, local_files_only=True)
+    assert isinstance(with_checker.safety_checker, StableDiffusionSafetyChecker)
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
     mask = np.zeros((40, 48), np.uint8)
