@@ -31,7 +31,18 @@ CONFIGS=(
   # IEIW (paper 3.2): object removal and addition.
   configs/pipelines/ieiw_removal.yaml
 )
+# IEIW object replacement needs its patch gallery (a global pass: crops, embeddings, FAISS index) first.
+"$IDD" gallery build configs/pipelines/ieiw_replacement_gallery.yaml --out "$OUT/ieiw_gallery"
+if [ "$OUT" = "shards" ]; then
+  CONFIGS+=(configs/pipelines/ieiw_replacement.yaml)   # its config reads shards/ieiw_gallery
+  EXTRA=()
+else
+  EXTRA=(configs/pipelines/ieiw_replacement.yaml)
+fi
 # One embedded Ray for all of them; every config is validated before any work starts.
 "$IDD" run "${CONFIGS[@]}" --out "$OUT"
+if [ ${#EXTRA[@]} -gt 0 ]; then
+  "$IDD" run "${EXTRA[@]}" --out "$OUT" --set stages.retrieve_reference.gallery="$OUT/ieiw_gallery"
+fi
 "$IDD" mix configs/mixtures/instructdiffusion.yaml --root "$OUT" --out "$OUT/mixture.json"
 "$IDD" inspect "$OUT"
