@@ -28,7 +28,7 @@ from . import config as cfgmod
 from .errors import ConfigError
 from .schema import Row, rows_to_table, table_to_rows
 from .stage import Source, Stage, make_source, make_stage
-from .storage import Location, join
+from .storage import Location, is_uri, join
 from .writer import RUN_FILE, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,34 @@ def _remove_tree(loc: Location) -> None:
 
 def run(cfg: cfgmod.PipelineConfig, *, address: str | None = None, out: str | None = None,
         overwrite: bool = False, use_ray: bool = True) -> RunSummary:
+    if use_ray and (cluster_address(cfg.ray, address) or "").startswith("ray://"):
+        return _run_via_client(cfg, cluster_address(cfg.ray, address), out, overwrite)
+    return _run_driver(cfg, address=address, out=out, overwrite=overwrite, use_ray=use_ray)
+
+
+def _run_via_client(cfg: cfgmod.PipelineConfig, address: str, out: str | None, overwrite: bool) -> RunSummary:
+    """``--address ray://host:10001`` (Ray Client). Ray Data cannot execute from a client driver, so
+    the driver's whole work (reading the source, writing the shards) runs as one task on the
+    cluster's head node (0 CPUs: it never takes a stage's slot), whose Ray Data job runs the stages.
+    Paths are the cluster's: give absolute paths or URIs (the output best an object-store URI)."""
+    init_ray(cfg.ray, address)
+    import ray
+
+    target = out or cfg.writer.out
+    if not is_uri(target):
+        target = str(Path(target).absolute())
+    log.info("Ray Client: the run executes on the cluster's head node, output %s", target)
+    task = ray.remote(num_cpus=0, max_retries=0, resources={"node:__internal_head__": 0.001})(_remote_driver)
+    return ray.get(task.remote(cfg, target, overwrite))
+
+
+def _remote_driver(cfg: cfgmod.PipelineConfig, out: str, overwrite: bool) -> RunSummary:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return _run_driver(cfg, address=None, out=out, overwrite=overwrite, use_ray=True)
+
+
+def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | None, overwrite: bool,
+                use_ray: bool) -> RunSummary:
     t0 = time.perf_counter()
     source, stages = build(cfg)
     root = output_root(cfg, out)

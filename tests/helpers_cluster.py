@@ -68,6 +68,7 @@ class LocalCluster:
         self.nodes: list[subprocess.Popen] = []
         self.address = ""
         self.dashboard = ""
+        self.client = ""
 
     def _start(self, args: list[str], log: str) -> subprocess.Popen:
         fh = open(self.tmp / log, "wb")
@@ -89,6 +90,7 @@ class LocalCluster:
         # the second node starts at once and waits for the head's GCS (saves a head start-up time)
         self.address = f"{get_node_ip_address()}:{gcs}"
         self.dashboard = f"http://127.0.0.1:{dash}"
+        self.client = f"ray://127.0.0.1:{p[4]}"
         self._start([f"--address={self.address}", f"--temp-dir={self.tmp}/worker",
                      f"--dashboard-agent-listen-port={p[5]}", f"--dashboard-agent-grpc-port={p[6]}",
                      f"--metrics-export-port={p[7]}", f"--runtime-env-agent-port={p[8]}", *common], "worker.log")

@@ -101,6 +101,22 @@ def test_keypoints_via_ray_job_submit_equal_single_node(tmp_path, demo_root, sin
     assert len(keys) == len(set(keys)) > 20
 
 
+def test_keypoints_via_ray_client_address(tmp_path, demo_root, single_node, cluster):
+    """`idd run --address ray://head:port` (Ray Client): the run executes on the head node and the
+    output (a path the cluster sees) equals the single-process output."""
+    conf = REPO / "configs" / "pipelines" / "keypoints_coco.yaml"
+    sets = [a for s in keypoint_overrides(demo_root) for a in ("--set", s)]
+    cmd = [*IDD, str(conf), *sets, "--address", cluster.client, "--out", str(tmp_path / "c")]
+    for attempt in range(2):
+        res = subprocess.run(cmd, cwd=REPO, env=cluster_env(), capture_output=True, text=True, timeout=150)
+        # Ray Client's per-connection server process occasionally dies at start-up on a loaded machine
+        if res.returncode == 0 or "Initialization failure from server" not in res.stderr:
+            break
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "executes on the cluster's head node" in res.stderr
+    assert files_digest(tmp_path / "c" / "keypoints_coco" / "v1") == single_node
+
+
 @pytest.mark.parametrize("pool", [None, 2], ids=["tasks", "actors"])
 def test_worker_sigkill_mid_stage_every_sample_once(tmp_path, cluster, pool):
     """A Ray worker process running the stage is SIGKILLed (a task worker, or an actor of the pool that
