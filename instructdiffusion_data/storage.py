@@ -183,6 +183,14 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return loc.read_bytes()
 
 
+def child_path(base: str | os.PathLike, name: str) -> str:
+    """The file ``name`` under ``base`` as a record's ``meta.file``: an absolute local path, or a URI
+    when ``base`` is one (readers: ``child_path(cfg.images, file_name)``)."""
+    if is_uri(base):
+        return str(join(base, name))
+    return str((Path(base) / name).resolve())
+
+
 def read_text(path: str | os.PathLike) -> str:
     return read_bytes(path).decode("utf-8")
 
