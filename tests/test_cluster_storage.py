@@ -178,3 +178,46 @@ def test_s3_driver_killed_then_rerun_resumes(tmp_path, s3):
     clean = tmp_path / "clean"
     run(cfg(n=60, rps=4), out=str(clean), use_ray=False)
     assert s3_digest(fs, f"{BUCKET}/k/t/v1") == digest_tree(clean / "t" / "v1")
+
+
+def upload_tree(fs, local: Path, prefix: str) -> None:
+    for p in local.rglob("*"):
+        if p.is_file():
+            with fs.open_output_stream(f"{prefix}/{p.relative_to(local).as_posix()}") as fh:
+                fh.write(p.read_bytes())
+
+
+@pytest.mark.xfail(strict=True, reason="inputs through storage: config.py, imageio.py and the readers need "
+                                       "docs/cluster-inputs.patch (lead); remove this mark once applied")
+def test_s3_inputs_config_annotations_and_images(tmp_path, s3, demo_root):
+    """Config file, annotation file and images all read from the bucket: the rows equal a local run's
+    (keys, instructions, pixels), only the provenance paths differ."""
+    from instructdiffusion_data import imageio
+    from instructdiffusion_data.config import load_pipeline_config
+
+    fs = s3["fs"]
+    upload_tree(fs, demo_root / "coco", f"{BUCKET}/in/coco")
+    conf = REPO / "configs" / "pipelines" / "keypoints_coco.yaml"
+    with fs.open_output_stream(f"{BUCKET}/in/kp.yaml") as fh:
+        fh.write(conf.read_bytes())
+
+    def run_from(root: str, config: str, out: str) -> None:
+        cfg = load_pipeline_config(config, [f"source.annotations={root}/coco/annotations/person_keypoints_train2017.json",
+                                            f"source.images={root}/coco/train2017", "writer.records_per_shard=8"])
+        run(cfg, out=out, use_ray=False)
+
+    run_from(f"s3://{BUCKET}/in", f"s3://{BUCKET}/in/kp.yaml", f"s3://{BUCKET}/in-out")
+    run_from(str(demo_root), str(conf), str(tmp_path))
+    remote = s3_keys(fs, f"{BUCKET}/in-out/keypoints_coco/v1")
+    local = all_keys(tmp_path / "keypoints_coco" / "v1")
+    assert remote == local and len(local) > 20
+    t_remote = pq.read_table(f"{BUCKET}/in-out/keypoints_coco/v1/train/000000.parquet", filesystem=fs).to_pylist()
+    t_local = pq.read_table(tmp_path / "keypoints_coco" / "v1" / "train" / "000000.parquet").to_pylist()
+    assert [r["instruction"] for r in t_remote] == [r["instruction"] for r in t_local]
+    assert json.loads(t_remote[0]["meta"])["file"].startswith(f"s3://{BUCKET}/in/coco/train2017/")
+    with fs.open_input_stream(f"{BUCKET}/in-out/keypoints_coco/v1/train/000000.tar") as fh:
+        tar_remote = fh.read()
+    tar_local = (tmp_path / "keypoints_coco" / "v1" / "train" / "000000.tar").read_bytes()
+    r, l = t_remote[0], t_local[0]
+    assert (imageio.decode(tar_remote[r["tgt_offset"]: r["tgt_offset"] + r["tgt_size"]]) ==
+            imageio.decode(tar_local[l["tgt_offset"]: l["tgt_offset"] + l["tgt_size"]])).all()
