@@ -7,6 +7,11 @@ stages as actor pools sized by the stage's declared resources). Ray Data runs wi
 ``preserve_order``, so the rows of shard *s* are complete once a later shard's rows arrive; the driver
 then writes shard *s* (sorted by key) and moves on. Memory on the driver is bounded by a few shards,
 whatever the size of the dataset.
+
+On a cluster (docs/cluster.md) the same code joins it: ``--address``, ``ray.address`` or
+``RAY_ADDRESS`` (what ``ray job submit`` sets); with a ``ray://`` (Ray Client) address the driver's
+work runs as a task on the head node, since Ray Data cannot execute from a client. The output may be
+an object-store URI (:mod:`storage`); the writer then commits data objects first, markers last.
 """
 
 from __future__ import annotations
