@@ -11,6 +11,7 @@ nothing else on the machine (``ray stop`` would kill every Ray on the host). The
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,10 +41,16 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+# The cluster's own auth token (NOTES: a second node needs RAY_AUTH_MODE=token). Given by env to both
+# nodes, every driver and the `ray job` CLI, so nothing depends on (or writes) ~/.ray/auth_token.
+AUTH_TOKEN = secrets.token_hex(32)
+
+
 def cluster_env(**extra: str) -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(REPO),
-               PYTHONUNBUFFERED="1", **extra)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=AUTH_TOKEN, RAY_USAGE_STATS_ENABLED="0",
+               PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **extra)
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     return env
 
 
