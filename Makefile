@@ -6,7 +6,7 @@ DEMO    ?= demo_data
 OUT     ?= shards
 N       ?= 48
 
-.PHONY: venv venv-ml demo demo-data test bench clean
+.PHONY: venv venv-ml venv-gpu demo demo-data test bench clean
 
 # Core engine: Ray Data, WebDataset, codecs, readers (enough for every CPU pipeline of the demo).
 $(BIN)/.core: requirements.txt pyproject.toml
@@ -25,6 +25,11 @@ $(BIN)/.ml: $(BIN)/.core requirements-ml.txt
 
 venv: $(BIN)/.core
 venv-ml: $(BIN)/.ml
+
+# GPU hosts (and docker/Dockerfile.gpu): the model back-ends with faiss-gpu in place of faiss-cpu.
+venv-gpu: $(BIN)/.ml
+	$(BIN)/pip uninstall -y -q faiss-cpu
+	$(BIN)/pip install -q -r docker/requirements-gpu.txt
 
 demo-data: venv
 	$(BIN)/idd demo-data $(DEMO) --n $(N) --seed 0

@@ -35,13 +35,15 @@ def sniff_ext(data: bytes) -> str:
 
 
 def read_bytes(path: str | Path, record: str | None = None) -> bytes:
-    p = Path(path)
+    from . import storage
+
+    p = path if storage.is_uri(path) else Path(path)
     try:
-        return p.read_bytes()
+        return storage.read_bytes(p)
     except FileNotFoundError:
         raise RecordError("image file missing", file=str(p), record=record) from None
     except OSError as e:
-        raise RecordError(f"image file unreadable ({e.strerror})", file=str(p), record=record) from None
+        raise RecordError(f"image file unreadable ({e.strerror or e})", file=str(p), record=record) from None
 
 
 def decode(data: bytes, *, file: str | None = None, record: str | None = None) -> np.ndarray:

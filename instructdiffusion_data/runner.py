@@ -243,7 +243,9 @@ def _run_ray(cfg: cfgmod.PipelineConfig, stages: list[Stage], pending: dict[int,
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = cfg.ray.preserve_order
-    tables = [rows_to_table(recs) for _, recs in sorted(pending.items())]
+    ctx.op_resource_reservation_enabled = cfg.ray.reserve_op_resources
+    step = max(1, cfg.ray.block_records)
+    tables = [rows_to_table(recs[i:i + step]) for _, recs in sorted(pending.items()) for i in range(0, len(recs), step)]
     ds = ray.data.from_arrow(tables)
     for st in stages:
         ds = _map_stage(ds, st)

@@ -187,8 +187,6 @@ def upload_tree(fs, local: Path, prefix: str) -> None:
                 fh.write(p.read_bytes())
 
 
-@pytest.mark.xfail(strict=True, reason="inputs through storage: config.py, imageio.py and the readers need "
-                                       "docs/cluster-inputs.patch (lead); remove this mark once applied")
 def test_s3_inputs_config_annotations_and_images(tmp_path, s3, demo_root):
     """Config file, annotation file and images all read from the bucket: the rows equal a local run's
     (keys, instructions, pixels), only the provenance paths differ."""

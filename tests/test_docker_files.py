@@ -67,11 +67,13 @@ def test_every_copied_or_installed_file_exists(dockerfile):
 
 def test_gpu_image_swaps_faiss_for_the_gpu_build():
     runs = " ".join(a for op, a in instructions(REPO / "docker" / "Dockerfile.gpu") if op == "RUN")
-    assert "uninstall -y faiss-cpu" in runs
+    assert "make venv-gpu" in runs
+    target = re.search(r"^venv-gpu:.*?(?=^\S|\Z)", (REPO / "Makefile").read_text(), re.M | re.S).group(0)
+    assert "uninstall -y -q faiss-cpu" in target and "docker/requirements-gpu.txt" in target
     gpu_reqs = (REPO / "docker" / "requirements-gpu.txt").read_text()
     assert re.search(r"^faiss-gpu==\d", gpu_reqs, re.M)
-    ml = (REPO / "requirements-ml.txt").read_text()
-    pin = re.search(r"^faiss-cpu==(\S+)", ml, re.M).group(1)
+    core = (REPO / "requirements.txt").read_text()
+    pin = re.search(r"^faiss-cpu==(\S+)", core, re.M).group(1)
     assert f"faiss-gpu=={pin}" in gpu_reqs, "faiss-gpu and faiss-cpu pins must match"
 
 

@@ -16,10 +16,11 @@ LABELS_FILE = Path(__file__).resolve().parent.parent / "data" / "cocostuff_label
 
 
 def load_json(path: str | Path, where: str) -> dict | list:
-    p = Path(path)
+    from ..storage import is_uri, read_bytes
+
+    p = path if is_uri(path) else Path(path)
     try:
-        with open(p, "rb") as fh:
-            return json.load(fh)
+        return json.loads(read_bytes(p))
     except FileNotFoundError:
         raise ConfigError(f"{where}: file not found: {p}") from None
     except json.JSONDecodeError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import check_path
+from ..storage import child_path, is_uri
 from ..schema import Row
 from ..stage import Source, SourceConfig
 from ._coco import bad_record, image_index, load_json, record_row, require_keys
@@ -57,7 +58,7 @@ class CocoKeypointsSource(Source):
         for a in doc["annotations"]:
             if a.get("category_id") in cats and a.get("bbox") and (cfg.include_crowd or not a.get("iscrowd")):
                 people[a["image_id"]].append(a["bbox"])
-        ann_file = str(Path(cfg.annotations).resolve())
+        ann_file = cfg.annotations if is_uri(cfg.annotations) else str(Path(cfg.annotations).resolve())
         for a in sorted(doc["annotations"], key=lambda a: (a.get("image_id", -1), a.get("id", -1))):
             rid = f"{a.get('image_id')}_{a.get('id')}"
             if a.get("iscrowd") and not cfg.include_crowd:
@@ -67,7 +68,7 @@ class CocoKeypointsSource(Source):
                 yield bad_record(cfg.dataset, "keypoint", rid, "annotation points at an unknown image id",
                                  ann_file, "image_id")
                 continue
-            path = str((Path(cfg.images) / img["file_name"]).resolve())
+            path = child_path(cfg.images, img["file_name"])
             cat = cats.get(a.get("category_id"))
             if cat is None:
                 yield bad_record(cfg.dataset, "keypoint", rid, f"unknown category id {a.get('category_id')}",

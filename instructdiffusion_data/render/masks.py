@@ -74,11 +74,16 @@ def read_labelmap(path: str, *, record: str | None = None) -> np.ndarray:
 def overlay(rgb: np.ndarray, mask: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend ``color`` over the masked pixels at ``alpha``; pixels outside the mask are untouched."""
     out = rgb.copy()
-    if mask.any():
-        solid = np.empty_like(rgb)
+    m8 = mask.view(np.uint8)
+    x, y, w, h = cv2.boundingRect(m8)  # work inside the mask's box only
+    if w and h:
+        roi = rgb[y:y + h, x:x + w]
+        solid = np.empty_like(roi)
         solid[:] = np.asarray(color, np.float32).round().astype(np.uint8)
-        blend = cv2.addWeighted(rgb, 1.0 - alpha, solid, alpha, 0.0)  # rounds to nearest, like np.rint
-        cv2.copyTo(blend, mask.view(np.uint8), out)
+        blend = cv2.addWeighted(roi, 1.0 - alpha, solid, alpha, 0.0)  # rounds to nearest, like np.rint
+        dst = out[y:y + h, x:x + w]
+        cv2.copyTo(blend, m8[y:y + h, x:x + w], dst)
+        out[y:y + h, x:x + w] = dst
     return out
 
 
