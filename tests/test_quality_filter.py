@@ -189,3 +189,25 @@ def test_a_bad_image_drops_only_its_row():
     assert out["fine"]["keep"] and "aesthetic_tgt" in out["fine"]["meta"]["scores"]
     assert out["corrupt"]["keep"] is False and out["corrupt"]["drop_reason"].startswith("quality_filter: image is corrupt")
     assert out["tiny"]["drop_reason"].startswith("quality_filter: image too small to score")
+
+
+@pytest.mark.ml  # faiss
+def test_giqa_reference_source_uses_each_rows_folder(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"{i}.jpg").write_bytes(encode_jpeg(scene(400 + i)))
+    src, tgt, mask = removal_pair(8)
+    (folder / "own.jpg").write_bytes(encode_jpeg(src))
+    rows = [_row("a", src, tgt, mask, meta={"file": str(folder / "own.jpg")}),
+            _row("nofile", src, tgt, mask)]
+    st = QualityFilter({"giqa_reference": "source", "giqa_own_radius": 0.05, "giqa_tgt_min": "ref:p5"})
+    out = {r["key"]: r for r in run_stages_local([st], rows)}
+    flt = out["a"]["meta"]["filter"]
+    assert flt["giqa_reference"]["reference"] == str(folder) and flt["giqa_reference"]["count"] == 13
+    assert flt["thresholds"]["giqa_tgt_min"] == pytest.approx(flt["giqa_reference"]["percentiles"]["p5"], abs=1e-4)
+    sc = out["a"]["meta"]["scores"]
+    # the identical photo in the folder is skipped: a finite score on the reference's own scale
+    assert sc["giqa_src"] < 10 * flt["giqa_reference"]["percentiles"]["p99"]
+    assert "giqa_src" not in out["nofile"]["meta"]["scores"]
+    assert any("giqa: no reference" in s for s in out["nofile"]["meta"]["filter"]["skipped"])

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _REF_PCT = re.compile(r"^ref:p\d+(\.\d+)?$")
 _GIQA_CACHE: dict[tuple, Any] = {}
+SOURCE = "source"  # giqa_reference: the folder of each row's source image (meta.file), built on first use
 NEUTRAL = (128, 128, 128)  # fill outside a region's mask when regions are compared
 
 
@@ -76,7 +77,9 @@ class QualityFilterConfig(StageConfig):
     aesthetic_weights: str | None = None  # state_dict file of the LAION head (required by profile clip)
     store_embeddings: bool = False  # write CLIP vectors into meta["clip"] for later stages/tools
     # -- GIQA
-    giqa_reference: str | None = None  # a built reference folder, or images / a shard output to build one at setup
+    # a built reference folder, images / a shard output to build one at setup, or "source": the folder of
+    # each row's source image (meta.file), built on first use (the weight-free demo's setting)
+    giqa_reference: str | None = None
     giqa_features: Literal["auto", "classical", "clip"] = "auto"  # auto: classical (weightfree) or clip
     giqa_k: int = 5
     giqa_metric: Literal["l2", "cosine"] = "l2"
@@ -152,7 +155,7 @@ class QualityFilter(Stage):
                 c.concurrency = 1  # a model stage: an actor pool loads CLIP once per actor, not once per task
         if c.clip_model_config and not Path(c.clip_model_config).is_file():
             raise ConfigError(f"quality_filter.clip_model_config: file not found: {c.clip_model_config}")
-        if c.giqa_reference and not Path(c.giqa_reference).exists():
+        if c.giqa_reference and c.giqa_reference != SOURCE and not Path(c.giqa_reference).exists():
             raise ConfigError(f"quality_filter.giqa_reference: path not found: {c.giqa_reference}")
         for f in ("giqa_tgt_min", "giqa_diff_max"):
             v = getattr(c, f)
@@ -181,50 +184,74 @@ class QualityFilter(Stage):
             self.predictor = AestheticPredictor(c.aesthetic_weights, c.aesthetic_head, c.clip_device)
         feats = c.giqa_features if c.giqa_features != "auto" else ("clip" if c.profile == "clip" else "classical")
         self.giqa_extractor = giqa.clip_extractor(self.embedder) if feats == "clip" else giqa.classical_extractor()
-        self.reference = None
-        self.giqa_info: dict[str, Any] = {}
-        if c.giqa_reference:
-            key = (str(Path(c.giqa_reference).resolve()), self.giqa_extractor.feature_id, c.giqa_metric,
-                   c.giqa_build_limit, c.giqa_form, c.giqa_components)
-            ref = _GIQA_CACHE.get(key)
-            if ref is None:
-                if giqa.is_reference(c.giqa_reference):
-                    ref = giqa.load_reference(c.giqa_reference)
-                else:
-                    log.info("building the GIQA reference from %s", c.giqa_reference)
-                    ref = giqa.build_reference(c.giqa_reference, self.giqa_extractor, metric=c.giqa_metric,
-                                               limit=c.giqa_build_limit, form=c.giqa_form,
-                                               components=c.giqa_components, seed=self.seed)
-                _GIQA_CACHE[key] = ref
-            if ref.feature_id != self.giqa_extractor.feature_id:
-                raise ConfigError(f"quality_filter.giqa_reference: {c.giqa_reference} holds '{ref.feature_id}' "
-                                  f"features, this filter computes '{self.giqa_extractor.feature_id}'")
-            self.reference = ref
-            pct = ref.info.get("percentiles") or {}
-            if getattr(ref, "form", "knn") == "knn" and ref.info.get("percentiles_k") != c.giqa_k:
-                pct = ref.self_percentiles(c.giqa_k)
-            self.giqa_info = {"reference": str(c.giqa_reference), "form": getattr(ref, "form", "knn"),
-                              "feature": ref.feature_id, "metric": ref.metric,
-                              "count": ref.count, "k": c.giqa_k, "percentiles": pct}
-        self.thresholds: dict[str, float | None] = {}
-        self.specs: dict[str, str] = {}
-        for f in qrules.RULES:
-            v = getattr(c, f)
-            if f.startswith("giqa") and self.reference is None:
-                self.thresholds[f] = None
-                continue
-            try:
-                self.thresholds[f] = qrules.resolve_threshold(f, v, self.giqa_info.get("percentiles"))
-            except UserError as e:  # a bad threshold spec
-                raise ConfigError(f"quality_filter.{e}") from None
-            if isinstance(v, str):
-                self.specs[f] = v
+        self._contexts: dict[str, tuple[Any, dict, dict, dict]] = {}
+        self.source_mode = c.giqa_reference == SOURCE
+        # a fixed reference is loaded (or built) now; "source" references on first use, per folder
+        self.fixed = self._context(c.giqa_reference) if c.giqa_reference and not self.source_mode else None
+        if not c.giqa_reference:
+            self.fixed = self._context(None)
         self.scorers = {
             "aesthetic": self.predictor.model_id if self.predictor else f"{cq.FEATURE_ID}-score",
             "clip": self.embedder.model_id if self.embedder else None,
-            "giqa": self.giqa_extractor.feature_id if self.reference is not None else None,
+            "giqa": self.giqa_extractor.feature_id if c.giqa_reference else None,
             "region": (self.embedder.model_id if c.profile == "clip" else cq.REGION_FEATURE_ID),
         }
+
+    def _context(self, where: str | None) -> tuple[Any, dict, dict, dict]:
+        """``(reference, giqa_info, thresholds, threshold_specs)`` for a GIQA reference path (None: no
+        GIQA). GIQA thresholds such as ``ref:p5`` resolve against that reference's percentiles."""
+        from ..models import giqa
+
+        key = str(where)
+        if key in self._contexts:
+            return self._contexts[key]
+        c = self.config
+        ref, info = None, {}
+        if where is not None:
+            ck = (str(Path(where).resolve()), self.giqa_extractor.feature_id, c.giqa_metric, c.giqa_build_limit,
+                  c.giqa_form, c.giqa_components)
+            ref = _GIQA_CACHE.get(ck)
+            if ref is None:
+                if giqa.is_reference(where):
+                    ref = giqa.load_reference(where)
+                else:
+                    log.info("building the GIQA reference from %s", where)
+                    ref = giqa.build_reference(where, self.giqa_extractor, metric=c.giqa_metric,
+                                               limit=c.giqa_build_limit, form=c.giqa_form,
+                                               components=c.giqa_components, seed=self.seed)
+                _GIQA_CACHE[ck] = ref
+            if ref.feature_id != self.giqa_extractor.feature_id:
+                raise ConfigError(f"quality_filter.giqa_reference: {where} holds '{ref.feature_id}' "
+                                  f"features, this filter computes '{self.giqa_extractor.feature_id}'")
+            pct = ref.info.get("percentiles") or {}
+            if getattr(ref, "form", "knn") == "knn" and ref.info.get("percentiles_k") != c.giqa_k:
+                pct = ref.self_percentiles(c.giqa_k)
+            info = {"reference": str(where), "form": getattr(ref, "form", "knn"), "feature": ref.feature_id,
+                    "metric": ref.metric, "count": ref.count, "k": c.giqa_k, "percentiles": pct}
+        thresholds: dict[str, float | None] = {}
+        specs: dict[str, str] = {}
+        for f in qrules.RULES:
+            v = getattr(c, f)
+            if f.startswith("giqa") and ref is None:
+                thresholds[f] = None
+                continue
+            try:
+                thresholds[f] = qrules.resolve_threshold(f, v, info.get("percentiles"))
+            except UserError as e:  # a bad threshold spec
+                raise ConfigError(f"quality_filter.{e}") from None
+            if isinstance(v, str):
+                specs[f] = v
+        self._contexts[key] = (ref, info, thresholds, specs)
+        return self._contexts[key]
+
+    def _row_context(self, row: Row) -> tuple[Any, dict, dict, dict]:
+        if not self.source_mode:
+            return self.fixed
+        f = (row.get("meta") or {}).get("file")
+        folder = Path(f).parent if isinstance(f, str) and f else None
+        if folder is None or not folder.is_dir():
+            return self._context(None)
+        return self._context(str(folder))
 
     # -- the work -------------------------------------------------------------------------------
     def _in_scope(self, row: Row) -> bool:
@@ -260,12 +287,21 @@ class QualityFilter(Stage):
                         scores[id(r)][f"aesthetic_{role}"] = m.score()
                         extra[id(r)].setdefault("classical", {})[role] = {**m.as_dict(), **m.subscores()}
 
-        # GIQA
-        if self.reference is not None:
-            ridx = {id(r): i for i, r in enumerate(scope)}
+        # GIQA, against each row's reference (one, or one per source folder with giqa_reference: source)
+        ctx = {id(r): self._row_context(r) for r in scope}
+        for r in scope:
+            if ctx[id(r)][0] is None and c.giqa_reference:
+                extra[id(r)]["skipped"].append("giqa: no reference for this row (source folder unknown)")
+        ridx = {id(r): i for i, r in enumerate(scope)}
+        groups: dict[int, list[Row]] = {}
+        for r in scope:
+            if ctx[id(r)][0] is not None:
+                groups.setdefault(id(ctx[id(r)][0]), []).append(r)
+        for group in groups.values():
+            ref = ctx[id(group[0])][0]
             feats: dict[str, dict[int, np.ndarray]] = {}
             for role in ("src", "tgt"):
-                have = [r for r in scope if images[id(r)][role] is not None]
+                have = [r for r in group if images[id(r)][role] is not None]
                 if not have:
                     feats[role] = {}
                     continue
@@ -274,19 +310,18 @@ class QualityFilter(Stage):
                 else:
                     f = self.giqa_extractor([images[id(r)][role] for r in have])
                 feats[role] = {id(r): v for r, v in zip(have, f)}
-            pairs = [r for r in scope if id(r) in feats["src"] and id(r) in feats["tgt"]]
+            pairs = [r for r in group if id(r) in feats["src"] and id(r) in feats["tgt"]]
             if pairs:
-                s_src, s_tgt = self.reference.score_pairs(
+                s_src, s_tgt = ref.score_pairs(
                     np.stack([feats["src"][id(r)] for r in pairs]), np.stack([feats["tgt"][id(r)] for r in pairs]),
                     c.giqa_k, c.giqa_exclude_below, c.giqa_own_radius)
                 for r, a, b in zip(pairs, s_src, s_tgt):
                     scores[id(r)]["giqa_src"], scores[id(r)]["giqa_tgt"] = float(a), float(b)
             paired = {id(r) for r in pairs}
             for role in ("src", "tgt"):
-                single = [r for r in scope if id(r) in feats[role] and id(r) not in paired]
+                single = [r for r in group if id(r) in feats[role] and id(r) not in paired]
                 if single:
-                    v = self.reference.score(np.stack([feats[role][id(r)] for r in single]), c.giqa_k,
-                                             c.giqa_exclude_below)
+                    v = ref.score(np.stack([feats[role][id(r)] for r in single]), c.giqa_k, c.giqa_exclude_below)
                     for r, x in zip(single, v):
                         scores[id(r)][f"giqa_{role}"] = float(x)
 
@@ -302,7 +337,7 @@ class QualityFilter(Stage):
                 self._edit_checks(r, images[id(r)], scores[id(r)], extra[id(r)])
 
         for r in scope:
-            self._apply(r, scores[id(r)], extra[id(r)])
+            self._apply(r, scores[id(r)], extra[id(r)], ctx[id(r)])
         return rows
 
     def _edit_checks(self, row: Row, imgs: dict, sc: dict, extra: dict) -> None:
@@ -365,19 +400,20 @@ class QualityFilter(Stage):
         ref = ref / max(float(np.linalg.norm(ref)), 1e-12)
         sc["replace_gain"] = float(vecs[1] @ ref - vecs[0] @ ref)
 
-    def _apply(self, row: Row, sc: dict, extra: dict) -> None:
+    def _apply(self, row: Row, sc: dict, extra: dict, context: tuple) -> None:
+        _, giqa_info, thresholds, specs = context
         meta = row.setdefault("meta", {})
         meta.setdefault("scores", {}).update(sc)
-        failed = qrules.evaluate(meta["scores"], self.thresholds)
+        failed = qrules.evaluate(meta["scores"], thresholds)
         prior = None if row.get("keep") else (row.get("drop_reason") or "dropped")
         info: dict[str, Any] = {
-            "stage": self.name, "profile": self.config.profile, "thresholds": dict(self.thresholds),
+            "stage": self.name, "profile": self.config.profile, "thresholds": dict(thresholds),
             "failed": failed, "prior_drop": prior, "scorers": self.scorers,
         }
-        if self.specs:
-            info["threshold_specs"] = dict(self.specs)
-        if self.giqa_info:
-            info["giqa_reference"] = self.giqa_info
+        if specs:
+            info["threshold_specs"] = dict(specs)
+        if giqa_info:
+            info["giqa_reference"] = giqa_info
         if extra.get("skipped"):
             info["skipped"] = extra["skipped"]
         if extra.get("classical"):
