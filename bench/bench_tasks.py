@@ -54,9 +54,10 @@ def codec_limit(files: list[str], samples: int, procs: int) -> float:
         return samples / (time.perf_counter() - t0)
 
 
-def pipeline_configs(data: Path, variants: int) -> list[dict]:
+def pipeline_configs(data: Path, variants: int, records_per_shard: int = 64) -> list[dict]:
     # The object store is capped below what even the small run produces, so both runs show steady-state memory.
-    base = {"writer": {"records_per_shard": 64}, "ray": {"num_cpus": 2, "object_store_memory": 300_000_000}}
+    base = {"writer": {"records_per_shard": records_per_shard},
+            "ray": {"num_cpus": 2, "object_store_memory": 300_000_000}}
     return [
         {"name": "bench_kp", "source": {"type": "coco_keypoints",
                                         "annotations": str(data / "coco/annotations/person_keypoints_train2017.json"),
@@ -134,7 +135,9 @@ def main() -> None:
         small = run_measured(pipeline_configs(data, args.variants), str(Path(tmp) / "small"))
         sps = small["rows"] / small["seconds"]
         codec = codec_limit(files, max(2000, small["rows"] // 2), procs=2)
-        large = run_measured(pipeline_configs(data, args.variants * args.scale), str(Path(tmp) / "large"))
+        # 4x the samples with the same shard size in rows (shards are the unit the driver holds in memory)
+        large = run_measured(pipeline_configs(data, args.variants * args.scale, max(1, 64 // args.scale)),
+                             str(Path(tmp) / "large"))
     print(f"machine: {os.cpu_count()} CPUs; Ray num_cpus=2; 512 px; JPEG q95 (simplejpeg)")
     print(f"pipeline (keypoints + semseg): {small['rows']} samples in {small['seconds']:.1f}s = {sps:.1f} samples/s")
     print(f"JPEG codec limit (decode src + encode tgt, 2 procs): {codec:.1f} samples/s")

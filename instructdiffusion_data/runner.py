@@ -232,6 +232,8 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
         extra={"name": cfg.name, "version": cfg.version, "mixture_weight": cfg.writer.mixture_weight,
                "source_stats": source.stats},
     )
+    for st in stages:
+        st.finalize(root)
     summary.seconds = time.perf_counter() - t0
     return summary
 

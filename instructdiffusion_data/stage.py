@@ -23,6 +23,7 @@ import logging
 import pkgutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
@@ -64,6 +65,9 @@ class Stage(abc.ABC):
 
     def setup(self) -> None:
         """Load models; runs once per worker before the first batch."""
+
+    def finalize(self, root: Path) -> None:
+        """Runs once on the driver after the output's manifest is written (reports over the output)."""
 
     @abc.abstractmethod
     def process(self, rows: list[Row]) -> list[Row]:

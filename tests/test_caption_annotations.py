@@ -68,7 +68,7 @@ def test_removal_pipeline_over_demo_data_writes_provenance(tmp_path):
     phrasecut.generate(tmp_path / "demo", n=6, seed=0)
     cfg = load_pipeline_config("configs/pipelines/ieiw_removal.yaml",
                                [f"source.root={tmp_path / 'demo' / 'phrasecut'}", f"writer.out={tmp_path / 'shards'}"])
-    assert [s["type"] for s in cfg.stages][-2:] == ["caption", "llm_instruction"]
+    assert [s["type"] for s in cfg.stages][-3:] == ["caption", "llm_instruction", "quality_filter"]
     summary = runner.run(cfg, use_ray=False)
     rows = [r for p in sorted((summary.root / "train").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
     assert rows

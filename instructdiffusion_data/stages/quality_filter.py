@@ -167,6 +167,12 @@ class QualityFilter(Stage):
             raise ConfigError(f"quality_filter.background_margin: must be >= 0, got {c.background_margin}")
 
     # -- per worker ---------------------------------------------------------------------------
+    def finalize(self, root) -> None:
+        """Every run of a pipeline with this stage leaves its filter report (histograms, drops per rule)."""
+        from ..models.quality import write_report
+
+        write_report(root)
+
     def setup(self) -> None:
         from ..models import giqa
 
