@@ -21,6 +21,7 @@ from typing import Iterator
 from ..config import check_path
 from ..errors import ConfigError
 from ..schema import Row
+from ..storage import child_path, is_uri
 from ..stage import Source, SourceConfig
 from ._coco import bad_record, image_index, load_json, record_row, require_keys
 
@@ -48,9 +49,8 @@ def sentences_of(ref: dict) -> list[str]:
     return out
 
 
-class RefCocoSource(Source):
-    name = "refcoco"
-    Config = RefCocoConfig
+class RefSource(Source):
+    """The record loop shared by RefCOCO(+/g) and gRefCOCO; subclasses say how refs files are read."""
 
     def validate(self) -> None:
         cfg = self.config
@@ -62,14 +62,7 @@ class RefCocoSource(Source):
         check_path(cfg.images, "source.images", kind="dir")
 
     def load_refs(self) -> list:
-        try:
-            with open(self.config.refs, "rb") as fh:
-                refs = pickle.load(fh, encoding="latin1")
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise ConfigError(f"source.refs: {self.config.refs} is not a refs pickle ({e})") from None
-        if not isinstance(refs, list):
-            raise ConfigError(f"source.refs: {self.config.refs} holds {type(refs).__name__}, expected a list of refs")
-        return refs
+        raise ConfigError(f"source: {type(self).__name__} cannot read refs files")
 
     def records(self) -> Iterator[Row]:
         cfg = self.config
@@ -78,7 +71,7 @@ class RefCocoSource(Source):
         require_keys(doc, ("images", "annotations"), cfg.instances, "source.instances")
         images = image_index(doc)
         anns = {a["id"]: a for a in doc["annotations"]}
-        refs_file = str(Path(cfg.refs).resolve())
+        refs_file = cfg.refs if is_uri(cfg.refs) else str(Path(cfg.refs).resolve())
         for ref in sorted(refs, key=lambda r: r.get("ref_id", -1)):
             if cfg.splits and ref.get("split") not in cfg.splits:
                 continue
@@ -87,11 +80,15 @@ class RefCocoSource(Source):
             if img is None:
                 yield bad_record(cfg.dataset, "referring_seg", rid, "ref points at an unknown image id", refs_file, "image_id")
                 continue
-            path = str((Path(cfg.images) / img["file_name"]).resolve())
-            ann = anns.get(ref.get("ann_id"))
-            if ann is None:
-                yield bad_record(cfg.dataset, "referring_seg", rid, "ref points at an unknown annotation id", refs_file,
-                                 "ann_id", image=path)
+            path = child_path(cfg.images, img["file_name"])
+            # RefCOCO: one annotation id; gRefCOCO: a list, [-1] (or empty) for no-target expressions
+            ann_ids = ref.get("ann_id")
+            ann_ids = [a for a in (ann_ids if isinstance(ann_ids, list) else [ann_ids]) if a is not None and a != -1]
+            no_target = bool(ref.get("no_target")) or not ann_ids
+            missing = [a for a in ann_ids if a not in anns]
+            if missing:
+                yield bad_record(cfg.dataset, "referring_seg", rid, f"ref points at unknown annotation id {missing[0]}",
+                                 refs_file, "ann_id", image=path)
                 continue
             sents = sentences_of(ref)
             if not sents:
@@ -99,9 +96,25 @@ class RefCocoSource(Source):
                 continue
             yield record_row(cfg.dataset, "referring_seg", rid, {
                 "file": path, "image_id": img["id"], "width": img.get("width"), "height": img.get("height"),
-                "split": ref.get("split"), "sentences": sents, "ann_ids": [ann["id"]],
-                "targets": [{"category_id": ann.get("category_id"), **segment_of(ann)}], "no_target": False,
+                "split": ref.get("split"), "sentences": sents, "ann_ids": ann_ids, "no_target": no_target,
+                "targets": [] if no_target else [{"category_id": anns[a].get("category_id"), **segment_of(anns[a])}
+                                                 for a in ann_ids],
             })
+
+
+class RefCocoSource(RefSource):
+    name = "refcoco"
+    Config = RefCocoConfig
+
+    def load_refs(self) -> list:
+        try:
+            with open(self.config.refs, "rb") as fh:
+                refs = pickle.load(fh, encoding="latin1")
+        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise ConfigError(f"source.refs: {self.config.refs} is not a refs pickle ({e})") from None
+        if not isinstance(refs, list):
+            raise ConfigError(f"source.refs: {self.config.refs} holds {type(refs).__name__}, expected a list of refs")
+        return refs
 
 
 SOURCE = RefCocoSource

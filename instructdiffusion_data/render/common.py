@@ -89,25 +89,32 @@ def pick_mask_color(rgb: np.ndarray, mask: np.ndarray, cfg: MaskRenderConfig, rn
     return best
 
 
-def mask_sample(parent: Row, src: Source, mask: np.ndarray, color: str, cfg: MaskRenderConfig) -> dict:
-    """Render one mask sample: target bytes, mask PNG and verification figures. An empty mask (absent
-    category, no-target expression) gives a target identical to the source, byte for byte."""
+def mask_row(parent: Row, src: Source, mask: np.ndarray, color: str, cfg: MaskRenderConfig, *, variant: int,
+             instruction: str, meta: dict) -> Row:
+    """One mask sample as a row: target bytes, mask PNG, verification (dropped with the reason when
+    the recovered mask misses). An empty mask (absent category, no-target expression) gives a target
+    identical to the source, byte for byte."""
+    from ..schema import drop, make_key
+    from ..stage import child
+
     c = np.array(PALETTE[color], np.float32)
+    h, w = src.rgb.shape[:2]
     info: dict = {"color": color, "rgb": list(PALETTE[color]), "alpha": cfg.alpha,
-                  "mask_area": int(np.count_nonzero(mask))}
+                  "mask_area": int(np.count_nonzero(mask)), "variant": variant, "scale": src.scale, "size": [h, w]}
     if not mask.any():
-        tgt_bytes = src.data
-        tgt = src.rgb
+        tgt_bytes, tgt = src.data, src.rgb
     else:
-        tgt_bytes = encode_target(M.overlay(src.rgb, mask, c, cfg.alpha), cfg)
-        tgt = None
-    verified = None
+        tgt_bytes, tgt = encode_target(M.overlay(src.rgb, mask, c, cfg.alpha), cfg), None
+    row = child(parent, key=make_key(parent["dataset"], parent["meta"].get("record_id"), f"v{variant}"),
+                src=src.data, tgt=tgt_bytes, mask=M.mask_png(mask), instruction=instruction, meta={**meta, **info})
     if cfg.verify:
         if tgt is None:
             tgt = imageio.decode(tgt_bytes)
         rec, valid = M.recover_mask(src.rgb, tgt, c, cfg.alpha, cfg.min_contrast, gt=mask)
         iou = M.mask_iou(rec, mask, valid)
         seen = float(valid[mask].mean()) if mask.any() else 1.0
-        info["verify"] = {"iou": round(iou, 5), "determinable": round(seen, 4)}
-        verified = iou >= cfg.min_iou
-    return {"tgt": tgt_bytes, "mask": M.mask_png(mask), "info": info, "verified": verified}
+        row["meta"]["verify"] = {"iou": round(iou, 5), "determinable": round(seen, 4)}
+        row["meta"]["verified"] = bool(iou >= cfg.min_iou)
+        if not row["meta"]["verified"]:
+            drop(row, f"verification failed: recovered mask IoU below {cfg.min_iou}")
+    return row

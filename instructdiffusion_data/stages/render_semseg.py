@@ -16,9 +16,9 @@ from ..errors import ConfigError, RecordError
 from ..instructions import choose, load_templates
 from ..readers._coco import clean_name, cocostuff_labels
 from ..render import masks as M
-from ..render.common import MaskRenderConfig, load_source, mask_sample, object_phrase, pick_mask_color
-from ..schema import Row, drop, make_key
-from ..stage import Stage, child
+from ..render.common import MaskRenderConfig, load_source, mask_row, object_phrase, pick_mask_color
+from ..schema import Row
+from ..stage import Stage
 
 VOID = 255
 
@@ -100,16 +100,8 @@ class RenderSemseg(Stage):
                 mask = small[name]
             color = pick_mask_color(src.rgb, mask, cfg, rng)
             t_idx, text = choose(templates, rng, color=color, object=object_phrase(name))
-            sample = mask_sample(rec, src, mask, color, cfg)
-            row = child(rec, key=make_key(rec["dataset"], rid, f"v{v}"), src=src.data, tgt=sample["tgt"],
-                        mask=sample["mask"], instruction=text,
-                        meta=dict(base, variant=v, scale=src.scale, size=[h, w], category=name, absent=absent,
-                                  template=t_idx, present=present, **sample["info"]))
-            if sample["verified"] is not None:
-                row["meta"]["verified"] = bool(sample["verified"])
-                if not sample["verified"]:
-                    drop(row, f"verification failed: recovered mask IoU below {cfg.min_iou}")
-            rows.append(row)
+            rows.append(mask_row(rec, src, mask, color, cfg, variant=v, instruction=text,
+                                 meta=dict(base, category=name, absent=absent, template=t_idx, present=present)))
         return rows
 
 
