@@ -3,14 +3,16 @@ encoding, and the semi-transparent-mask sample used by semantic and referring se
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from .. import imageio
+from ..instructions import load_templates
 from ..schema import Row
-from ..stage import StageConfig
+from ..stage import Stage, StageConfig
 from . import masks as M
 from .palette import PALETTE, names as palette_names
 
@@ -118,3 +120,29 @@ def mask_row(parent: Row, src: Source, mask: np.ndarray, color: str, cfg: MaskRe
         if not row["meta"]["verified"]:
             drop(row, f"verification failed: recovered mask IoU below {cfg.min_iou}")
     return row
+
+
+class RenderStage(Stage):
+    """A stage that turns each source record into ``variants_per_record`` rendered rows: the templates
+    are loaded once per batch and the source image once per record; subclasses draw the variants."""
+
+    task: ClassVar[str] = ""  # the default template set (configs/instructions/<task>.txt)
+
+    def template_set(self) -> str:
+        return getattr(self.config, "templates", None) or self.task
+
+    def validate(self) -> None:
+        load_templates(self.template_set())
+
+    def process(self, rows: list[Row]) -> list[Row]:
+        cfg = self.config
+        templates = load_templates(self.template_set())
+        out: list[Row] = []
+        for rec in rows:
+            src = load_source(rec["meta"], cfg.max_side, cfg.jpeg_quality, record=rec["meta"].get("record_id"))
+            out.extend(self.render(rec, src, templates))
+        return out
+
+    @abc.abstractmethod
+    def render(self, rec: Row, src: Source, templates: list[str]) -> list[Row]:
+        """The variant rows of one record, drawn on ``src`` (the image at the written resolution)."""

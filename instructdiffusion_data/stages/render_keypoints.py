@@ -13,12 +13,12 @@ import numpy as np
 
 from .. import imageio
 from ..errors import ConfigError
-from ..instructions import choose, load_templates
+from ..instructions import choose
 from ..render import keypoints as K
-from ..render.common import RenderConfig, encode_target, load_source
+from ..render.common import RenderConfig, RenderStage, Source, encode_target
 from ..render.palette import PALETTE, names as palette_names
 from ..schema import Row, drop, make_key
-from ..stage import Stage, child
+from ..stage import child
 
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
 
@@ -55,9 +55,10 @@ def join_items(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-class RenderKeypoints(Stage):
+class RenderKeypoints(RenderStage):
     name = "render_keypoints"
     Config = RenderKeypointsConfig
+    task = "keypoint"
 
     def validate(self) -> None:
         c = self.config
@@ -65,20 +66,12 @@ class RenderKeypoints(Stage):
             raise ConfigError(f"{self.name}.min_joints/max_joints: need 1 <= min <= max, got {c.min_joints}..{c.max_joints}")
         if len(palette_names(c.colors)) < c.max_joints:
             raise ConfigError(f"{self.name}.colors: need at least max_joints={c.max_joints} colours")
-        load_templates(c.templates)
+        super().validate()
 
-    def process(self, rows: list[Row]) -> list[Row]:
-        out: list[Row] = []
-        templates = load_templates(self.config.templates)
-        for r in rows:
-            out.extend(self._render(r, templates))
-        return out
-
-    def _render(self, rec: Row, templates: list[str]) -> list[Row]:
+    def render(self, rec: Row, src: Source, templates: list[str]) -> list[Row]:
         cfg = self.config
         meta = rec["meta"]
         rid = meta.get("record_id")
-        src = load_source(meta, cfg.max_side, cfg.jpeg_quality, record=rid)
         h, w = src.rgb.shape[:2]
         radius = K.radius_for(h, w, cfg.radius_frac, cfg.min_radius)
         joints = [dict(j, x=j["x"] * src.scale, y=j["y"] * src.scale) for j in meta["joints"]]

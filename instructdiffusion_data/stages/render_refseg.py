@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..instructions import choose, load_templates
+from ..instructions import choose
 from ..render import masks as M
-from ..render.common import MaskRenderConfig, load_source, mask_row, object_phrase, pick_mask_color
+from ..render.common import MaskRenderConfig, RenderStage, Source, mask_row, object_phrase, pick_mask_color
 from ..schema import Row
-from ..stage import Stage
 
 
 @dataclass
@@ -24,25 +23,15 @@ class RenderRefsegConfig(MaskRenderConfig):
     pass
 
 
-class RenderRefseg(Stage):
+class RenderRefseg(RenderStage):
     name = "render_refseg"
     Config = RenderRefsegConfig
+    task = "referring_seg"
 
-    def validate(self) -> None:
-        load_templates(self.config.templates or "referring_seg")
-
-    def process(self, rows: list[Row]) -> list[Row]:
-        out: list[Row] = []
-        templates = load_templates(self.config.templates or "referring_seg")
-        for r in rows:
-            out.extend(self._render(r, templates))
-        return out
-
-    def _render(self, rec: Row, templates: list[str]) -> list[Row]:
+    def render(self, rec: Row, src: Source, templates: list[str]) -> list[Row]:
         cfg = self.config
         meta = rec["meta"]
         rid = meta.get("record_id")
-        src = load_source(meta, cfg.max_side, cfg.jpeg_quality, record=rid)
         h, w = src.rgb.shape[:2]
         h0, w0 = src.orig_size
         full = np.zeros((h0, w0), bool)

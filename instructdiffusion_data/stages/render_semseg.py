@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError, RecordError
-from ..instructions import choose, load_templates
+from ..instructions import choose
 from ..readers._coco import clean_name, cocostuff_labels
 from ..render import masks as M
-from ..render.common import MaskRenderConfig, load_source, mask_row, object_phrase, pick_mask_color
+from ..render.common import MaskRenderConfig, RenderStage, Source, mask_row, object_phrase, pick_mask_color
 from ..schema import Row
-from ..stage import Stage
 
 VOID = 255
 
@@ -30,23 +29,17 @@ class RenderSemsegConfig(MaskRenderConfig):
     vocabulary: str = "cocostuff"  # category names for absent draws (the bundled COCO-Stuff list)
 
 
-class RenderSemseg(Stage):
+class RenderSemseg(RenderStage):
     name = "render_semseg"
     Config = RenderSemsegConfig
+    task = "semantic_seg"
 
     def validate(self) -> None:
         if not 0.0 <= self.config.absent_ratio <= 1.0:
             raise ConfigError(f"{self.name}.absent_ratio: must be within [0, 1], got {self.config.absent_ratio}")
         if self.config.vocabulary != "cocostuff":
             raise ConfigError(f"{self.name}.vocabulary: unknown vocabulary {self.config.vocabulary!r} (cocostuff)")
-        load_templates(self.config.templates or "semantic_seg")
-
-    def process(self, rows: list[Row]) -> list[Row]:
-        out: list[Row] = []
-        templates = load_templates(self.config.templates or "semantic_seg")
-        for r in rows:
-            out.extend(self._render(r, templates))
-        return out
+        super().validate()
 
     def _category_masks(self, meta: dict, h0: int, w0: int, rid) -> dict[str, np.ndarray]:
         """name -> mask at the file's resolution, all annotations of a category merged."""
@@ -73,11 +66,10 @@ class RenderSemseg(Stage):
             masks[name] = masks[name] | m if name in masks else m
         return masks
 
-    def _render(self, rec: Row, templates: list[str]) -> list[Row]:
+    def render(self, rec: Row, src: Source, templates: list[str]) -> list[Row]:
         cfg = self.config
         meta = rec["meta"]
         rid = meta.get("record_id")
-        src = load_source(meta, cfg.max_side, cfg.jpeg_quality, record=rid)
         h, w = src.rgb.shape[:2]
         h0, w0 = src.orig_size
         full = self._category_masks(meta, h0, w0, rid)
