@@ -112,7 +112,8 @@ def init_ray(rcfg: cfgmod.RayConfig, address: str | None = None) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=rcfg.num_cpus, object_store_memory=rcfg.object_store_memory,
+        # address="local": always a fresh embedded instance, never a stale `ray start` cluster of this machine
+        ray.init(address="local", num_cpus=rcfg.num_cpus, object_store_memory=rcfg.object_store_memory,
                  include_dashboard=False, **kwargs)
 
 
