@@ -33,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tasks import pipeline_configs  # noqa: E402 (the same two pipelines as the task benchmark)
 log = logging.getLogger("bench_cluster")
 
 CHILD = r"""
@@ -54,20 +56,6 @@ for c in cfgs:
     res["pipelines"][c.name] = {"rows": rows, "seconds": s.seconds, "records": s.records}
 print(json.dumps(res))
 """
-
-
-def pipeline_configs(data: Path, variants: int) -> list[dict]:
-    base = {"writer": {"records_per_shard": 32}, "ray": {"num_cpus": 2, "object_store_memory": 400_000_000}}
-    return [
-        {"name": "bench_kp", "source": {"type": "coco_keypoints",
-                                        "annotations": str(data / "coco/annotations/person_keypoints_train2017.json"),
-                                        "images": str(data / "coco/train2017")},
-         "stages": [{"type": "render_keypoints", "variants_per_record": variants}], **base},
-        {"name": "bench_seg", "source": {"type": "coco_stuff", "images": str(data / "coco/train2017"),
-                                         "annotations": [str(data / "cocostuff/annotations/stuff_train2017.json"),
-                                                         str(data / "coco/annotations/instances_train2017.json")]},
-         "stages": [{"type": "render_semseg", "variants_per_record": variants}], **base},
-    ]
 
 
 def stage_rates(configs: list[dict]) -> dict:
@@ -210,7 +198,7 @@ def main() -> None:
             t0 = time.perf_counter()
             generate_all(data, n=args.images, seed=0, only=["coco"])
             log.info("demo data: %d scenes in %.1fs", args.images, time.perf_counter() - t0)
-        configs = pipeline_configs(data, args.variants)
+        configs = pipeline_configs(data, args.variants, records_per_shard=32, object_store_memory=400_000_000)
 
         stages = stage_rates(configs)
         for name, v in stages.items():

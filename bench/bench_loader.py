@@ -103,6 +103,16 @@ def loader_rate(mixture: Path, tokenizer, res: int, workers: int, batch: int, se
     return rate
 
 
+def _step(trainer, batch) -> None:
+    """One optimiser step of the trainer's own loss, backward, optimiser and EMA."""
+    loss = trainer.loss(batch)
+    trainer.accelerator.backward(loss)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.ema is not None:
+        trainer.ema.step(trainer.unet.parameters())
+
+
 def train_rate(trainer, steps: int, warmup: int) -> dict:
     """Steps through the trainer's own loss/backward/optimiser with its loader; time waiting for data."""
     import torch
@@ -122,12 +132,7 @@ def train_rate(trainer, steps: int, warmup: int) -> dict:
         t = time.perf_counter()
         batch = next(it)
         wait += time.perf_counter() - t
-        loss = trainer.loss(batch)
-        trainer.accelerator.backward(loss)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        if trainer.ema is not None:
-            trainer.ema.step(trainer.unet.parameters())
+        _step(trainer, batch)
     sync()
     dt = time.perf_counter() - t0
     del it
@@ -136,12 +141,7 @@ def train_rate(trainer, steps: int, warmup: int) -> dict:
         if i == warmup:
             sync()
             t1 = time.perf_counter()
-        loss = trainer.loss(batch)
-        trainer.accelerator.backward(loss)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        if trainer.ema is not None:
-            trainer.ema.step(trainer.unet.parameters())
+        _step(trainer, batch)
     sync()
     dt_model = time.perf_counter() - t1
     return {"steps_per_s": steps / dt, "samples_per_s": steps * cfg.train_batch_size / dt,

@@ -54,10 +54,13 @@ def codec_limit(files: list[str], samples: int, procs: int) -> float:
         return samples / (time.perf_counter() - t0)
 
 
-def pipeline_configs(data: Path, variants: int, records_per_shard: int = 64) -> list[dict]:
-    # The object store is capped below what even the small run produces, so both runs show steady-state memory.
+def pipeline_configs(data: Path, variants: int, records_per_shard: int = 64,
+                     object_store_memory: int = 300_000_000) -> list[dict]:
+    """The keypoint and semantic-segmentation pipelines over generated COCO demo data (also used by
+    bench_cluster.py). The object store is capped below what even the small run here produces, so both
+    runs show steady-state memory."""
     base = {"writer": {"records_per_shard": records_per_shard},
-            "ray": {"num_cpus": 2, "object_store_memory": 300_000_000}}
+            "ray": {"num_cpus": 2, "object_store_memory": object_store_memory}}
     return [
         {"name": "bench_kp", "source": {"type": "coco_keypoints",
                                         "annotations": str(data / "coco/annotations/person_keypoints_train2017.json"),
