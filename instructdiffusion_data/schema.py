@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Any, Iterable
 
@@ -98,7 +99,42 @@ def drop(row: Row, reason: str) -> Row:
 
 
 def dumps_meta(meta: dict) -> str:
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=_json_default)
+    """Strict JSON for ``meta``: a NaN or infinite number raises ValueError naming its key path.
+
+    ``json.dumps`` would otherwise write the bare tokens ``NaN`` / ``Infinity``, which are not JSON and
+    which strict readers (browsers, the auditor, other languages) reject.
+    """
+    try:
+        return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=_json_default, allow_nan=False)
+    except ValueError as e:
+        found = _nonfinite_path(meta, "meta")
+        if found is None:
+            raise
+        path, value = found
+        raise ValueError(f"{path} is not a finite number ({float(value)!r}); meta must be strict JSON") from e
+
+
+def _nonfinite_path(obj: Any, path: str) -> tuple[str, float] | None:
+    """``(key path, value)`` of the first non-finite float in ``obj`` (``meta.scores[2].x``), or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path, obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return None
+    if isinstance(obj, dict):
+        items = ((f"{path}.{k}", v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        try:
+            conv = _json_default(obj)  # numpy scalars and arrays, as json.dumps sees them
+        except TypeError:
+            return None
+        return None if conv is obj else _nonfinite_path(conv, path)
+    for p, v in items:
+        found = _nonfinite_path(v, p)
+        if found is not None:
+            return found
+    return None
 
 
 def _json_default(obj: Any) -> Any:
