@@ -20,25 +20,39 @@ import yaml
 from .errors import ConfigError
 
 
+def rng(lo: float | None = None, hi: float | None = None) -> dict:
+    """Field metadata bounding a number: ``field(default=1, metadata=rng(1))`` (>= 1),
+    ``metadata=rng(0, 1)`` (a ratio). :func:`build` checks it and names the key."""
+    return {"min": lo, "max": hi}
+
+
 @dataclass
 class WriterConfig:
     out: str = "shards"  # output root; the output lands in <out>/<pipeline name>/<version>/
-    records_per_shard: int = 256  # source records per shard (a record may give several rows)
+    # source units per shard: records of an annotation file, or input items (an image with its json,
+    # a frame pair) of a folder dataset; a unit may give several rows
+    records_per_shard: int = field(default=256, metadata=rng(1))
     overwrite: bool = False  # refuse to resume into an output written with a different config unless set
-    mixture_weight: float = 1.0  # default sampling weight of this output in a mixture (idd mix may override)
+    # default sampling weight of this output in a mixture (idd mix may override)
+    mixture_weight: float = field(default=1.0, metadata=rng(0))
 
 
 @dataclass
 class RayConfig:
     address: str | None = None  # None: embedded local cluster (ray.init()); "auto" or "ray://host:port" joins one
     num_cpus: int | None = None  # only for the embedded cluster
-    object_store_memory: int = 2 * 1024**3  # only for the embedded cluster; NOTES: cap it
-    preserve_order: bool = True
-    block_records: int = 8  # source records per Ray block: the unit of parallel work (a shard is several blocks)
+    # only for the embedded cluster: Ray's default takes 30% of memory, too much beside the workers
+    object_store_memory: int = field(default=2 * 1024**3, metadata=rng(78643200))
+    # largest Ray block: a shard travels as one block from reader to writer, so this bounds a shard's bytes
+    max_block_bytes: int = field(default=2 * 1024**3, metadata=rng(1 << 20))
+    split_memory: int | None = None  # bytes of heap reserved for the task splitting a big annotation file
     # Ray Data reserves half of the cluster for each operator by default; with a source and one or two
     # stages that leaves CPUs idle (measured: 1 of 2 map tasks running). Off unless a pipeline needs it.
     reserve_op_resources: bool = False
     runtime_env: dict | None = None  # passed to ray.init (working_dir, py_modules, env_vars)
+    # removed options, accepted so older configs still load (the shard is the unit of work now)
+    preserve_order: bool | None = None
+    block_records: int | None = None
 
 
 @dataclass
@@ -50,6 +64,22 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     version: str = "v1"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # name and version become folders under --out: single safe path components, never ".." or "/x"
+        for key in ("name", "version"):
+            check_component(getattr(self, key), key)
+
+
+_SAFE_COMPONENT = __import__("re").compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_component(value: Any, where: str) -> str:
+    """``value`` as one safe folder name (letters, digits, ``._-``, not starting with a dot)."""
+    if not isinstance(value, str) or not _SAFE_COMPONENT.match(value) or ".." in value:
+        raise ConfigError(f"{where}: {value!r} must be one folder name (letters, digits, '.', '_', '-'; "
+                          "no '/', no '..', not starting with '.')")
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -133,6 +163,7 @@ def build(cls: type, data: Any, where: str = "config") -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+        _check_range(kwargs[name], fields[name].metadata, f"{where}.{name}")
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -140,6 +171,20 @@ def build(cls: type, data: Any, where: str = "config") -> Any:
     if missing:
         raise ConfigError(f"{where}.{missing[0]}: required key is missing")
     return cls(**kwargs)
+
+
+def _check_range(value: Any, meta: Any, where: str) -> None:
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is None and hi is None) or value is None or isinstance(value, bool):
+        return
+    vals = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    for v in vals:
+        if not isinstance(v, (int, float)):
+            continue
+        if v != v or (lo is not None and v < lo) or (hi is not None and v > hi):
+            bound = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
+                     else f">= {lo:g}" if lo is not None else f"<= {hi:g}")
+            raise ConfigError(f"{where}: must be {bound}, got {v!r}")
 
 
 def to_dict(obj: Any) -> Any:

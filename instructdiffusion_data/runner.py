@@ -1,12 +1,19 @@
-"""Runs a pipeline config on Ray Data: source -> stages -> shard writer.
+"""Runs a pipeline config: the driver plans, workers read, run the stages and write (docs/architecture.md).
 
-The driver reads the source's record rows (annotations only, no pixels) in a fixed order and cuts
-them into shards of ``writer.records_per_shard`` records. Finished shards are skipped. The remaining
-records become a Ray dataset; each stage is one ``map_batches`` (CPU stages as tasks, GPU or stateful
-stages as actor pools sized by the stage's declared resources). Ray Data runs with
-``preserve_order``, so the rows of shard *s* are complete once a later shard's rows arrive; the driver
-then writes shard *s* (sorted by key) and moves on. Memory on the driver is bounded by a few shards,
-whatever the size of the dataset.
+1. **Plan** (driver, cheap). The source yields :class:`~readers._base.ShardSpec` s: a slice of a big
+   annotation file, or a group of input files named without being opened. A big annotation file is
+   first streamed once, by one worker task, into per-shard record files under ``<output>/.plan/``
+   (its memory is that task's, reported apart); the driver holds the specs only, never a record.
+2. **Resume check.** A finished shard is reused only when its recorded input fingerprint equals the
+   plan's; otherwise the run stops before any work with one line naming the changed input, unless
+   ``--redo-changed`` asks to redo the affected shards.
+3. **Execute.** Ray Data: ``from_items(specs)`` -> read (one spec per task) -> one ``map_batches`` per
+   stage (CPU stages as tasks, GPU or stateful ones as actor pools) -> write. The writer runs on the
+   worker holding the shard's rows and commits the shard atomically (:mod:`writer`); the driver
+   receives one small result per shard (counts, or the shard's error) and shows progress. A shard
+   that fails is reported with its error while the others commit, and the run exits non-zero listing
+   the failed shards. ``--no-ray`` runs the same three functions in this process, shard by shard.
+4. **Manifest**: aggregated from the shards' stats files, with the record accounting checked.
 
 On a cluster (docs/cluster.md) the same code joins it: ``--address``, ``ray.address`` or
 ``RAY_ADDRESS`` (what ``ray job submit`` sets); with a ``ray://`` (Ray Client) address the driver's
@@ -20,21 +27,24 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import resource
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 from tqdm import tqdm
 
 from . import config as cfgmod
-from .errors import ConfigError
+from . import faults
+from .errors import ConfigError, UserError
+from .readers._base import PLAN_DIR, FileGroupSource, RecordSource, ShardSpec, Source
 from .schema import Row, rows_to_table, table_to_rows
-from .stage import Source, Stage, make_source, make_stage
+from .stage import Stage, make_source, make_stage
 from .storage import Location, is_uri, join
-from .writer import RUN_FILE, ShardWriter
+from .writer import FORMAT, MANIFEST, RUN_FILE, ShardWriter, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +58,17 @@ class RunSummary:
     records: int = 0
     manifest: dict = field(default_factory=dict)
     seconds: float = 0.0
+    failed: dict = field(default_factory=dict)  # shard index -> error
+    split: dict = field(default_factory=dict)  # how the annotation file was split (time, MB/s, memory)
+    plan_lines: list = field(default_factory=list)  # idd run --plan
 
     def lines(self) -> list[str]:
         out = [f"output: {self.root}"]
-        out.append(f"shards: {self.shards_total} ({self.shards_written} written, {self.shards_skipped} already done)"
-                   f", {self.records} source records, {self.seconds:.1f}s")
+        out.append(f"shards: {self.shards_total} ({self.shards_written} written, {self.shards_skipped} already done"
+                   f"{f', {len(self.failed)} FAILED' if self.failed else ''}), {self.records} source records, "
+                   f"{self.seconds:.1f}s")
+        for shard, err in sorted(self.failed.items())[:20]:
+            out.append(f"  FAILED shard {shard_name(shard)}: {err}")
         for split, info in self.manifest.get("splits", {}).items():
             tasks = ", ".join(f"{k}={v}" for k, v in info["tasks"].items()) or "-"
             out.append(f"  {split:9s} {info['rows']:7d} rows  [{tasks}]")
@@ -74,12 +90,14 @@ def config_fingerprint(cfg: cfgmod.PipelineConfig) -> str:
     d.pop("ray", None)
     d.get("writer", {}).pop("out", None)
     d.get("writer", {}).pop("overwrite", None)
+    d["format"] = FORMAT
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 def output_root(cfg: cfgmod.PipelineConfig, out: str | None = None) -> Path | str:
     """``<out>/<name>/<version>``: a Path, or a URI string when ``out`` is one (``s3://bucket/shards``)."""
-    return join(out or cfg.writer.out, cfg.name, cfg.version)
+    return join(out or cfg.writer.out, cfgmod.check_component(cfg.name, "name"),
+                cfgmod.check_component(cfg.version, "version"))
 
 
 def build(cfg: cfgmod.PipelineConfig) -> tuple[Source, list[Stage]]:
@@ -133,49 +151,96 @@ def _map_stage(ds: Any, stage: Stage) -> Any:
 
 def run_stages_local(stages: list[Stage], rows: list[Row]) -> list[Row]:
     """Run the stages in this process, without Ray (tests, debugging): same code path per batch."""
-    table = rows_to_table(rows)
+    return table_to_rows(_stages_on_table(stages, rows_to_table(rows)))
+
+
+def _stages_on_table(stages: list[Stage], table: pa.Table) -> pa.Table:
     for st in stages:
         bs = max(1, st.resources.batch_size)
         table = pa.concat_tables([st(table.slice(i, bs)) for i in range(0, table.num_rows, bs)] or [table])
-    return table_to_rows(table)
+    return table
+
+
+# -- output folder -------------------------------------------------------------------------------
+
+# What the engine writes at an output root; --overwrite removes these and nothing else.
+ENGINE_ENTRIES = ("train", "rejected", PLAN_DIR, "generations", MANIFEST, "CURRENT.json", "filter_report.json",
+                  "filter_report", "README.md")
+
+
+def _read_run_file(loc: Location) -> dict | None:
+    try:
+        data = json.loads((loc / RUN_FILE).read_text())
+        return data if isinstance(data, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 def prepare_output(cfg: cfgmod.PipelineConfig, root: Path | str, overwrite: bool) -> None:
+    """Create or check the output folder. A folder is only ever written into, or removed by
+    ``--overwrite``, when it holds this engine's run file; anything else is refused."""
     fp = config_fingerprint(cfg)
     loc = Location(root)
     run_file = loc / RUN_FILE
     if run_file.is_file():
-        prev = json.loads(run_file.read_text())
-        if prev.get("fingerprint") != fp:
+        prev = _read_run_file(loc)
+        if prev is None or prev.get("fingerprint") != fp:
             if not overwrite:
-                raise ConfigError(f"{root}: holds an output of a different config; pass --overwrite "
-                                  "or choose another version/--out")
+                what = "an unreadable run file" if prev is None else "an output of a different config"
+                raise ConfigError(f"{root}: holds {what}; pass --overwrite or choose another version/--out")
             log.warning("overwriting %s (config changed)", root)
-            _remove_tree(loc)
-    elif overwrite and loc.exists():
-        _remove_tree(loc)
+            remove_output(loc)
+        elif overwrite:
+            log.warning("overwriting %s (--overwrite)", root)
+            remove_output(loc)
+    elif loc.exists() and (loc.names() or loc.dirs()):
+        raise ConfigError(f"{root}: exists and holds files this engine did not write (no {RUN_FILE}); it is "
+                          "never written into or removed: choose another --out, name or version")
     loc.mkdir()
-    run_file.write_text(json.dumps({"fingerprint": fp, "config": cfgmod.to_dict(cfg)}, indent=1, sort_keys=True))
-
-
-def _remove_tree(loc: Location) -> None:
-    if loc.local:
-        shutil.rmtree(loc.path)
+    text = json.dumps({"fingerprint": fp, "config": cfgmod.to_dict(cfg), "format": FORMAT}, indent=1, sort_keys=True)
+    if loc.atomic_rename:
+        tmp = loc / f"{RUN_FILE}.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        tmp.replace(run_file)
     else:
-        loc.rmtree()
+        run_file.write_text(text)
+    faults.point("run.runfile")
 
+
+def remove_output(loc: Location) -> None:
+    """Remove what the engine wrote at an output root (run file last); anything else stays, with a warning."""
+    import shutil
+
+    for name in loc.dirs() + loc.names():
+        if name == RUN_FILE:
+            continue
+        target = loc / name
+        if name in ENGINE_ENTRIES or name.startswith((f"{MANIFEST}.tmp", f"{RUN_FILE}.tmp")):
+            if target.is_dir():
+                shutil.rmtree(target.path) if loc.local else target.rmtree()
+            else:
+                target.delete_file()
+        else:
+            log.warning("%s: not written by this engine, left in place", target)
+    (loc / RUN_FILE).delete_file()
+
+
+# -- the run -------------------------------------------------------------------------------------
 
 def run(cfg: cfgmod.PipelineConfig, *, address: str | None = None, out: str | None = None,
-        overwrite: bool = False, use_ray: bool = True) -> RunSummary:
-    if use_ray and (cluster_address(cfg.ray, address) or "").startswith("ray://"):
-        return _run_via_client(cfg, cluster_address(cfg.ray, address), out, overwrite)
-    return _run_driver(cfg, address=address, out=out, overwrite=overwrite, use_ray=use_ray)
+        overwrite: bool = False, use_ray: bool = True, redo_changed: bool = False,
+        plan_only: bool = False) -> RunSummary:
+    if use_ray and not plan_only and (cluster_address(cfg.ray, address) or "").startswith("ray://"):
+        return _run_via_client(cfg, cluster_address(cfg.ray, address), out, overwrite, redo_changed)
+    return _run_driver(cfg, address=address, out=out, overwrite=overwrite, use_ray=use_ray,
+                       redo_changed=redo_changed, plan_only=plan_only)
 
 
-def _run_via_client(cfg: cfgmod.PipelineConfig, address: str, out: str | None, overwrite: bool) -> RunSummary:
+def _run_via_client(cfg: cfgmod.PipelineConfig, address: str, out: str | None, overwrite: bool,
+                    redo_changed: bool) -> RunSummary:
     """``--address ray://host:10001`` (Ray Client). Ray Data cannot execute from a client driver, so
-    the driver's whole work (reading the source, writing the shards) runs as one task on the
-    cluster's head node (0 CPUs: it never takes a stage's slot), whose Ray Data job runs the stages.
+    the driver's work (planning, collecting shard results) runs as one task on the cluster's head node
+    (0 CPUs: it never takes a stage's slot), whose Ray Data job runs the stages and the writers.
     Paths are the cluster's: give absolute paths or URIs (the output best an object-store URI)."""
     init_ray(cfg.ray, address)
     import ray
@@ -185,94 +250,371 @@ def _run_via_client(cfg: cfgmod.PipelineConfig, address: str, out: str | None, o
         target = str(Path(target).absolute())
     log.info("Ray Client: the run executes on the cluster's head node, output %s", target)
     task = ray.remote(num_cpus=0, max_retries=0, resources={"node:__internal_head__": 0.001})(_remote_driver)
-    return ray.get(task.remote(cfg, target, overwrite))
+    return ray.get(task.remote(cfg, target, overwrite, redo_changed))
 
 
-def _remote_driver(cfg: cfgmod.PipelineConfig, out: str, overwrite: bool) -> RunSummary:
+def _remote_driver(cfg: cfgmod.PipelineConfig, out: str, overwrite: bool, redo_changed: bool = False) -> RunSummary:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return _run_driver(cfg, address=None, out=out, overwrite=overwrite, use_ray=True)
+    return _run_driver(cfg, address=None, out=out, overwrite=overwrite, use_ray=True, redo_changed=redo_changed,
+                       plan_only=False)
+
+
+def _split_task(source: RecordSource, root: str, per_shard: int) -> dict:
+    """Stream a big annotation file into per-shard record files (a worker task: its memory is its own)."""
+    t0 = time.perf_counter()
+    index = source.split(Location(root), per_shard)
+    secs = time.perf_counter() - t0
+    size = sum(max(0, f[1]) for f in index.get("inputs", []))
+    return {"seconds": round(secs, 3), "input_mb": round(size / 1e6, 2),
+            "mb_per_s": round(size / 1e6 / max(secs, 1e-9), 1), "records": index["records"],
+            "shards": len(index["shards"]),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _changed_inputs(source: Source, writer: ShardWriter, loc: Location, specs: list[ShardSpec],
+                    done: set[int]) -> tuple[list[int], list[int], str]:
+    """Finished shards whose inputs differ from the plan (or that the plan no longer has), and a
+    one-line description of what changed."""
+    by_index = {s.index: s for s in specs}
+    changed, stale = [], sorted(i for i in done if i not in by_index)
+    what = ""
+    for i in sorted(done & set(by_index)):
+        try:
+            st = writer.shard_stats(i)
+        except (OSError, ValueError):
+            changed.append(i)
+            continue
+        rec = (st.get("inputs") or {}).get("fingerprint")
+        if rec != by_index[i].fingerprint:
+            changed.append(i)
+            if not what:
+                what = _describe_change(source, loc, st, by_index[i])
+    if not what and stale:
+        what = f"the inputs now make {len(specs)} shards, shards up to {max(stale)} were written before"
+    return changed, stale, what
+
+
+def _describe_change(source: Source, loc: Location, st: dict, spec: ShardSpec) -> str:
+    old = {f[0]: f[1:] for f in (st.get("inputs") or {}).get("files") or []}
+    if isinstance(source, RecordSource):
+        for d in (loc / PLAN_DIR).dirs():
+            f = loc / PLAN_DIR / d / "index.json"
+            try:
+                idx = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if idx.get("fingerprint") == (st.get("inputs") or {}).get("fingerprint"):
+                old = {x[0]: x[1:] for x in idx.get("inputs", [])}
+        now = {f[0]: f[1:] for f in source.inputs_fingerprint(0)[1]}
+    else:
+        from .readers._base import file_facts
+
+        now = {p: file_facts(p)[1:] for it in spec.items or [] for p in it}
+    for name in sorted(set(old) | set(now)):
+        a, b = old.get(name), now.get(name)
+        if a != b:
+            if a is None:
+                return f"new input {name}"
+            if b is None or b[0] < 0:
+                return f"input {name} is gone"
+            return f"input {name} changed (size {a[0]} -> {b[0]}, mtime {a[1]} -> {b[1]})"
+    return f"inputs of shard {spec.index} ({spec.label}) changed"
 
 
 def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | None, overwrite: bool,
-                use_ray: bool) -> RunSummary:
+                use_ray: bool, redo_changed: bool = False, plan_only: bool = False) -> RunSummary:
     t0 = time.perf_counter()
     source, stages = build(cfg)
     root = output_root(cfg, out)
+    loc = Location(root)
+    summary = RunSummary(root=root)
+    if plan_only:
+        return _print_plan(cfg, source, loc, summary)
     prepare_output(cfg, root, overwrite or cfg.writer.overwrite)
-    writer = ShardWriter(root)
-    done = writer.done_shards()
-
+    writer = ShardWriter(root, output=cfg.name, version=cfg.version)
+    writer.clean_attempts()
     rps = cfg.writer.records_per_shard
-    if rps < 1:
-        raise ConfigError(f"writer.records_per_shard: must be >= 1, got {rps}")
-    log.info("reading source %s", source.name)
-    pending: dict[int, list[Row]] = {}
-    n_records = 0
-    for i, rec in enumerate(source.iter_limited()):
-        n_records += 1
-        shard = i // rps
-        if shard in done:
-            continue
-        rec["_rec"], rec["_shard"] = i, shard
-        pending.setdefault(shard, []).append(rec)
-    n_shards = (n_records + rps - 1) // rps
-    summary = RunSummary(root=root, shards_total=n_shards, records=n_records,
-                         shards_skipped=len([s for s in done if s < n_shards]))
-    log.info("%d records in %d shards; %d already done, %d to write", n_records, n_shards,
+
+    # 1. plan (a big annotation file is split once, by a worker)
+    if isinstance(source, RecordSource):
+        if source.split_index(loc, rps) is None:
+            log.info("splitting %s into per-shard record files (one pass, streamed)", source.name)
+            if use_ray:
+                init_ray(cfg.ray, address)
+                import ray
+
+                opts: dict[str, Any] = {"num_cpus": 1, "max_retries": 2}
+                if cfg.ray.split_memory:
+                    opts["memory"] = cfg.ray.split_memory
+                summary.split = ray.get(ray.remote(**opts)(_split_task).remote(source, str(loc), rps))
+            else:
+                summary.split = _split_task(source, str(loc), rps)
+            log.info("split: %(records)d records into %(shards)d shards, %(input_mb).1f MB in %(seconds).1fs "
+                     "(%(mb_per_s).1f MB/s, worker peak RSS %(peak_rss_mb).0f MB)", summary.split)
+    specs = source.plan(loc, rps)
+    summary.shards_total = len(specs)
+    if not specs:
+        raise UserError(f"source {source.name}: no input records (check source paths and patterns)")
+
+    # 2. resume: finished shards are reused only when their inputs are the plan's
+    done = writer.done_shards()
+    changed, stale, what = _changed_inputs(source, writer, loc, specs, done)
+    if changed or stale:
+        if not redo_changed:
+            raise UserError(f"{root}: {what}; {len(changed) + len(stale)} finished shards were made from other "
+                            "inputs. Rerun with --redo-changed to redo them, or --overwrite to start over")
+        log.warning("%s: redoing %d changed shards, removing %d stale ones", what, len(changed), len(stale))
+        for i in changed + stale:
+            writer.remove_shard(i)
+        done -= set(changed) | set(stale)
+    pending = [s for s in specs if s.index not in done]
+    summary.shards_skipped = len(specs) - len(pending)
+    log.info("%d shards (%s per shard: %d); %d already done, %d to write", len(specs), source.unit, rps,
              summary.shards_skipped, len(pending))
 
+    # 3. execute: workers read, run the stages and write
+    roots = collect_roots(cfg, source)
+    max_rows = 1
+    for st in stages:
+        max_rows *= max(1, st.max_rows_per_input())
+    reader = ReadShard(source)
+    sink = WriteShard(str(loc), cfg.name, cfg.version, roots, max_rows)
     if pending:
-        if use_ray:
-            summary.shards_written = _run_ray(cfg, stages, pending, writer, address)
-        else:
-            for shard, recs in tqdm(sorted(pending.items()), desc="shards", unit="shard"):
-                writer.write_shard(shard, run_stages_local(stages, recs))
+        results = (_execute_ray(cfg, stages, pending, reader, sink, address) if use_ray
+                   else _execute_local(stages, pending, reader, sink))
+        bar = tqdm(total=len(pending), desc=f"{cfg.name} shards", unit="shard")
+        for res in results:
+            bar.update(1)
+            if res.get("ok"):
                 summary.shards_written += 1
+            else:
+                summary.failed[res["shard"]] = res.get("error") or "unknown error"
+                log.error("shard %s failed: %s", shard_name(res["shard"]), res.get("error"))
+        bar.close()
+        missing = {s.index for s in pending} - set(writer.done_shards()) - set(summary.failed)
+        for i in sorted(missing):
+            summary.failed[i] = "no result came back for this shard (its rows were lost between read and write)"
+
+    # 4. manifest, with the accounting checked
+    split_index = source.split_index(loc, rps) if isinstance(source, RecordSource) else None
     summary.manifest = writer.write_manifest(
         config=cfgmod.to_dict(cfg),
         extra={"name": cfg.name, "version": cfg.version, "mixture_weight": cfg.writer.mixture_weight,
-               "source_stats": source.stats},
+               "source_stats": (split_index or {}).get("reader") or {}, "roots": roots,
+               "shards_planned": len(specs), "complete": not summary.failed,
+               "failed_shards": {shard_name(k): v for k, v in sorted(summary.failed.items())},
+               "unit": source.unit, "records_per_shard": rps},
     )
-    for st in stages:
-        st.finalize(root)
+    if not summary.manifest.get("source_stats"):
+        summary.manifest["source_stats"] = summary.manifest.get("reader_stats", {})
+    summary.records = summary.manifest.get("records", 0)
+    if split_index is not None and not summary.failed and summary.records != split_index["records"]:
+        raise RuntimeError(f"{root}: record accounting does not add up: the source gave {split_index['records']} "
+                           f"records, the shards hold {summary.records}")
+    if not summary.failed:
+        for st in stages:
+            st.finalize(root)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _run_ray(cfg: cfgmod.PipelineConfig, stages: list[Stage], pending: dict[int, list[Row]],
-             writer: ShardWriter, address: str | None) -> int:
+def _print_plan(cfg: cfgmod.PipelineConfig, source: Source, loc: Location, summary: RunSummary) -> RunSummary:
+    """``idd run --plan``: the shards, their inputs and what is done, without running anything."""
+    rps = cfg.writer.records_per_shard
+    writer = ShardWriter(loc)
+    if isinstance(source, RecordSource) and source.split_index(loc, rps) is None:
+        summary.plan_lines = [f"{source.name}: the annotation file is not split yet; the run first streams it "
+                              f"once into shards of {rps} records ({', '.join(source.input_files()[:3])})"]
+        return summary
+    specs = source.plan(loc, rps)
+    done = writer.done_shards() if loc.exists() else set()
+    changed, stale, what = _changed_inputs(source, writer, loc, specs, done) if done else ([], [], "")
+    lines = [f"{len(specs)} shards of up to {rps} {source.unit}s; {len(done & {s.index for s in specs})} done, "
+             f"{len(changed)} changed, {len(stale)} stale{f' ({what})' if what else ''}"]
+    for s in specs:
+        state = "changed" if s.index in changed else "done" if s.index in done else "todo"
+        lines.append(f"  {shard_name(s.index)}  {state:7s}  {s.label}  inputs {s.fingerprint[:12]}")
+    summary.plan_lines = lines
+    summary.shards_total = len(specs)
+    return summary
+
+
+def collect_roots(cfg: cfgmod.PipelineConfig, source: Source) -> dict[str, str]:
+    """Named input roots: paths in rows are written relative to them (``{source.images}/x.jpg``)."""
+    roots = dict(source.roots())
+    for i, spec in enumerate(cfg.stages):
+        for k, v in (spec or {}).items():
+            if isinstance(v, str) and v and k != "type" and not is_uri(v) and ("/" in v or os.sep in v):
+                p = Path(v)
+                if p.exists():
+                    roots[f"stages.{i}.{k}"] = str(p.resolve())
+    return roots
+
+
+# -- the three worker functions ------------------------------------------------------------------
+
+class ReadShard:
+    """Reads the records of one shard spec (one row per spec in, the shard's records out)."""
+
+    def __init__(self, source: Source):
+        self.source = source
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tables = [self.read(ShardSpec.from_json(t)) for t in batch.column("spec").to_pylist()]
+        return pa.concat_tables(tables)
+
+    def read(self, spec: ShardSpec) -> pa.Table:
+        from collections import Counter as _C
+
+        self.source.stats = _C()
+        try:
+            rows = list(self.source.read(spec))
+            error = None
+        except Exception as e:  # noqa: BLE001 - the shard fails with its error; the others go on
+            log.exception("reading shard %s failed", shard_name(spec.index))
+            rows, error = [], f"reading {spec.label} failed: {type(e).__name__}: {e}"
+        info = {"inputs": {"fingerprint": spec.fingerprint, "label": spec.label,
+                           "files": [[p, *f] for p, *f in _facts_of(spec)]},
+                "reader": dict(self.source.stats)}
+        if error or not rows:
+            from .schema import new_row
+
+            row = new_row(key=f"failed-shard-{spec.index}", keep=False, drop_reason=error or "no records",
+                          drop_class="shard failed")
+            row.update(_shard=spec.index, _rec=-1, _nrec=-1, _sinfo=json.dumps({"error": error or "the shard read no records"}))
+            return rows_to_table([row])
+        for i, r in enumerate(rows):
+            r["_shard"], r["_rec"], r["_nrec"] = spec.index, i, len(rows)
+            r["_sinfo"] = None
+        rows[0]["_sinfo"] = json.dumps(info, sort_keys=True)
+        return rows_to_table(rows)
+
+
+def _facts_of(spec: ShardSpec) -> list:
+    if spec.items is None:
+        return []
+    from .readers._base import file_facts
+
+    return [file_facts(p) for it in spec.items for p in it]
+
+
+class WriteShard:
+    """Checks and commits whole shards from the rows of a block; returns one result row per shard."""
+
+    def __init__(self, root: str, output: str, version: str, roots: dict[str, str], max_rows_per_record: int):
+        self.root, self.output, self.version = root, output, version
+        self.roots, self.max_rows = roots, max_rows_per_record
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        by: dict[int, list[Row]] = {}
+        for r in table_to_rows(batch):
+            by.setdefault(int(r["_shard"]), []).append(r)
+        results = [json.dumps(self.write(shard, rows), sort_keys=True) for shard, rows in sorted(by.items())]
+        return pa.table({"result": pa.array(results, pa.string())})
+
+    def write(self, shard: int, rows: list[Row]) -> dict:
+        bad = [r for r in rows if r.get("_rec") == -1]
+        if bad:
+            return {"shard": shard, "ok": False, "error": json.loads(bad[0]["_sinfo"] or "{}").get("error", "read failed")}
+        nrec = int(rows[0]["_nrec"])
+        per_rec = Counter(int(r["_rec"]) for r in rows)
+        missing = [i for i in range(nrec) if i not in per_rec]
+        if missing:
+            return {"shard": shard, "ok": False,
+                    "error": f"{len(missing)} of {nrec} records reached the writer without any row (first: record "
+                             f"{missing[0]}): the shard arrived in pieces (raise ray.max_block_bytes or lower "
+                             "writer.records_per_shard) or a stage lost rows"}
+        over = [(i, n) for i, n in per_rec.items() if n > self.max_rows]
+        if over:
+            return {"shard": shard, "ok": False,
+                    "error": f"record {over[0][0]} gave {over[0][1]} rows, more than the stages declare "
+                             f"({self.max_rows}): a stage duplicated rows"}
+        info = next((json.loads(r["_sinfo"]) for r in rows if r.get("_rec") == 0 and r.get("_sinfo")), {})
+        info["records"] = nrec
+        info["inputs"] = relativize(info.get("inputs") or {}, self.roots)
+        for r in rows:
+            r["meta"] = relativize(r.get("meta") or {}, self.roots)
+            if r.get("drop_detail"):
+                r["drop_detail"] = [relativize_text(d, self.roots) for d in r["drop_detail"]]
+            if r.get("drop_reason"):
+                r["drop_reason"] = relativize_text(r["drop_reason"], self.roots)
+        writer = ShardWriter(self.root, output=self.output, version=self.version)
+        try:
+            stats = writer.write_shard(shard, rows, info)
+        except OSError as e:
+            return {"shard": shard, "ok": False, "error": f"{e.strerror or e}: {e.filename or self.root}"}
+        except Exception as e:  # noqa: BLE001 - reported per shard; the other shards commit
+            log.exception("writing shard %s failed", shard_name(shard))
+            return {"shard": shard, "ok": False, "error": f"{type(e).__name__}: {e}"}
+        return {"shard": shard, "ok": True, "records": nrec,
+                "rows": {k: v["rows"] for k, v in stats.items()}}
+
+
+def relativize_text(text: str, roots: dict[str, str]) -> str:
+    """Replace absolute root prefixes in ``text`` by ``{root name}`` (longest root first)."""
+    for name, path in sorted(roots.items(), key=lambda kv: -len(kv[1])):
+        if path and path in text:
+            text = _replace_prefix(text, path, "{" + name + "}")
+    return text
+
+
+def _replace_prefix(text: str, path: str, token: str) -> str:
+    out, i = [], 0
+    while True:
+        j = text.find(path, i)
+        if j < 0:
+            out.append(text[i:])
+            return "".join(out)
+        end = j + len(path)
+        boundary = end == len(text) or text[end] in "/\"',) ;]}"
+        out.append(text[i:j])
+        out.append(token if boundary else path)
+        i = end
+
+
+def relativize(obj: Any, roots: dict[str, str]) -> Any:
+    """``obj`` with every string's absolute root prefix replaced by ``{root name}``."""
+    if not roots:
+        return obj
+    if isinstance(obj, str):
+        return relativize_text(obj, roots) if ("/" in obj or "\\" in obj) else obj
+    if isinstance(obj, dict):
+        return {k: relativize(v, roots) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relativize(v, roots) for v in obj]
+    return obj
+
+
+def resolve_path(text: str, roots: dict[str, str]) -> str:
+    """The inverse of :func:`relativize_text`: ``{source.images}/x.jpg`` -> ``/data/coco/x.jpg``."""
+    for name, path in roots.items():
+        text = text.replace("{" + name + "}", path)
+    return text
+
+
+def _execute_local(stages: list[Stage], pending: list[ShardSpec], reader: ReadShard, sink: WriteShard) -> Iterator[dict]:
+    for spec in pending:
+        table = _stages_on_table(stages, reader.read(spec))
+        for res in sink(table).column("result").to_pylist():
+            yield json.loads(res)
+
+
+def _execute_ray(cfg: cfgmod.PipelineConfig, stages: list[Stage], pending: list[ShardSpec], reader: ReadShard,
+                 sink: WriteShard, address: str | None) -> Iterator[dict]:
     init_ray(cfg.ray, address)
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = cfg.ray.preserve_order
+    # The writer needs every row of a shard in one call: no order to keep, and blocks never cut.
+    ctx.execution_options.preserve_order = False
     ctx.op_resource_reservation_enabled = cfg.ray.reserve_op_resources
-    step = max(1, cfg.ray.block_records)
-    tables = [rows_to_table(recs[i:i + step]) for _, recs in sorted(pending.items()) for i in range(0, len(recs), step)]
-    ds = ray.data.from_arrow(tables)
+    ctx.target_max_block_size = cfg.ray.max_block_bytes
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items([{"spec": s.to_json()} for s in pending], override_num_blocks=len(pending))
+    ds = ds.map_batches(reader, batch_size=1, batch_format="pyarrow", zero_copy_batch=False, num_cpus=1)
     for st in stages:
         ds = _map_stage(ds, st)
-
-    buffers: dict[int, list[Row]] = {}
-    written = 0
-    high = -1
-    bar = tqdm(total=len(pending), desc="shards written", unit="shard")
+    ds = ds.map_batches(sink, batch_size=None, batch_format="pyarrow", zero_copy_batch=False, num_cpus=1)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in table_to_rows(batch):
-            buffers.setdefault(row["_shard"], []).append(row)
-            high = max(high, row["_shard"])
-        # Output comes in input order and records of a later shard never precede earlier ones: every
-        # shard below the highest seen is complete.
-        for shard in sorted(s for s in buffers if s < high):
-            writer.write_shard(shard, buffers.pop(shard))
-            written += 1
-            bar.update(1)
-    for shard in sorted(buffers):
-        writer.write_shard(shard, buffers.pop(shard))
-        written += 1
-        bar.update(1)
-    bar.close()
-    missing = set(pending) - set(writer.done_shards())
-    if missing:
-        raise RuntimeError(f"shards {sorted(missing)[:5]} produced no rows; the source rows were lost in a stage")
-    return written
+        for res in batch.column("result").to_pylist():
+            yield json.loads(res)

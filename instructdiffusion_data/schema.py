@@ -28,9 +28,13 @@ TASKS = (
     "edit",
 )
 
-# Public columns (DESIGN.md) then the runner's bookkeeping columns (underscore).
-COLUMNS = ("key", "task", "dataset", "src", "tgt", "instruction", "mask", "meta", "keep", "drop_reason")
-PRIVATE_COLUMNS = ("_shard", "_rec")
+# Public columns (docs/architecture.md, "The row") then the runner's bookkeeping columns (underscore):
+# ``_shard`` the shard index, ``_rec`` the record's index inside its shard (every row made from one
+# record keeps it), ``_nrec`` the shard's record count and ``_sinfo`` shard-level facts (inputs, reader
+# counters) carried on the rows of record 0. The writer checks every record of a shard arrived.
+COLUMNS = ("key", "task", "dataset", "src", "tgt", "instruction", "mask", "meta", "keep", "drop_reason",
+           "drop_class", "drop_detail")
+PRIVATE_COLUMNS = ("_shard", "_rec", "_nrec", "_sinfo")
 
 ARROW_SCHEMA = pa.schema(
     [
@@ -44,8 +48,12 @@ ARROW_SCHEMA = pa.schema(
         pa.field("meta", pa.string()),
         pa.field("keep", pa.bool_()),
         pa.field("drop_reason", pa.string()),
+        pa.field("drop_class", pa.string()),
+        pa.field("drop_detail", pa.list_(pa.string())),
         pa.field("_shard", pa.int64()),
         pa.field("_rec", pa.int64()),
+        pa.field("_nrec", pa.int64()),
+        pa.field("_sinfo", pa.string()),
     ]
 )
 
@@ -81,8 +89,12 @@ def new_row(**fields: Any) -> Row:
         "meta": {},
         "keep": True,
         "drop_reason": None,
+        "drop_class": None,
+        "drop_detail": None,
         "_shard": -1,
         "_rec": -1,
+        "_nrec": -1,
+        "_sinfo": None,
     }
     unknown = set(fields) - set(row)
     if unknown:
@@ -91,11 +103,72 @@ def new_row(**fields: Any) -> Row:
     return row
 
 
-def drop(row: Row, reason: str) -> Row:
-    """Mark a row as dropped, never delete it; the first reason wins, later ones are appended."""
+def drop(row: Row, reason: str, **detail: Any) -> Row:
+    """Mark a row as dropped, never delete it.
+
+    ``reason`` is the *class* of the drop, the same text for every row dropped for the same cause
+    ("image file missing", "aesthetic_tgt<4.5"); per-record values go in ``detail`` (``file=``,
+    ``record=``, ``field=``, measured numbers). They are stored apart: ``drop_class`` (the first
+    class, what counts and filters use), ``drop_detail`` (one JSON object per reason, in order, with
+    its class) and ``drop_reason`` (the human-readable text of all reasons, for display only; nothing
+    parses it back).
+    """
     row["keep"] = False
-    row["drop_reason"] = reason if not row.get("drop_reason") else f"{row['drop_reason']};{reason}"
+    clean = {k: v for k, v in detail.items() if v is not None}
+    entry = json.dumps({"class": reason, **clean}, sort_keys=True, default=str)
+    row["drop_detail"] = [*(row.get("drop_detail") or []), entry]
+    if not row.get("drop_class"):
+        row["drop_class"] = reason
+    text = f"{reason} ({', '.join(f'{k}={v}' for k, v in clean.items())})" if clean else reason
+    row["drop_reason"] = text if not row.get("drop_reason") else f"{row['drop_reason']};{text}"
     return row
+
+
+def drop_entries(row: Row) -> list[dict]:
+    """The row's drop reasons as dicts (``{"class": ..., **detail}``), oldest first."""
+    return [json.loads(d) for d in row.get("drop_detail") or []]
+
+
+# Typed score columns of the sidecar parquet (float32, null where not computed): one fixed set in every
+# sidecar, named by scorer. ``meta["scores"]`` keeps the raw values; the writer maps them here. The
+# aesthetic scores depend on the quality filter's profile: the LAION predictor on CLIP ViT-L/14
+# (``profile: clip``) and the weight-free classical score (``profile: weightfree``) are different
+# scales, so they get different columns.
+SCORE_COLUMNS: tuple[str, ...] = (
+    "aesthetic_laion_src", "aesthetic_laion_tgt", "aesthetic_laion_diff",
+    "aesthetic_classical_src", "aesthetic_classical_tgt", "aesthetic_classical_diff",
+    "giqa_src", "giqa_tgt", "giqa_diff",
+    "edit_change", "background_change", "replace_gain",
+    "ip2p_clip_sim_0", "ip2p_clip_sim_1", "ip2p_clip_sim_dir", "ip2p_clip_sim_image",
+)
+_PLAIN_SCORES = ("giqa_src", "giqa_tgt", "giqa_diff", "edit_change", "background_change", "replace_gain")
+# InstructPix2Pix's released metadata names (``clip_sim_direction`` is accepted as an alias of ``_dir``)
+_IP2P_SCORES = {"clip_sim_0": "ip2p_clip_sim_0", "clip_sim_1": "ip2p_clip_sim_1", "clip_sim_dir": "ip2p_clip_sim_dir",
+                "clip_sim_direction": "ip2p_clip_sim_dir", "clip_sim_image": "ip2p_clip_sim_image"}
+
+
+def typed_scores(meta: dict) -> dict[str, float | None]:
+    """The :data:`SCORE_COLUMNS` of one row from its meta (None where not computed)."""
+    out: dict[str, float | None] = dict.fromkeys(SCORE_COLUMNS)
+    scores = meta.get("scores") if isinstance(meta, dict) else None
+    if not isinstance(scores, dict):
+        return out
+    profile = (meta.get("filter") or {}).get("profile") if isinstance(meta.get("filter"), dict) else None
+    aesthetic = "aesthetic_laion" if profile == "clip" else "aesthetic_classical"
+
+    def num(v: Any) -> float | None:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    for role in ("src", "tgt", "diff"):
+        if f"aesthetic_{role}" in scores:
+            out[f"{aesthetic}_{role}"] = num(scores[f"aesthetic_{role}"])
+    for name in _PLAIN_SCORES:
+        if name in scores:
+            out[name] = num(scores[name])
+    for name, col in _IP2P_SCORES.items():
+        if name in scores and out[col] is None:
+            out[col] = num(scores[name])
+    return out
 
 
 def dumps_meta(meta: dict) -> str:

@@ -1,4 +1,4 @@
-"""The stage and source interfaces (DESIGN.md, "One stage interface").
+"""The stage interface, and lookup of stages and sources by name (docs/architecture.md).
 
 A *stage* is a callable class: ``__init__(config)`` stores a typed config and loads nothing;
 ``setup()`` loads models once per worker, on the first batch (so the object pickles cheaply);
@@ -6,7 +6,7 @@ A *stage* is a callable class: ``__init__(config)`` stores a typed config and lo
 Ray Data's ``map_batches`` calls. Subclasses implement :meth:`Stage.process` on parsed rows, and can
 be tested without Ray by calling them on a batch.
 
-A *source* turns a dataset's files into record rows (no image bytes yet) in a deterministic order.
+A *source* (:mod:`readers._base`) plans shards and reads the records of one shard on a worker.
 
 Stages and sources are found by convention: ``type: render_keypoints`` in a pipeline config is the
 ``STAGE`` attribute of ``instructdiffusion_data.stages.render_keypoints``; ``type: coco_keypoints``
@@ -24,13 +24,15 @@ import pkgutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from . import config as cfgmod
 from .errors import ConfigError, RecordError
+from .readers._base import FileGroupSource, RecordSource, SourceConfig  # noqa: F401 (re-exported)
+from .readers._base import Source as _SourceBase
 from .schema import Row, drop, rows_to_table, table_to_rows
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,12 @@ class Stage(abc.ABC):
     Config: ClassVar[type[StageConfig]] = StageConfig
     # Rows already dropped are passed through untouched unless a stage asks to see them (filters do).
     process_dropped: ClassVar[bool] = False
+
+    def max_rows_per_input(self) -> int:
+        """The most rows this stage makes from one input row (1: it changes rows in place; a renderer
+        making ``variants_per_record`` variants says so). The writer checks the rows of every record
+        against the product over the pipeline's stages: more rows means a stage duplicated some."""
+        return 1
 
     def __init__(self, config: StageConfig | dict | None = None, *, seed: int = 0):
         self.config = cfgmod.build(self.Config, config if config is not None else {}, where=self.name)
@@ -113,11 +121,9 @@ class Stage(abc.ABC):
 
         exc = sys.exc_info()[1]
         if isinstance(exc, RecordError):
-            reason = f"{self.name}: {exc}"
-        else:
-            reason = f"{self.name}: error {type(exc).__name__}: {exc}"
-            log.warning("%s raised on %s: %s", self.name, row.get("key"), exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        return drop(row, reason)
+            return drop(row, f"{self.name}: {exc.reason}", file=exc.file, record=exc.record, field=exc.field)
+        log.warning("%s raised on %s: %s", self.name, row.get("key"), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return drop(row, f"{self.name}: error {type(exc).__name__}", error=str(exc)[:500])
 
     # -- helpers for subclasses --------------------------------------------------------------
     def rng(self, *parts: Any) -> np.random.Generator:
@@ -135,38 +141,9 @@ def child(parent: Row, **changes: Any) -> Row:
     return row
 
 
-@dataclass
-class SourceConfig:
-    """Base of every source config."""
-
-    limit: int | None = None  # stop after this many records (debugging, smoke runs)
-
-
-class Source(abc.ABC):
-    name: ClassVar[str] = "source"
-    Config: ClassVar[type[SourceConfig]] = SourceConfig
-
-    def __init__(self, config: SourceConfig | dict | None = None, *, seed: int = 0):
-        self.config = cfgmod.build(self.Config, config if config is not None else {}, where=f"source({self.name})")
-        self.seed = seed
-        self.stats: dict[str, int] = {}
-        self.validate()
-
-    def validate(self) -> None:
-        """Check paths; raise ConfigError naming the key and the path."""
-
-    @abc.abstractmethod
-    def records(self) -> Iterator[Row]:
-        """Yield record rows in a deterministic order. A bad record is yielded dropped, with its
-        reason, file and record id in ``meta``; it is never silently skipped."""
-
-    def iter_limited(self) -> Iterator[Row]:
-        n = 0
-        for r in self.records():
-            if self.config.limit is not None and n >= self.config.limit:
-                return
-            n += 1
-            yield r
+# User sources written against the first interface (``records()`` only) keep working: ``stage.Source``
+# is the record-stream source; new readers pick RecordSource or FileGroupSource from readers._base.
+Source = RecordSource
 
 
 # -- lookup by convention --------------------------------------------------------------------
@@ -199,7 +176,7 @@ def stage_class(type_name: str, where: str = "stages") -> type[Stage]:
     return _lookup("instructdiffusion_data.stages", "STAGE", type_name, where)
 
 
-def source_class(type_name: str, where: str = "source") -> type[Source]:
+def source_class(type_name: str, where: str = "source") -> type[_SourceBase]:
     return _lookup("instructdiffusion_data.readers", "SOURCE", type_name, where)
 
 
@@ -215,7 +192,7 @@ def make_stage(spec: dict, index: int, seed: int) -> Stage:
         raise
 
 
-def make_source(spec: dict, seed: int) -> Source:
+def make_source(spec: dict, seed: int) -> _SourceBase:
     if not isinstance(spec, dict) or "type" not in spec:
         raise ConfigError("source: expected a mapping with a 'type'")
     body = {k: v for k, v in spec.items() if k != "type"}

@@ -168,6 +168,19 @@ class Location:
     def delete_file(self) -> None:
         self.fs.delete_file(self.path)
 
+    def dirs(self) -> list[str]:
+        """Sub-folder names directly in this folder (empty when it does not exist)."""
+        sel = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel)
+                      if i.type == pafs.FileType.Directory)
+
+    def facts(self) -> tuple[int, int] | None:
+        """``(size, mtime_ns)`` of a file (None when missing): what a shard's input fingerprint uses."""
+        info = self._info()
+        if info.type != pafs.FileType.File:
+            return None
+        return int(info.size or 0), int(info.mtime_ns or 0)
+
     def rmtree(self) -> None:
         if self.is_dir():
             self.fs.delete_dir(self.path)

@@ -1,29 +1,32 @@
-"""The shard writer (DESIGN.md, "Shards on disk"; the format is specified in shards/README.md).
+"""The shard writer (docs/shard-format.md).
 
-One *shard* is the output of one fixed group of source records. Its rows are sorted by key and split
-into ``train/NNNNNN.*`` (kept) and ``rejected/NNNNNN.*`` (dropped). Each split gets a WebDataset tar,
-a parquet sidecar with every column but the image bytes plus the byte offsets of the members, and a
-stats json. Files are written under ``*.tmp`` names and renamed when complete, stats last: a shard
-is finished when both stats files exist, and a rerun skips finished shards, so a run killed at any
-point and rerun ends with every sample exactly once. Tars are byte-reproducible (sorted members, fixed
-mtime, owner and mode).
+One *shard* is the output of one planned group of source records (a slice of an annotation file, or
+a group of input files). Its rows are sorted by key and split into ``train/NNNNNN.*`` (kept) and
+``rejected/NNNNNN.*`` (dropped). Each split gets a WebDataset tar, a parquet sidecar with every column
+but the image bytes (typed score columns, the drop class and details, the member offsets) and a stats
+json. The writer runs on a Ray worker, once per shard.
 
-The root may be an object-store URI (``s3://bucket/prefix``, ``gs://...``; see :mod:`storage`). Object
-stores have no rename, but an object only becomes visible once its upload is complete, so there the
-commit is write-then-marker: every data object of the shard (tars, parquets) is written under its
-final name first and the stats jsons, the completion markers, last. A shard cut short leaves data
-objects without markers; it is not done, and the rerun writes it again over them.
+Commit protocol. Locally every file is written under a name unique to this attempt
+(``NNNNNN.tar.tmp-<attempt>``: Ray may run a retried task while a killed attempt's files remain) and
+renamed when complete, the stats jsons last: a shard is finished when both stats files exist. On an
+object store (no rename; an object appears whole when its upload completes) the data objects are
+written under their final names first and the stats jsons, the completion markers, last. A shard cut
+short is not done; a rerun writes it again over what it left. Tars are byte-reproducible (sorted
+members, fixed mtime, owner and mode), so a retried or rerun shard has the same bytes.
+
+Every file's size and sha256 are recorded in its stats and in the manifest (``idd inspect --verify``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
-import re
 import subprocess
 import tarfile
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,8 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from . import faults
 from .imageio import sniff_ext
-from .schema import Row, dumps_meta
+from .schema import SCORE_COLUMNS, Row, dumps_meta, typed_scores
 from .storage import Location, is_uri
 
 log = logging.getLogger(__name__)
@@ -43,15 +47,25 @@ IMAGE_MEMBERS = ("src", "tgt", "mask")
 MANIFEST = "manifest.json"
 RUN_FILE = ".idd-run.json"
 
+FORMAT = "instructdiffusion-data/2"
+ROWS_WITHOUT_IMAGE_LISTED = 50  # per stats file; the parquet has them all (src_member is null)
+
 SIDECAR_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
         ("task", pa.string()),
         ("dataset", pa.string()),
+        ("output", pa.string()),
+        ("version", pa.string()),
+        ("source_id", pa.string()),
+        ("licence", pa.string()),
         ("instruction", pa.string()),
         ("meta", pa.string()),
         ("keep", pa.bool_()),
+        ("drop_class", pa.string()),
+        ("drop_detail", pa.list_(pa.string())),
         ("drop_reason", pa.string()),
+        *[(c, pa.float32()) for c in SCORE_COLUMNS],
         ("tar", pa.string()),
         ("src_member", pa.string()),
         ("src_offset", pa.int64()),
@@ -64,16 +78,6 @@ SIDECAR_SCHEMA = pa.schema(
         ("mask_size", pa.int64()),
     ]
 )
-
-_REASON_DETAIL = re.compile(r"\s*\([^()]*\)\s*$")
-
-
-def reason_class(reason: str | None) -> str:
-    """The reason without its per-record details ("image file missing (file=a.jpg, record=3)" ->
-    "image file missing"), for counting."""
-    if not reason:
-        return ""
-    return ";".join(_REASON_DETAIL.sub("", part) for part in reason.split(";"))
 
 
 def shard_name(index: int) -> str:
@@ -118,9 +122,30 @@ def sample_members(row: Row) -> dict[str, bytes]:
     if isinstance(meta, str):
         meta = json.loads(meta)
     doc = {"task": row.get("task"), "dataset": row.get("dataset"), "keep": bool(row.get("keep")),
-           "drop_reason": row.get("drop_reason"), "meta": meta}
+           "drop_class": row.get("drop_class"), "drop_reason": row.get("drop_reason"), "meta": meta}
     members["json"] = dumps_meta(doc).encode("utf-8")
     return members
+
+
+class _Hashing:
+    """A write-only stream that forwards to ``fh`` and counts bytes and sha256 on the way."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.sha, self.bytes = fh, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.bytes += len(data)
+        return self.fh.write(data)
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def info(self) -> dict:
+        return {"bytes": self.bytes, "sha256": self.sha.hexdigest()}
 
 
 def write_tar(path: Path | Any, rows: list[Row]) -> list[dict]:
@@ -155,18 +180,14 @@ def _write_tar_stream(fh: Any, rows: list[Row]) -> list[dict]:
 def split_stats(rows: list[Row]) -> dict:
     tasks = Counter(r.get("task") or "" for r in rows)
     datasets = Counter(r.get("dataset") or "" for r in rows)
-    reasons = Counter(reason_class(r.get("drop_reason")) for r in rows if not r.get("keep"))
-    verified = Counter()
+    reasons = Counter(r.get("drop_class") or "dropped" for r in rows if not r.get("keep"))
+    verified: Counter = Counter()
     for r in rows:
         meta = r.get("meta") or {}
         if "verified" in meta:
             verified["checked"] += 1
             verified["passed"] += bool(meta["verified"])
-    no_image = [
-        {"key": r["key"], "file": (r.get("meta") or {}).get("file"), "record": (r.get("meta") or {}).get("record_id"),
-         "reason": r.get("drop_reason")}
-        for r in rows if not r.get("src")
-    ]
+    no_image = [r for r in rows if not r.get("src")]
     return {
         "rows": len(rows),
         "tasks": dict(sorted(tasks.items())),
@@ -174,19 +195,39 @@ def split_stats(rows: list[Row]) -> dict:
         "drop_reasons": dict(sorted(reasons.items())),
         "verified": dict(verified),
         "bytes": {c: sum(len(r.get(c) or b"") for r in rows) for c in IMAGE_MEMBERS},
-        "rows_without_image": no_image,
+        "rows_without_image": len(no_image),
+        # a few examples for a reader of the stats; the parquet lists them all (src_member is null)
+        "rows_without_image_examples": [
+            {"key": r["key"], "record": (r.get("meta") or {}).get("record_id"), "reason": r.get("drop_class")}
+            for r in no_image[:ROWS_WITHOUT_IMAGE_LISTED]
+        ],
+    }
+
+
+def _sidecar_row(r: Row, place: dict, tar_name: str, output: str | None, version: str | None) -> dict:
+    meta = r.get("meta") or {}
+    if isinstance(meta, str):
+        meta = json.loads(meta)
+    prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+    return {
+        "key": r["key"], "task": r.get("task"), "dataset": r.get("dataset"), "output": output, "version": version,
+        "source_id": prov.get("source_id") or (str(meta["record_id"]) if meta.get("record_id") is not None else None),
+        "licence": prov.get("licence"), "instruction": r.get("instruction"), "meta": dumps_meta(meta),
+        "keep": bool(r.get("keep")), "drop_class": r.get("drop_class"), "drop_detail": r.get("drop_detail"),
+        "drop_reason": r.get("drop_reason"), **typed_scores(meta), "tar": tar_name, **place,
     }
 
 
 class ShardWriter:
     """Writes finished shards under ``root`` (a folder or an object-store URI) and the output's manifest."""
 
-    def __init__(self, root: str | os.PathLike | Location):
+    def __init__(self, root: str | os.PathLike | Location, *, output: str | None = None, version: str | None = None):
         self.loc = root if isinstance(root, Location) else Location(root)
         if isinstance(root, Location):
             self.root = Path(root.path) if root.local else str(root)
         else:
             self.root = str(self.loc) if is_uri(root) else Path(root)
+        self.output, self.version = output, version
 
     def split_dir(self, split: str) -> Path | Location:
         return self.root / split if isinstance(self.root, Path) else self.loc / split
@@ -202,7 +243,12 @@ class ShardWriter:
         found = {n.split(".")[0] for n in names["train"] if n.endswith(".stats.json")}
         return {int(n) for n in found if n.isdigit() and all(f"{n}.stats.json" in names[s] for s in SPLITS)}
 
-    def write_shard(self, index: int, rows: Iterable[Row]) -> dict:
+    def shard_stats(self, index: int, split: str = "train") -> dict:
+        return json.loads((self.loc / split / f"{shard_name(index)}.stats.json").read_text())
+
+    def write_shard(self, index: int, rows: Iterable[Row], info: dict | None = None) -> dict:
+        """Write and commit shard ``index``; ``info`` (inputs, record count, reader counters) goes into
+        both stats files. Returns ``{split: stats}``."""
         rows = sorted(rows, key=lambda r: r["key"])
         keys = [r["key"] for r in rows]
         if len(set(keys)) != len(keys):
@@ -210,77 +256,132 @@ class ShardWriter:
             raise ValueError(f"shard {index}: duplicate key {dup}: a stage must give each variant its own key")
         name = shard_name(index)
         parts = {"train": [r for r in rows if r.get("keep")], "rejected": [r for r in rows if not r.get("keep")]}
-        # local: write "<final>.tmp" and rename; object store: write the final object directly (no rename)
-        suffix = ".tmp" if self.loc.atomic_rename else ""
-        pending: list[tuple[Location, Location]] = []
+        # local: write "<final>.tmp-<attempt>" and rename; object store: the final object directly (no rename)
+        suffix = f".tmp-{uuid.uuid4().hex[:12]}" if self.loc.atomic_rename else ""
+        renames: list[tuple[Location, Location]] = []
         markers: list[tuple[Location, str]] = []
         stats_out = {}
-        for split, srows in parts.items():
-            d = self.loc / split
-            d.mkdir()
-            tar_out = d / f"{name}.tar{suffix}"
-            with tar_out.open_write() as fh:
-                placements = write_tar(fh, srows)
-            table = pa.Table.from_pylist(
-                [
-                    {
-                        "key": r["key"], "task": r.get("task"), "dataset": r.get("dataset"),
-                        "instruction": r.get("instruction"),
-                        "meta": r["meta"] if isinstance(r.get("meta"), str) else dumps_meta(r.get("meta") or {}),
-                        "keep": bool(r.get("keep")), "drop_reason": r.get("drop_reason"), "tar": f"{name}.tar", **p,
-                    }
-                    for r, p in zip(srows, placements)
-                ],
-                schema=SIDECAR_SCHEMA,
-            )
-            pq_out = d / f"{name}.parquet{suffix}"
-            with pq_out.open_write() as fh:
-                pq.write_table(table, fh, compression="zstd")
-            stats = {"shard": name, "split": split, **split_stats(srows)}
-            stats_out[split] = stats
-            text = json.dumps(stats, indent=1, sort_keys=True)
-            if suffix:
-                st_tmp = d / f"{name}.stats.json{suffix}"
-                st_tmp.write_text(text)
-                pending += [(tar_out, d / f"{name}.tar"), (pq_out, d / f"{name}.parquet")]
-                pending.append((st_tmp, d / f"{name}.stats.json"))
-            else:
-                markers.append((d / f"{name}.stats.json", text))
-        # data files first, stats (the completion markers) last
-        for tmp, final in sorted(pending, key=lambda p: p[1].name.endswith(".stats.json")):
-            tmp.replace(final)
-        for marker, text in markers:
-            marker.write_text(text)
+        try:
+            for split, srows in parts.items():
+                d = self.loc / split
+                d.mkdir()
+                tar_out = d / f"{name}.tar{suffix}"
+                with tar_out.open_write() as fh:
+                    hw = _Hashing(fh)
+                    placements = write_tar(hw, srows)
+                tar_info = hw.info()
+                faults.point("writer.tar")
+                table = pa.Table.from_pylist(
+                    [_sidecar_row(r, p, f"{name}.tar", self.output, self.version) for r, p in zip(srows, placements)],
+                    schema=SIDECAR_SCHEMA)
+                buf = io.BytesIO()
+                pq.write_table(table, buf, compression="zstd")
+                data = buf.getvalue()
+                pq_out = d / f"{name}.parquet{suffix}"
+                with pq_out.open_write() as fh:
+                    fh.write(data)
+                faults.point("writer.parquet")
+                stats = {"shard": name, "split": split, **split_stats(srows), **(info or {}),
+                         "files": {"tar": tar_info,
+                                   "parquet": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}}
+                stats_out[split] = stats
+                text = json.dumps(stats, indent=1, sort_keys=True)
+                if suffix:
+                    st_tmp = d / f"{name}.stats.json{suffix}"
+                    st_tmp.write_text(text)
+                    renames += [(tar_out, d / f"{name}.tar"), (pq_out, d / f"{name}.parquet")]
+                    markers.append((st_tmp, d / f"{name}.stats.json"))  # type: ignore[arg-type]
+                else:
+                    markers.append((d / f"{name}.stats.json", text))
+            # data files first, stats (the completion markers) last
+            for tmp, final in renames:
+                tmp.replace(final)
+                faults.point("writer.rename")
+            for marker, what in markers:
+                if isinstance(what, Location):
+                    marker.replace(what)
+                else:
+                    marker.write_text(what)
+                faults.point("writer.marker")
+        except BaseException:
+            for tmp, _ in renames:  # this attempt's own temporary files only
+                _quiet_remove(tmp)
+            for marker, what in markers:
+                if isinstance(what, Location):
+                    _quiet_remove(marker)
+            raise
         return stats_out
 
+    def clean_attempts(self) -> int:
+        """Remove temporary files of killed attempts (``*.tmp-<attempt>``: only this writer makes them)."""
+        n = 0
+        for split in SPLITS:
+            d = self.loc / split
+            for nm in d.names():
+                if ".tmp-" in nm or nm.endswith(".tmp"):
+                    _quiet_remove(d / nm)
+                    n += 1
+        return n
+
+    def remove_shard(self, index: int) -> None:
+        """Remove a finished shard (markers first, so it is never half-done and marked done)."""
+        name = shard_name(index)
+        for split in SPLITS:
+            _quiet_remove(self.loc / split / f"{name}.stats.json")
+        for split in SPLITS:
+            for ext in ("tar", "parquet"):
+                _quiet_remove(self.loc / split / f"{name}.{ext}")
+
     def write_manifest(self, *, config: dict, extra: dict | None = None) -> dict:
-        """Aggregate every finished shard's stats into ``manifest.json``."""
-        manifest: dict[str, Any] = {"format": "instructdiffusion-data/1", "code_version": code_version(),
-                                    "config": config, "splits": {}}
+        """Aggregate every finished shard's stats into ``manifest.json`` (streamed: one stats file at a
+        time; what grows with the shard count is the shard list itself)."""
+        manifest: dict[str, Any] = {"format": FORMAT, "code_version": code_version(), "config": config,
+                                    "splits": {}}
+        records = 0
+        reader: Counter = Counter()
         for split in SPLITS:
             shards, tasks, datasets, reasons, verified = [], Counter(), Counter(), Counter(), Counter()
-            total = 0
+            total = no_image = 0
             for st_name in sorted(n for n in (self.loc / split).names() if n.endswith(".stats.json")):
                 st = json.loads((self.loc / split / st_name).read_text())
+                files = st.get("files") or {}
                 shards.append({"tar": f"{split}/{st['shard']}.tar", "parquet": f"{split}/{st['shard']}.parquet",
-                               "rows": st["rows"]})
+                               "rows": st["rows"],
+                               "tar_bytes": files.get("tar", {}).get("bytes"),
+                               "tar_sha256": files.get("tar", {}).get("sha256"),
+                               "parquet_bytes": files.get("parquet", {}).get("bytes"),
+                               "parquet_sha256": files.get("parquet", {}).get("sha256")})
                 total += st["rows"]
+                no_image += st.get("rows_without_image", 0) if isinstance(st.get("rows_without_image"), int) else 0
                 tasks.update(st["tasks"])
                 datasets.update(st["datasets"])
                 reasons.update(st["drop_reasons"])
                 verified.update(st.get("verified", {}))
+                if split == "train":
+                    records += int(st.get("records") or 0)
+                    reader.update(st.get("reader") or {})
             manifest["splits"][split] = {
                 "rows": total, "shards": shards, "tasks": dict(sorted(tasks.items())),
                 "datasets": dict(sorted(datasets.items())), "drop_reasons": dict(sorted(reasons.items())),
-                "verified": dict(verified),
+                "verified": dict(verified), "rows_without_image": no_image,
             }
+        manifest["records"] = records
+        manifest["reader_stats"] = dict(sorted(reader.items()))
         if extra:
             manifest.update(extra)
         text = json.dumps(manifest, indent=1, sort_keys=True)
         if self.loc.atomic_rename:
-            tmp = self.loc / f"{MANIFEST}.tmp"
+            tmp = self.loc / f"{MANIFEST}.tmp-{uuid.uuid4().hex[:12]}"
             tmp.write_text(text)
             tmp.replace(self.loc / MANIFEST)
         else:
             (self.loc / MANIFEST).write_text(text)  # an object appears whole when its upload completes
+        faults.point("writer.manifest")
         return manifest
+
+
+def _quiet_remove(loc: Location) -> None:
+    try:
+        loc.delete_file()
+    except (FileNotFoundError, OSError):
+        pass

@@ -24,7 +24,7 @@ class CountSource(Source):
         for i in range(self.config.n):
             row = new_row(key=make_key("count", i, "rec"), task="edit", dataset="count", meta={"record_id": i})
             if self.config.bad_every and i % self.config.bad_every == 0:
-                drop(row, "bad record (record=%d)" % i)
+                drop(row, "bad record", record=i)
             yield row
 
 
@@ -38,6 +38,9 @@ class PaintConfig(StageConfig):
 class PaintStage(Stage):
     name = "paint"
     Config = PaintConfig
+
+    def max_rows_per_input(self):
+        return self.config.variants
 
     def process(self, rows):
         out = []

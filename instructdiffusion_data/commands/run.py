@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output root (default: writer.out of the config)")
     p.add_argument("--overwrite", action="store_true", help="replace an output written with a different config")
     p.add_argument("--no-ray", action="store_true", help="run the stages in this process (debugging)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the shards, their inputs and what is already done; run nothing")
+    p.add_argument("--redo-changed", action="store_true",
+                   help="redo finished shards whose inputs changed since they were written (default: refuse)")
     p.set_defaults(func=main)
 
 
@@ -29,7 +33,16 @@ def main(args: argparse.Namespace) -> int:
     configs = [load_pipeline_config(path, args.overrides) for path in args.configs]
     for cfg in configs:
         build(cfg)  # every source and stage checks its config and paths before any work starts
+    failed = 0
     for cfg in configs:
-        summary = run(cfg, address=args.address, out=args.out, overwrite=args.overwrite, use_ray=not args.no_ray)
+        summary = run(cfg, address=args.address, out=args.out, overwrite=args.overwrite, use_ray=not args.no_ray,
+                      redo_changed=args.redo_changed, plan_only=args.plan)
+        if args.plan:
+            print(f"{cfg.name}/{cfg.version}: " + "\n".join(summary.plan_lines), flush=True)
+            continue
         print("\n".join(summary.lines()), flush=True)
-    return 0
+        if summary.failed:
+            failed += 1
+            log.error("%s: %d shards failed (%s); the others are committed, a rerun redoes only the failed ones",
+                      cfg.name, len(summary.failed), ", ".join(f"{k:06d}" for k in sorted(summary.failed)[:10]))
+    return 1 if failed else 0

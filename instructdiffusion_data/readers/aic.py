@@ -22,7 +22,7 @@ from typing import Iterator, Literal
 
 from ..errors import ConfigError, RecordError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _keypoints as kp
 
 AIC_JOINTS = ["right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
@@ -43,7 +43,7 @@ def _human_order(name: str) -> tuple:
     return (int(m.group(1)) if m else 1 << 30, name)
 
 
-class AICSource(Source):
+class AICSource(RecordSource):
     name = "aic"
     Config = AICConfig
 

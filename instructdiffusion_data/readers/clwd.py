@@ -12,7 +12,7 @@ from typing import Iterator
 
 from ..errors import ConfigError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _pairs
 
 
@@ -23,7 +23,7 @@ class CLWDConfig(SourceConfig):
     use_mask: bool = True
 
 
-class CLWDSource(Source):
+class CLWDSource(RecordSource):
     name = "clwd"
     Config = CLWDConfig
 

@@ -16,7 +16,7 @@ from typing import Iterator
 from ..config import check_path
 from ..storage import child_path, is_uri
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from ._coco import bad_record, image_index, load_json, record_row, require_keys
 
 COCO_JOINTS = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -36,7 +36,7 @@ def readable(joint: str) -> str:
     return joint.replace("_", " ").strip()
 
 
-class CocoKeypointsSource(Source):
+class CocoKeypointsSource(RecordSource):
     name = "coco_keypoints"
     Config = CocoKeypointsConfig
 

@@ -20,7 +20,7 @@ from typing import Iterator
 from ..config import check_path
 from ..errors import ConfigError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from ._coco import bad_record, clean_name, cocostuff_labels, image_index, load_json, record_row, require_keys
 
 OTHER_ID = 183
@@ -34,7 +34,7 @@ class CocoStuffConfig(SourceConfig):
     dataset: str = "cocostuff"
 
 
-class CocoStuffSource(Source):
+class CocoStuffSource(RecordSource):
     name = "coco_stuff"
     Config = CocoStuffConfig
 

@@ -18,7 +18,7 @@ from typing import Iterator, Literal
 
 from ..errors import ConfigError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _keypoints as kp
 
 CROWDPOSE_JOINTS = ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
@@ -32,7 +32,7 @@ class CrowdPoseConfig(SourceConfig):
     visibility: Literal["coco", "label_flag"] = "coco"
 
 
-class CrowdPoseSource(Source):
+class CrowdPoseSource(RecordSource):
     name = "crowdpose"
     Config = CrowdPoseConfig
 

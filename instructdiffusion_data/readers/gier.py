@@ -18,7 +18,7 @@ from typing import Iterator
 
 from ..errors import ConfigError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _edit
 
 SUMMARY_FIELDS = ("expert_summary", "amateur_summary", "summary")
@@ -32,7 +32,7 @@ class GIERConfig(SourceConfig):
     fallback_fields: list[str] = field(default_factory=list)  # e.g. [detailed_request]: used when the first is NaN/empty
 
 
-class GIERSource(Source):
+class GIERSource(RecordSource):
     name = "gier"
     Config = GIERConfig
 

@@ -13,7 +13,7 @@ from typing import Iterator, Literal
 
 from ..errors import ConfigError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _pairs
 
 
@@ -24,7 +24,7 @@ class GoProConfig(SourceConfig):
     blur: Literal["blur", "blur_gamma"] = "blur"
 
 
-class GoProSource(Source):
+class GoProSource(RecordSource):
     name = "gopro"
     Config = GoProConfig
 

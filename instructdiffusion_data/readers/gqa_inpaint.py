@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _edit
 
 REMOVE_RELATIONS = {"to the left of": "at the left of", "to the right of": "at the right of",
@@ -45,7 +45,7 @@ class GQAInpaintConfig(SourceConfig):
     use_mask: bool = True
 
 
-class GQAInpaintSource(Source):
+class GQAInpaintSource(RecordSource):
     name = "gqa_inpaint"
     Config = GQAInpaintConfig
 

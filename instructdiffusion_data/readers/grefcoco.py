@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..stage import SourceConfig
+from ._base import SourceConfig
 from ._coco import load_json
 from .refcoco import RefSource
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from ..schema import Row, drop, make_key, new_row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _edit
 
 SCORE_KEYS = ("clip_sim_0", "clip_sim_1", "clip_sim_direction", "clip_sim_image")
@@ -47,7 +47,7 @@ class IP2PConfig(SourceConfig):
     target_column: str = "edited_image"
 
 
-class IP2PSource(Source):
+class IP2PSource(RecordSource):
     name = "instructpix2pix"
     Config = IP2PConfig
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError
 from ..schema import Row, drop, make_key, new_row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _edit
 
 SOURCE_COLUMNS = ("source_img", "input_img")
@@ -37,7 +37,7 @@ def _turn(v) -> int:
         return 1 << 30
 
 
-class MagicBrushSource(Source):
+class MagicBrushSource(RecordSource):
     name = "magicbrush"
     Config = MagicBrushConfig
 

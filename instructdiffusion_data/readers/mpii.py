@@ -18,7 +18,7 @@ from typing import Iterator
 
 from ..errors import ConfigError, RecordError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _keypoints as kp
 
 MPII_JOINTS = ["r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax", "upper_neck",
@@ -32,7 +32,7 @@ class MPIIConfig(SourceConfig):
     one_based: bool = True  # MATLAB 1-based coordinates in the file (true for the HRNet/mmpose conversion)
 
 
-class MPIISource(Source):
+class MPIISource(RecordSource):
     name = "mpii"
     Config = MPIIConfig
 

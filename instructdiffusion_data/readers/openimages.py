@@ -35,7 +35,7 @@ from ..replace.regions import (
     region_reasons,
 )
 from ..schema import Row, drop, make_key, new_row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def mask_member_name(image_id: str, label_name: str, box_id: str) -> str:
     return f"{image_id}_{label_name.replace('/', '')}_{box_id}.png"
 
 
-class OpenImagesSource(Source):
+class OpenImagesSource(RecordSource):
     name = "openimages"
     Config = OpenImagesConfig
 

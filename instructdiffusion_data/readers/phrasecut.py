@@ -37,7 +37,7 @@ import numpy as np
 from ..config import check_path
 from ..errors import ConfigError
 from ..schema import Row, drop, make_key, new_row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class PhraseCutConfig(SourceConfig):
     check_images: bool = True  # stat each image file on the driver: missing ones dropped up front
 
 
-class PhraseCutSource(Source):
+class PhraseCutSource(RecordSource):
     name = "phrasecut"
     Config = PhraseCutConfig
 

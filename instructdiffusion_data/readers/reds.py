@@ -12,7 +12,7 @@ from typing import Iterator
 
 from ..errors import ConfigError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _pairs
 
 
@@ -25,7 +25,7 @@ class REDSConfig(SourceConfig):
     frame_step: int = 1  # take every k-th frame (consecutive REDS frames are near duplicates)
 
 
-class REDSSource(Source):
+class REDSSource(RecordSource):
     name = "reds"
     Config = REDSConfig
 

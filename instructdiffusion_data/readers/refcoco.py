@@ -22,7 +22,7 @@ from ..config import check_path
 from ..errors import ConfigError
 from ..schema import Row
 from ..storage import child_path, is_uri
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from ._coco import bad_record, image_index, load_json, record_row, require_keys
 
 
@@ -49,7 +49,7 @@ def sentences_of(ref: dict) -> list[str]:
     return out
 
 
-class RefSource(Source):
+class RefSource(RecordSource):
     """The record loop shared by RefCOCO(+/g) and gRefCOCO; subclasses say how refs files are read."""
 
     def validate(self) -> None:

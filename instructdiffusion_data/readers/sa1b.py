@@ -25,7 +25,7 @@ from pathlib import Path
 from ..config import check_path
 from ..replace.regions import RegionSelect, region_reasons
 from ..schema import Row, drop, make_key, new_row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _natural(p: Path) -> tuple:
     return (str(p.parent), int(stem) if stem.isdigit() else 0, p.name)
 
 
-class Sa1bSource(Source):
+class Sa1bSource(RecordSource):
     name = "sa1b"
     Config = Sa1bConfig
 

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from ..errors import ConfigError
 from ..schema import Row
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _pairs
 
 _FILE = re.compile(r"^(?P<n>\d+)_(?P<kind>NOISY|GT)_SRGB_(?P<cap>\d+)$", re.IGNORECASE)
@@ -25,7 +25,7 @@ class SIDDConfig(SourceConfig):
     root: str = ""  # SIDD_Medium_Srgb (holding Data/) or the Data folder itself
 
 
-class SIDDSource(Source):
+class SIDDSource(RecordSource):
     name = "sidd"
     Config = SIDDConfig
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError
 from ..schema import TASKS, Row, drop
-from ..stage import Source, SourceConfig
+from ._base import RecordSource, SourceConfig
 from . import _edit
 
 
@@ -38,7 +38,7 @@ class TripletsConfig(SourceConfig):
     image_root: str | None = None  # base of relative image paths (default: the table's folder)
 
 
-class TripletsSource(Source):
+class TripletsSource(RecordSource):
     name = "triplets"
     Config = TripletsConfig
 

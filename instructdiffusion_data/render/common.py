@@ -12,6 +12,7 @@ import numpy as np
 from .. import imageio
 from ..instructions import load_templates
 from ..schema import Row
+from ..config import rng
 from ..stage import Stage, StageConfig
 from . import masks as M
 from .palette import PALETTE, names as palette_names
@@ -19,7 +20,8 @@ from .palette import PALETTE, names as palette_names
 
 @dataclass
 class RenderConfig(StageConfig):
-    variants_per_record: int = 1  # independent draws per source record (the variant index is part of the key)
+    # independent draws per source record (the variant index is part of the key)
+    variants_per_record: int = field(default=1, metadata=rng(1))
     max_side: int = 512  # images are written with their longer side at most this (never upscaled)
     tgt_format: Literal["jpg", "png"] = "jpg"
     jpeg_quality: int = 95  # for targets, and for sources that had to be resized
@@ -127,6 +129,9 @@ class RenderStage(Stage):
     are loaded once per batch and the source image once per record; subclasses draw the variants."""
 
     task: ClassVar[str] = ""  # the default template set (configs/instructions/<task>.txt)
+
+    def max_rows_per_input(self) -> int:
+        return self.config.variants_per_record
 
     def template_set(self) -> str:
         return getattr(self.config, "templates", None) or self.task

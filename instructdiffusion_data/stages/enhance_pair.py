@@ -10,12 +10,13 @@ its own row and key. A size mismatch, a missing or corrupt image drops the row w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from .. import imageio
+from ..config import rng
 from ..errors import ConfigError, RecordError
 from ..instructions import choose, load_templates
 from ..schema import Row, drop, make_key
@@ -27,7 +28,8 @@ TASKS = ("deblur", "denoise", "dewatermark")
 @dataclass
 class EnhancePairConfig(StageConfig):
     crop_size: int | None = 256  # side of the square training crop; null = full resolution
-    crops_per_pair: int = 1  # random crops per pair (each its own row); 1 when crop_size is null
+    # random crops per pair (each its own row); 1 when crop_size is null
+    crops_per_pair: int = field(default=1, metadata=rng(1))
     allow_smaller: bool = True  # an image smaller than crop_size gives the largest crop that fits; false drops it
     max_side: int | None = None  # downscale both halves first so the longer side is at most this (null: never)
     format: Literal["png", "jpg"] = "png"  # encoding of src/tgt (png: lossless, what restoration targets need)
@@ -38,6 +40,9 @@ class EnhancePairConfig(StageConfig):
 class EnhancePairStage(Stage):
     name = "enhance_pair"
     Config = EnhancePairConfig
+
+    def max_rows_per_input(self) -> int:
+        return self.config.crops_per_pair
 
     def validate(self) -> None:
         c = self.config

@@ -71,6 +71,9 @@ class InpaintRemoveStage(Stage):
     name = "inpaint_remove"
     Config = InpaintRemoveConfig
 
+    def max_rows_per_input(self) -> int:
+        return 2  # the removal pair and, swapped, the addition pair
+
     def validate(self) -> None:
         c = self.config
         if c.dilate_px < 0 or c.dilate_frac < 0:
