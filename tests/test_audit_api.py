@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from instructdiffusion_data.audit.app import create_app
-from instructdiffusion_data.audit.labels import alignment_picks, overrides
+from instructdiffusion_data.audit.labels import alignment_picks, labels_path, overrides
 from instructdiffusion_data.imageio import decode, decode_gray
 from tests.helpers_audit import (
     build_outputs,
@@ -295,7 +295,8 @@ def test_token_rules_and_append_only_labels(env, tmp_path):
     assert c.post("/api/labels", json={**body, "verdict": "accept", "auditor": "bob", "comment": ""},
                   headers=h).status_code == 200
     out = env["outs"]["keypoints_coco/v1"]
-    db = out / "audit" / "labels.sqlite"
+    db = labels_path(out)  # beside the output: <root>/keypoints_coco/.audit/v1/labels.sqlite
+    assert db == out.parent / ".audit" / out.name / "labels.sqlite"
     con = sqlite3.connect(db)
     cols = [(r[1], r[2], r[5]) for r in con.execute("PRAGMA table_info(labels)")]
     assert cols == [("id", "INTEGER", 1), ("ts", "TEXT", 0), ("auditor", "TEXT", 0), ("output", "TEXT", 0),
@@ -346,7 +347,7 @@ def test_alignment_picks_and_export(env, tmp_path):
     assert pick(g1, [], who="bob").status_code == 200  # bob changed his mind: none is good
     g2keys = c.get("/api/align/group", params={"output": "alignment_bench/v1", "group": g2}).json()["candidates"]
     assert pick(g2, [g2keys[0]["key"]], who="cy").status_code == 200
-    labels = env["outs"]["alignment_bench/v1"] / "audit" / "labels.sqlite"
+    labels = labels_path(env["outs"]["alignment_bench/v1"])
     picks = alignment_picks(labels)
     assert sorted(p["key"] for p in picks) == sorted([k[1], k[2], g2keys[0]["key"]])
 

@@ -88,7 +88,9 @@ def test_idd_filter_honours_the_page_labels(demo):
             moved += now == "rejected"
     assert moved > 0
     assert after[low["key"]]["label"] == "accept" and after[high["key"]]["label"] == "reject"
-    manifest = json.loads((demo["out"] / "manifest.json").read_text())
+    from instructdiffusion_data.generations import current
+
+    manifest = current(demo["out"]).manifest  # the filter's new generation, the one the page shows
     assert manifest["splits"]["train"]["rows"] == len(rows(c, output="ieiw_removal/v1", split="train"))
 
 

@@ -48,7 +48,9 @@ def test_mix_manifest_and_table(small_outputs, capsys, caplog):
     assert [d["name"] for d in doc["datasets"]] == ["edit_gier", "denoise_sidd"]  # the missing output is skipped
     assert "ieiw_replacement: no output" in caplog.text
     gier, sidd = doc["datasets"]
-    assert set(gier) == {"name", "output", "tasks", "samples", "weight", "shards", "effective_per_epoch"}
+    assert set(gier) == {"name", "output", "generation", "manifest", "tasks", "samples", "weight", "shards",
+                         "shard_files", "effective_per_epoch"}
+    assert gier["generation"] == 0 and [f["tar"] for f in gier["shard_files"]] == gier["shards"]
     train = manifests["edit_gier"]["splits"]["train"]
     assert gier["samples"] == train["rows"] > 0 and gier["tasks"] == {"edit": train["rows"]}
     assert gier["weight"] == 10.0 and gier["effective_per_epoch"] == 10.0 * train["rows"]

@@ -13,6 +13,7 @@ from instructdiffusion_data import config as cfgmod
 from instructdiffusion_data import runner
 from instructdiffusion_data.audit.labels import LabelStore
 from instructdiffusion_data.cli import main as idd
+from instructdiffusion_data.generations import current
 from instructdiffusion_data.imageio import decode
 from tests.helpers_quality import removal_pair
 
@@ -32,7 +33,13 @@ def _build(tmp_path, n=8, t1=0.0, use_ray=False, out="shards"):
     return summary.root
 
 
+def _cur(root):
+    """The folder of the output's current generation (idd filter in place writes a new one)."""
+    return current(root, load_manifest=False).path
+
+
 def _rows(root):
+    root = _cur(root)
     out = {}
     for split in ("train", "rejected"):
         for p in sorted((root / split).glob("*.parquet")):
@@ -63,6 +70,7 @@ def test_refilter_moves_exactly_the_selected_rows(tmp_path, capsys):
     tars = {p.relative_to(root): p.read_bytes() for p in sorted(root.glob("*/*.tar"))}
 
     assert idd(["filter", str(root), "--set", f"aesthetic_tgt_min={t}"]) == 0
+    assert current(root).number == 1 and _cur(root) == root / "generations" / "0001"
     printed = capsys.readouterr().out
     after = _rows(root)
     expect_rejected = {k for k, s in scores.items() if s < t} | set(earlier)
@@ -81,15 +89,15 @@ def test_refilter_moves_exactly_the_selected_rows(tmp_path, capsys):
             doc = json.loads(tf.extractfile(f"{k}.json").read())
             assert doc["keep"] == (r["split"] == "train")
             assert decode(tf.extractfile(f"{k}.tgt.jpg").read()).shape[2] == 3
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = json.loads((_cur(root) / "manifest.json").read_text())
     assert manifest["splits"]["rejected"]["rows"] == len(expect_rejected)
     assert manifest["refilter"]["moved_to_rejected"] == {"aesthetic_tgt_min": len(moved)}
     # report: numbers and a histogram per score
-    rep = json.loads((root / "filter_report.json").read_text())
+    rep = json.loads((_cur(root) / "filter_report.json").read_text())
     assert rep["drops_per_rule"] == {"aesthetic_tgt_min": len(moved)}
     assert rep["thresholds"]["aesthetic_tgt_min"] == t
     assert sum(rep["scores"]["aesthetic_tgt"]["histogram"]["rejected"]) == len(expect_rejected)
-    png = cv2.imread(str(root / rep["scores"]["aesthetic_tgt"]["png"]))
+    png = cv2.imread(str(_cur(root) / rep["scores"]["aesthetic_tgt"]["png"]))
     assert png is not None and png.shape[2] == 3
 
     # relax again into a new folder: the rows come back, the in-place output is left alone
@@ -103,7 +111,8 @@ def test_refilter_moves_exactly_the_selected_rows(tmp_path, capsys):
 
     # back to the thresholds of the run: byte-identical shards (nothing else changed on the way)
     assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 0
-    assert {p.relative_to(root): p.read_bytes() for p in sorted(root.glob("*/*.tar"))} == tars
+    assert current(root).number == 2
+    assert {p.relative_to(_cur(root)): p.read_bytes() for p in sorted(_cur(root).glob("*/*.tar"))} == tars
 
 
 def test_auditor_labels_override(tmp_path, capsys):
@@ -138,7 +147,7 @@ def test_filter_errors(tmp_path, capsys):
     assert idd(["filter", str(tmp_path / "nothing")]) == 2
     assert "not a shard output" in capsys.readouterr().err
     assert idd(["filter", str(root), "--report-only"]) == 0
-    assert (root / "filter_report.json").is_file()
+    assert (_cur(root) / "filter_report.json").is_file()
 
 
 @pytest.mark.ml

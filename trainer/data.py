@@ -12,6 +12,14 @@ instead (statistically the same, not sample for sample).
 
 A sample that cannot be used (corrupt image, missing member, unreadable tar) is skipped and counted,
 never fatal; the count travels with the batches (``corrupt``) and is logged and checkpointed.
+
+Which files: a mixture manifest (``idd mix``) names the shards of the generation of each output it
+read; the ``data.outputs`` fallback reads each output's current generation
+(:mod:`instructdiffusion_data.generations`). Before training, every shard is checked against the size
+the output's manifest recorded (``tar_bytes``; in the mixture, ``shard_files``): a missing or
+wrong-sized shard stops the run with one line naming it, or with ``data.bad_shards: skip`` is left
+out, with the count logged. Sources written before sizes were recorded are checked for presence only
+(with a warning).
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class DataConfig:
     resume_mode: Literal["auto", "replay", "reseed"] = "auto"
     replay_max_samples: int = 200_000  # auto: replay when a worker has drawn at most this many, else reseed
     log_corrupt: int = 5  # log the first N skipped samples per worker
+    bad_shards: Literal["error", "skip"] = "error"  # a shard missing or not the size its manifest says
 
 
 @dataclass
@@ -73,6 +82,7 @@ class DatasetSpec:
     probability: float
     samples: int = 0
     weight: float = 1.0
+    shard_bytes: list[int | None] = field(default_factory=list)  # expected tar sizes (None: not recorded)
 
 
 @dataclass
@@ -131,7 +141,11 @@ def _resolve(path: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def load_mixture(path: str | Path, mixing: str = "effective") -> list[DatasetSpec]:
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def load_mixture(path: str | Path, mixing: str = "effective", bad_shards: str = "error") -> list[DatasetSpec]:
     """Read a mixture manifest (``idd mix``): datasets with shard lists, sample counts and weights."""
     p = Path(path)
     try:
@@ -143,50 +157,119 @@ def load_mixture(path: str | Path, mixing: str = "effective") -> list[DatasetSpe
     if doc.get("format") != MIXTURE_FORMAT:
         raise ConfigError(f"data.mixture: {p}: format is {doc.get('format')!r}, expected {MIXTURE_FORMAT!r}")
     specs = []
+    unsized = 0
     for i, d in enumerate(doc.get("datasets") or []):
         for k in ("name", "shards", "weight"):
             if k not in d:
                 raise ConfigError(f"data.mixture: {p}: datasets[{i}].{k} is missing")
         shards = [_resolve(s, p.parent) for s in d["shards"]]
+        files = d.get("shard_files")
+        if files is None:
+            sizes: list[int | None] = [None] * len(shards)
+        elif not isinstance(files, list) or len(files) != len(shards):
+            raise ConfigError(f"data.mixture: {p}: datasets[{i}].shard_files: expected one entry per shard")
+        else:
+            sizes = []
+            for j, f in enumerate(files):
+                b = f.get("bytes") if isinstance(f, dict) else None
+                if b is not None and not _whole(b):
+                    raise ConfigError(f"data.mixture: {p}: datasets[{i}].shard_files[{j}].bytes: "
+                                      f"expected a whole number, got {b!r}")
+                sizes.append(b)
+        unsized += sum(1 for b in sizes if b is None)
         samples = int(d.get("samples", 0))
         eff = float(d.get("effective_per_epoch", samples * float(d["weight"])))
         prob = eff if mixing == "effective" else float(d["weight"])
         specs.append(DatasetSpec(name=d["name"], shards=shards, probability=prob, samples=samples,
-                                 weight=float(d["weight"])))
-    return _normalise(specs, str(p))
+                                 weight=float(d["weight"]), shard_bytes=sizes))
+    if unsized:
+        log.warning("data.mixture %s: %d shard(s) without a recorded size (a mixture or output written before "
+                    "sizes were recorded): checked for presence only", p, unsized)
+    return _normalise(specs, str(p), bad_shards)
 
 
-def specs_from_outputs(patterns: list[str], weights: dict[str, float], mixing: str = "effective") -> list[DatasetSpec]:
+def specs_from_outputs(patterns: list[str], weights: dict[str, float], mixing: str = "effective",
+                       bad_shards: str = "error") -> list[DatasetSpec]:
     """Fallback without ``idd mix``: every output dir (``<out>/<name>/<version>``, globs allowed) with a
-    manifest.json becomes one dataset; weight from ``weights[name]``, the manifest's mixture_weight, or 1."""
+    manifest.json becomes one dataset, read at its current generation; weight from ``weights[name]``, the
+    manifest's mixture_weight, or 1."""
+    from instructdiffusion_data.errors import UserError
+    from instructdiffusion_data.generations import current, is_output
+
     specs = []
+    unsized = 0
     for pat in patterns:
         dirs = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat]
         for d in dirs:
-            man = Path(d) / "manifest.json"
-            if not man.is_file():
+            if not is_output(d):
                 if dirs == [pat]:
                     raise ConfigError(f"data.outputs: no manifest.json in {d}")
                 continue
-            doc = json.loads(man.read_text())
+            try:
+                gen = current(d)
+            except UserError as e:
+                raise ConfigError(f"data.outputs: {e}") from None
+            doc = gen.manifest
             train = doc.get("splits", {}).get("train", {})
-            shards = [_resolve(s["tar"], Path(d)) for s in train.get("shards", []) if s.get("rows", 1) > 0]
+            listed = [s for s in train.get("shards", []) if s.get("rows", 1) > 0]
+            shards = [str(Path(gen.file(s["tar"]).path)) for s in listed]
+            sizes = [s.get("tar_bytes") for s in listed]
+            unsized += sum(1 for b in sizes if b is None)
             name = doc.get("name") or Path(d).parent.name
             w = float(weights.get(name, doc.get("mixture_weight") or 1.0))
             samples = int(train.get("rows", 0))
             specs.append(DatasetSpec(name=name, shards=shards, probability=samples * w if mixing == "effective" else w,
-                                     samples=samples, weight=w))
-    return _normalise(specs, f"data.outputs {patterns}")
+                                     samples=samples, weight=w, shard_bytes=sizes))
+    if unsized:
+        log.warning("data.outputs %s: %d shard(s) without tar_bytes in their manifest (an output written before "
+                    "sizes were recorded): checked for presence only", patterns, unsized)
+    return _normalise(specs, f"data.outputs {patterns}", bad_shards)
 
 
-def _normalise(specs: list[DatasetSpec], where: str) -> list[DatasetSpec]:
+def check_shards(spec: DatasetSpec) -> list[tuple[str, str]]:
+    """``(shard, problem)`` for each shard of ``spec`` that is missing or not the size its manifest says."""
+    bad = []
+    sizes = spec.shard_bytes or [None] * len(spec.shards)
+    for u, want in zip(spec.shards, sizes):
+        try:
+            have = Path(u).stat().st_size
+        except FileNotFoundError:
+            bad.append((u, "shard not found"))
+            continue
+        except OSError as e:
+            bad.append((u, f"shard unreadable ({e.strerror})"))
+            continue
+        if want is not None and have != want:
+            bad.append((u, f"shard is {have} bytes, its manifest says {want}"))
+    return bad
+
+
+def _normalise(specs: list[DatasetSpec], where: str, bad_shards: str = "error") -> list[DatasetSpec]:
     specs = [s for s in specs if s.shards and s.probability > 0]
     if not specs:
         raise ConfigError(f"{where}: no dataset with shards and a positive weight")
+    skipped = 0
     for s in specs:
-        missing = [u for u in s.shards if not Path(u).is_file()]
-        if missing:
-            raise ConfigError(f"{where}: dataset {s.name}: shard not found: {missing[0]}")
+        bad = check_shards(s)
+        if not bad:
+            continue
+        if bad_shards != "skip":
+            u, why = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise ConfigError(f"{where}: dataset {s.name}: {why}: {u}{more}; set data.bad_shards: skip to "
+                              "train without it")
+        drop = {u for u, _ in bad}
+        for u, why in bad:
+            log.warning("dataset %s: skipping %s: %s", s.name, u, why)
+        keep = [i for i, u in enumerate(s.shards) if u not in drop]
+        s.shards = [s.shards[i] for i in keep]
+        s.shard_bytes = [s.shard_bytes[i] for i in keep] if s.shard_bytes else []
+        skipped += len(drop)
+    if skipped:
+        log.warning("%s: %d damaged or missing shard(s) skipped (data.bad_shards: skip)", where, skipped)
+        specs = [s for s in specs if s.shards]
+        if not specs:
+            raise ConfigError(f"{where}: every shard is damaged or missing")
     total = sum(s.probability for s in specs)
     for s in specs:
         s.probability /= total
@@ -195,11 +278,11 @@ def _normalise(specs: list[DatasetSpec], where: str) -> list[DatasetSpec]:
 
 def resolve_datasets(cfg: DataConfig) -> list[DatasetSpec]:
     if cfg.mixture and Path(cfg.mixture).is_file():
-        return load_mixture(cfg.mixture, cfg.mixing)
+        return load_mixture(cfg.mixture, cfg.mixing, cfg.bad_shards)
     if cfg.outputs:
         if cfg.mixture:
             log.warning("data.mixture %s not found: using data.outputs %s", cfg.mixture, cfg.outputs)
-        return specs_from_outputs(cfg.outputs, cfg.output_weights, cfg.mixing)
+        return specs_from_outputs(cfg.outputs, cfg.output_weights, cfg.mixing, cfg.bad_shards)
     if cfg.mixture:
         raise ConfigError(f"data.mixture: file not found: {cfg.mixture} (write it with `idd mix MIXTURE.yaml --out {cfg.mixture}`)")
     raise ConfigError("data: set data.mixture (a mixture manifest) or data.outputs (output dirs)")

@@ -1,10 +1,12 @@
 """Alignment picks -> a regular output (train split tars + parquet + manifest) the trainer reads.
 
 Paper section 3.3: for samples edited with several guidance scales, auditors pick the best 0-2 targets;
-that set fine-tunes the model. The picks are ``align_pick`` labels in ``<output>/audit/labels.sqlite``
-(see :mod:`.labels`); the samples are read back from that output's shards by their sidecar offsets and
-written again with :class:`~instructdiffusion_data.writer.ShardWriter`, each row's ``meta`` gaining an
-``alignment`` entry (group, auditor, time, source output).
+that set fine-tunes the model. The picks are ``align_pick`` labels in the output's labels file (beside
+it, ``<out>/<name>/.audit/<version>/labels.sqlite``, or ``<output>/audit/labels.sqlite`` from older
+versions; see :mod:`.labels`); the samples are read back from the shards of that output's current
+generation (:mod:`..generations`) by their sidecar offsets and written again with
+:class:`~instructdiffusion_data.writer.ShardWriter`, each row's ``meta`` gaining an ``alignment`` entry
+(group, auditor, time, source output and generation).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from pathlib import Path
 import duckdb
 
 from ..errors import UserError
+from ..generations import current, is_output
 from ..schema import drop, new_row
 from ..writer import MANIFEST, SPLITS, ShardWriter
 from .catalog import finished_parquets
 from .images import MemberError, read_member
-from .labels import alignment_picks
+from .labels import alignment_picks, labels_home, output_of_labels
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +33,12 @@ ROWS_PER_SHARD = 1000
 
 
 def source_output_of(labels: Path) -> Path:
-    """``<output>/audit/labels.sqlite`` -> ``<output>`` (which must hold a manifest)."""
-    out = labels.resolve().parent.parent
-    if not (out / MANIFEST).is_file():
-        raise UserError(f"{labels}: expected at <output>/audit/labels.sqlite, but {out} has no {MANIFEST}")
+    """``<out>/<name>/.audit/<version>/labels.sqlite`` (or the older ``<output>/audit/labels.sqlite``)
+    -> the output folder (which must hold a manifest)."""
+    out = output_of_labels(labels)
+    if not is_output(out):
+        raise UserError(f"{labels}: expected at <out>/<name>/.audit/<version>/labels.sqlite (or "
+                        f"<output>/audit/labels.sqlite), but {out} has no {MANIFEST}")
     return out
 
 
@@ -55,15 +60,20 @@ def _prepare_out(out: Path) -> None:
 def export_alignment(labels: str | Path, out: str | Path) -> dict:
     """Write the alignment picks of one labels file as an output at ``out``; returns the manifest."""
     labels, out = Path(labels), Path(out)
+    if not labels.is_file() and labels.parent.name == "audit":  # the old place: moved beside the output
+        moved = labels_home(output_of_labels(labels)) / labels.name
+        labels = moved if moved.is_file() else labels
     if not labels.is_file():
         raise UserError(f"{labels}: no such labels file")
     src_out = source_output_of(labels)
+    gen = current(src_out)
+    src_dir = Path(gen.loc.path)
     picks = alignment_picks(labels)
     by_key = {p["key"]: p for p in picks}
     found: dict[str, dict] = {}
     con = duckdb.connect(":memory:")
     for split in SPLITS:
-        files = finished_parquets(src_out / split)
+        files = finished_parquets(src_dir / split)
         if not files or not by_key:
             continue
         cur = con.execute("SELECT * FROM read_parquet(?) WHERE list_contains(?, key) ORDER BY key",
@@ -84,9 +94,10 @@ def export_alignment(labels: str | Path, out: str | Path) -> dict:
             meta = json.loads(r["meta"]) if r["meta"] else {}
         except ValueError:
             meta = {"_unparsed": r["meta"]}
-        meta["alignment"] = {**pick, "source_output": str(src_out), "source_split": r["_split"]}
+        meta["alignment"] = {**pick, "source_output": str(src_out), "source_generation": gen.number,
+                             "source_split": r["_split"]}
         row = new_row(key=key, task=r["task"], dataset=r["dataset"], instruction=r["instruction"], meta=meta)
-        tar = src_out / r["_split"] / r["tar"]
+        tar = src_dir / r["_split"] / r["tar"]
         try:
             if src_out.resolve() not in tar.resolve().parents:
                 raise MemberError("tar outside the output")
@@ -103,9 +114,10 @@ def export_alignment(labels: str | Path, out: str | Path) -> dict:
     for i in range(0, max(len(rows), 1), ROWS_PER_SHARD):
         writer.write_shard(i // ROWS_PER_SHARD, rows[i:i + ROWS_PER_SHARD])
     manifest = writer.write_manifest(
-        config={"kind": EXPORT_KIND, "labels": str(labels.resolve()), "source_output": str(src_out)},
+        config={"kind": EXPORT_KIND, "labels": str(labels.resolve()), "source_output": str(src_out),
+                "source_generation": gen.number},
         extra={"name": "alignment", "version": out.name, "mixture_weight": 1.0,
-               "source_manifest": {k: (json.loads((src_out / MANIFEST).read_text())).get(k)
-                                   for k in ("name", "version")}})
+               "source_manifest": {**{k: gen.manifest.get(k) for k in ("name", "version")},
+                                   "generation": gen.number}})
     log.info("alignment export: %d picks -> %s", len(rows), out)
     return manifest

@@ -1,15 +1,19 @@
 """The outputs under an audit root and a DuckDB index over their parquet sidecars.
 
 An *output* is a folder holding ``manifest.json`` (written by :class:`~instructdiffusion_data.writer.ShardWriter`);
-its finished shards are ``{train,rejected}/NNNNNN.parquet`` with a ``.stats.json`` beside them. The catalog
+what it holds now is its *current generation* (:mod:`..generations`: the folder itself, or
+``generations/NNNN`` once ``idd filter`` has re-cut it), whose finished shards are
+``{train,rejected}/NNNNNN.parquet`` with a ``.stats.json`` beside them. The ``tar`` column is relative to
+the output folder (``generations/0001/train/000000.tar``), so the page reads the current files. The catalog
 loads every sidecar into one DuckDB table ``samples`` (one row per sample, without the ``meta`` JSON, which is
 read back from the one parquet file of a sample when its page is opened) with the columns the page filters and
 sorts on extracted once: the drop-reason class, the scores as a ``MAP(VARCHAR, DOUBLE)``, the pair and
 alignment-group ids. Every value coming from a request is a bound parameter; column names and sort orders
 come from fixed whitelists.
 
-The index is rebuilt when the set of outputs or one of their manifests changes (checked at most every
-``refresh_s`` seconds), so a rerun of ``idd run`` or ``idd filter`` shows up without restarting the server.
+The index is rebuilt when the set of outputs, their current generations or one of their manifests changes
+(checked at most every ``refresh_s`` seconds), so a rerun of ``idd run`` or ``idd filter`` shows up without
+restarting the server.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any
 
 import duckdb
 
+from ..errors import UserError
+from ..generations import GENERATIONS, POINTER, current
 from ..writer import MANIFEST, SPLITS
 
 log = logging.getLogger(__name__)
@@ -89,8 +95,14 @@ filter_json VARCHAR, pair_id VARCHAR, group_id VARCHAR, guidance_scale DOUBLE, h
 class Output:
     rel: str  # path relative to the root, posix, e.g. "keypoints_coco/v1"
     path: Path
-    manifest: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)  # the current generation's
     errors: list[str] = field(default_factory=list)
+    generation: int = 0
+    gen_rel: str = ""  # the current generation's folder relative to path ("" for generation 0)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / self.gen_rel if self.gen_rel else self.path
 
     def summary(self) -> dict:
         splits = self.manifest.get("splits") or {}
@@ -100,6 +112,7 @@ class Output:
             "version": self.manifest.get("version"),
             "mixture_weight": self.manifest.get("mixture_weight"),
             "errors": list(self.errors),
+            "generation": self.generation,
             "splits": {s: {k: (splits.get(s) or {}).get(k, {} if k != "rows" else 0)
                            for k in ("rows", "tasks", "datasets", "drop_reasons")} for s in SPLITS},
         }
@@ -129,20 +142,21 @@ def finished_parquets(split_dir: Path) -> list[str]:
 
 
 def scan_outputs(root: Path) -> dict[str, Output]:
-    """Every folder under ``root`` with a manifest.json (not descending into an output)."""
+    """Every folder under ``root`` with a manifest.json or a generation pointer (not descending into an
+    output), with the manifest of its current generation."""
     found: dict[str, Output] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if MANIFEST in filenames:
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != GENERATIONS)
+        if MANIFEST in filenames or POINTER in filenames:
             p = Path(dirpath)
             rel = p.relative_to(root).as_posix()
             try:
-                manifest = json.loads((p / MANIFEST).read_text())
-            except (OSError, ValueError) as e:
-                log.warning("%s: unreadable manifest (%s); output skipped", p / MANIFEST, e)
-                manifest = None
-            if isinstance(manifest, dict):
-                found[rel if rel != "." else "."] = Output(rel if rel != "." else ".", p, manifest)
+                gen = current(p)
+            except UserError as e:
+                log.warning("%s: %s; output skipped", p, e)
+                gen = None
+            if gen is not None:
+                found[rel] = Output(rel, p, gen.manifest, generation=gen.number, gen_rel=gen.rel)
             dirnames[:] = []
     return found
 
@@ -167,10 +181,10 @@ class Catalog:
         sig = []
         for rel, out in sorted(outputs.items()):
             try:
-                st = (out.path / MANIFEST).stat()
-                sig.append((rel, st.st_mtime_ns, st.st_size))
+                st = (out.data_dir / MANIFEST).stat()
+                sig.append((rel, out.generation, st.st_mtime_ns, st.st_size))
             except OSError:
-                sig.append((rel, 0, 0))
+                sig.append((rel, out.generation, 0, 0))
         return tuple(sig)
 
     def refresh(self, force: bool = False) -> None:
@@ -189,11 +203,12 @@ class Catalog:
             con.execute(f"CREATE TABLE samples_new ({_DDL})")
             for rel, out in sorted(outputs.items()):
                 for split in SPLITS:
-                    files = finished_parquets(out.path / split)
+                    files = finished_parquets(out.data_dir / split)
                     if not files:
                         continue
+                    prefix = f"{out.gen_rel}/{split}" if out.gen_rel else split  # tar paths relative to out.path
                     try:
-                        con.execute(f"INSERT INTO samples_new {_LOAD_SQL}", [files, rel, split, split])
+                        con.execute(f"INSERT INTO samples_new {_LOAD_SQL}", [files, rel, split, prefix])
                     except duckdb.Error as e:  # one unreadable sidecar must not take the page down
                         con.execute("DELETE FROM samples_new WHERE output = ? AND split = ?", [rel, split])
                         out.errors.append(f"{split}: sidecars unreadable ({str(e).splitlines()[0][:300]})")

@@ -1,4 +1,12 @@
-"""Auditor labels: append-only SQLite at ``<output dir>/audit/labels.sqlite``.
+"""Auditor labels: append-only SQLite *beside* the output, ``<out>/<name>/.audit/<version>/labels.sqlite``
+for the output ``<out>/<name>/<version>``.
+
+Beside, not inside: ``idd run --overwrite`` removes the output folder, ``idd filter`` writes new
+generations of it, and the labels must outlive both (they name samples by key, which stays the same
+across reruns and re-filters). Labels written by older versions inside the output
+(``<output>/audit/labels.sqlite``) are still read: the first access moves them beside the output
+(rows copied with SQLite's backup API, merged into the new file when one exists already, then the old
+file removed). See docs/reliability.md, "Generations".
 
 Table (the contract in HELPER-BRIEF / shards/README)::
 
@@ -15,7 +23,10 @@ when the auditor picked none; the newest submission of each auditor for a group 
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +35,12 @@ from ..errors import UserError
 
 VERDICTS = ("accept", "reject", "align_pick")
 MAX_PICKS = 2
-LABELS_FILE = Path("audit") / "labels.sqlite"
+LABELS_DIR = ".audit"  # beside the versions of an output: <out>/<name>/.audit/<version>/labels.sqlite
+LABELS_NAME = "labels.sqlite"
+LEGACY_LABELS_FILE = Path("audit") / LABELS_NAME  # inside the output (before generations)
+
+log = logging.getLogger(__name__)
+_migrate_lock = threading.Lock()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels(id INTEGER PRIMARY KEY, ts TEXT, auditor TEXT, output TEXT, key TEXT,
@@ -37,8 +53,82 @@ BEGIN SELECT RAISE(ABORT, 'labels are append-only'); END;
 """
 
 
+def labels_home(output_dir: str | Path) -> Path:
+    """Where the labels of the output ``<out>/<name>/<version>`` live: ``<out>/<name>/.audit/<version>/``."""
+    out = Path(os.path.abspath(output_dir))
+    return out.parent / LABELS_DIR / out.name
+
+
+def output_of_labels(path: str | Path) -> Path:
+    """The output folder a labels file belongs to (both layouts)."""
+    p = Path(os.path.abspath(path))
+    if p.parent.parent.name == LABELS_DIR:
+        return p.parent.parent.parent / p.parent.name
+    return p.parent.parent  # <output>/audit/labels.sqlite
+
+
 def labels_path(output_dir: str | Path) -> Path:
-    return Path(output_dir) / LABELS_FILE
+    """The labels file of an output; a file at the old place inside the output is moved here first."""
+    new = labels_home(output_dir) / LABELS_NAME
+    old = Path(os.path.abspath(output_dir)) / LEGACY_LABELS_FILE
+    if old.is_file():
+        try:
+            migrate(old, new)
+        except (OSError, sqlite3.Error) as e:
+            log.warning("%s: cannot move the labels beside the output (%s); reading them where they are", old, e)
+            return old
+    return new
+
+
+_ROW_COLS = ("ts", "auditor", "output", "key", "verdict", "comment", "group_id")
+
+
+def migrate(old: Path, new: Path) -> None:
+    """Move the labels file ``old`` to ``new``: copied whole (SQLite backup), or its rows merged into
+    ``new`` when that exists (rows already there are not added twice); then ``old`` is removed."""
+    with _migrate_lock:
+        if not old.is_file():
+            return
+        new.parent.mkdir(parents=True, exist_ok=True)
+        src = sqlite3.connect(str(old), timeout=10)
+        try:
+            if not new.exists():
+                tmp = new.with_name(f"{new.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+                tmp.unlink(missing_ok=True)
+                dst = sqlite3.connect(str(tmp))
+                try:
+                    src.backup(dst)
+                    dst.executescript(_SCHEMA)  # the triggers, for a file made before they existed
+                finally:
+                    dst.close()
+                try:
+                    os.link(tmp, new)  # never replaces a file another process made meanwhile
+                    tmp.unlink()
+                except FileExistsError:
+                    tmp.unlink()
+                    _merge(src, new)
+            else:
+                _merge(src, new)
+        finally:
+            src.close()
+        old.unlink()
+        for extra in (old.with_name(old.name + "-journal"), old.with_name(old.name + "-wal"),
+                      old.with_name(old.name + "-shm")):
+            extra.unlink(missing_ok=True)
+        try:
+            old.parent.rmdir()
+        except OSError:
+            pass
+        log.info("auditor labels moved from %s to %s", old, new)
+
+
+def _merge(src: sqlite3.Connection, new: Path) -> None:
+    rows = src.execute(f"SELECT {', '.join(_ROW_COLS)} FROM labels ORDER BY id").fetchall()
+    with _db(new, True) as con:
+        have = set(con.execute(f"SELECT {', '.join(_ROW_COLS)} FROM labels").fetchall())
+        for r in rows:
+            if tuple(r) not in have:
+                con.execute(f"INSERT INTO labels({', '.join(_ROW_COLS)}) VALUES ({', '.join('?' * len(_ROW_COLS))})", r)
 
 
 def now() -> str:
@@ -67,7 +157,7 @@ def _db(path: Path, create: bool):
 
 
 class LabelStore:
-    """The labels of one output."""
+    """The labels of one output (stored beside it: :func:`labels_path`)."""
 
     def __init__(self, output_dir: str | Path, output_name: str):
         self.path = labels_path(output_dir)
@@ -136,6 +226,10 @@ class LabelStore:
 
 def overrides(output_dir: str | Path) -> dict[str, str]:
     """``{key: "accept" | "reject"}``: the newest accept/reject label of each key of an output (for ``idd filter``)."""
+    from ..storage import is_uri
+
+    if is_uri(str(output_dir)):
+        return {}  # labels are written by the auditor page, on a local disk
     path = labels_path(output_dir)
     if not path.is_file():
         return {}

@@ -1,26 +1,34 @@
 """``idd filter OUTPUT --set rule=value ... [--out NEWOUTPUT]``: re-apply quality thresholds.
 
-Reads the parquet sidecars only (the scores are in ``meta["scores"]``, the rules in
-``models.quality.RULES``): nothing is recomputed. Each row that the ``quality_filter`` stage scored is
-kept when it was kept before the filter (``meta["filter"]["prior_drop"]`` is empty) and passes every
-rule under the new thresholds; auditor labels (``<output>/audit/labels.sqlite``, newest accept/reject
-per key) override both ways. Rows the filter never saw keep their split unless an auditor labelled them.
+Reads the parquet sidecars of the output's current generation only (the scores are in
+``meta["scores"]``, the rules in ``models.quality.RULES``): nothing is recomputed. Each row that the
+``quality_filter`` stage scored is kept when it was kept before the filter (``meta["filter"]
+["prior_drop"]`` is empty) and passes every rule under the new thresholds; auditor labels (beside the
+output, :mod:`..audit.labels`; newest accept/reject per key) override both ways. Rows the filter never
+saw keep their split unless an auditor labelled them.
 
 Every shard is rewritten (same shard numbers, same writer, so the format and byte-reproducibility
-are those of ``idd run``): the image members are copied out of the old tars by the parquet offsets.
-Without ``--out`` the output is rewritten in place (new shards are written aside, then swapped in);
-with ``--out`` a new output folder is written and the old one is left as it was. Then the manifest,
-``filter_report.json`` and the histograms are rewritten, and what moved is printed per rule.
+are those of ``idd run``): the image members are copied out of the old tars by the parquet offsets,
+each read checked against the sidecar's sizes and each file against the manifest's (a damaged shard
+stops the filter with one line naming it). Without ``--out`` the rows become a new *generation* of the
+output (``generations/NNNN/``) and the output's pointer ``CURRENT.json`` is switched to it last, so a
+kill at any point leaves the previous generation whole and current (:mod:`..generations`,
+docs/reliability.md). With ``--out`` a new output folder is written (its manifest last) and the old one
+is left as it was. The new manifest records every file's size and sha256; ``filter_report.json`` and
+the histograms go into the new generation; what moved is printed per rule.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
+
+from .. import faults
+from ..generations import MANIFEST, write_atomic
 
 log = logging.getLogger("idd.filter")
 
@@ -113,39 +121,53 @@ def _cause(old_reason: str | None, new_reason: str | None, moved_out: bool) -> l
     return causes or ["(none)"]
 
 
-def refilter(root: Path, sets: dict, dest: Path | None, *, use_audit: bool = True, dry_run: bool = False) -> dict:
+def refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool = False) -> dict:
+    """Re-filter the current generation of the output at ``root``.
+
+    In place (``dest`` None or ``root``): the rows are written as a new generation beside the old ones
+    and the output's pointer is switched to it last (:mod:`..generations`); a kill at any point leaves
+    the previous generation current, and the next run removes what the killed one left. With ``dest``:
+    a new output there (its manifest written last; an unfinished one of ours is cleared and redone).
+    """
     from ..audit.labels import overrides
     from ..errors import UserError
-    from ..models.quality import (
-        RULES,
-        read_member,
-        read_sidecar,
-        shard_sidecars,
-        write_report,
-    )
-    from ..writer import MANIFEST, RUN_FILE, ShardWriter
+    from ..generations import as_location, commit, current, new_generation
+    from ..models.quality import RULES, member_tar, read_member, read_sidecar
+    from ..writer import SPLITS
 
-    audit = overrides(root) if use_audit else {}
-    in_place = dest is None or dest.resolve() == root.resolve()
-    work = root / ".refilter.tmp" if in_place else dest
-    if not in_place and dest.exists() and any(dest.iterdir()):
-        raise UserError(f"--out {dest}: exists and is not empty")
+    root_loc = as_location(root)
+    src = current(root_loc)
+    shards = _source_shards(src)
+    audit = overrides(root) if use_audit and root_loc.local else {}
+    in_place = dest is None or _same(dest, root_loc)
+    gen = None
+    target = None
     if not dry_run:
-        if in_place and work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(work)
+        if in_place:
+            gen = new_generation(root_loc, note={"by": "idd filter", "set": {k: str(v) for k, v in sets.items()}})
+            faults.point("filter.generation")
+            target = gen.loc
+        else:
+            target = _prepare_dest(as_location(dest))
+    writer = _writer(target, src.manifest) if target is not None else None
     moved_out: Counter = Counter()
     moved_in: Counter = Counter()
     totals = Counter()
     applicable: Counter = Counter()
     all_rows: list[dict] = []
-    for name, splits in shard_sidecars(root).items():
+    files_of: dict[tuple[str, str], dict] = {}
+    for name, entries in shards.items():
         rows = []
         fhs: dict = {}
         try:
-            for split, pq_path in sorted(splits.items()):
-                for r in read_sidecar(pq_path):
+            for split, entry in sorted(entries.items()):
+                pq_loc = src.file(entry["parquet"])
+                pq_path = Path(pq_loc.path) if pq_loc.local else pq_loc
+                srows = read_sidecar(pq_path)
+                if len(srows) != entry["rows"]:
+                    raise UserError(f"{pq_loc}: damaged shard: {len(srows)} rows, the manifest "
+                                    f"{src.manifest_loc} says {entry['rows']}")
+                for r in srows:
                     keep, reason, meta = refilter_row(r, sets, audit)
                     was = bool(r.get("keep"))
                     if was and not keep:
@@ -164,10 +186,12 @@ def refilter(root: Path, sets: dict, dest: Path | None, *, use_audit: bool = Tru
                     audit_hit = audit.get(r["key"])
                     if audit_hit:
                         totals[f"audit_{audit_hit}"] += 1
+                    drop_class, drop_detail = _drop_fields(r, keep, reason, meta)
                     new = {"key": r["key"], "task": r["task"], "dataset": r["dataset"],
-                           "instruction": r["instruction"], "meta": meta, "keep": keep, "drop_reason": reason}
+                           "instruction": r["instruction"], "meta": meta, "keep": keep, "drop_reason": reason,
+                           "drop_class": drop_class, "drop_detail": drop_detail}
                     if not dry_run:
-                        tar = pq_path.parent / r["tar"]
+                        tar = member_tar(pq_path, r["tar"])
                         for col in ("src", "tgt", "mask"):
                             new[col] = read_member(tar, r.get(f"{col}_offset"), r.get(f"{col}_size"), fhs)
                     rows.append(new)
@@ -177,52 +201,297 @@ def refilter(root: Path, sets: dict, dest: Path | None, *, use_audit: bool = Tru
                 fh.close()
         if not dry_run:
             writer.write_shard(int(name), rows)
+            faults.point("filter.shard")
+            for split in SPLITS:
+                files_of[(split, name)] = _shard_files(target, split, name)
     result = {"moved_to_rejected": dict(moved_out), "moved_to_train": dict(moved_in), "totals": dict(totals),
               "set": dict(sets), "audit_labels": len(audit),
               "rows_with_score": {f: applicable[f] for f in sets}}
     if dry_run:
+        result["generation"] = src.number
         return result
-    old_manifest = json.loads((root / MANIFEST).read_text())
+    old_manifest = src.manifest
     extra = {k: v for k, v in old_manifest.items() if k not in ("format", "code_version", "config", "splits")}
-    extra["refilter"] = {"from": str(root.resolve()), **result}
+    extra["refilter"] = {"from": str(root_loc), "from_generation": src.number, **result}
     if in_place:
-        for split in ("train", "rejected"):
-            old = root / split
-            aside = root / f".{split}.old"
-            if aside.exists():
-                shutil.rmtree(aside)
-            if old.exists():
-                old.rename(aside)
-            if (work / split).exists():
-                (work / split).rename(old)
-            if aside.exists():
-                shutil.rmtree(aside)
-        shutil.rmtree(work)
-        target = root
+        extra["generation"] = gen.number
     else:
-        target = dest
-        if (root / RUN_FILE).is_file():
-            shutil.copy2(root / RUN_FILE, dest / RUN_FILE)
-    ShardWriter(target).write_manifest(config=old_manifest.get("config", {}), extra=extra)
-    write_report(target, all_rows)
+        extra.pop("generation", None)
+        _copy_run_file(root_loc, target)
+    # the report first, the manifest last: a --out output is complete once its manifest exists
+    _write_report(target, all_rows)
+    faults.point("filter.report")
+    manifest = writer.write_manifest(config=old_manifest.get("config", {}), extra=extra)
+    faults.point("filter.manifest")
+    if _fill_file_fields(manifest, files_of):
+        write_atomic(target / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        faults.point("filter.manifest_files")
+    if in_place:
+        commit(root_loc, gen, point="filter.pointer")
+        result["generation"] = gen.number
+        result["generation_path"] = str(gen.loc)
+    result["from_generation"] = src.number
     return result
 
 
+def _same(dest, root_loc) -> bool:
+    from ..generations import as_location
+
+    d = as_location(dest)
+    return d.fs.type_name == root_loc.fs.type_name and d.path.rstrip("/") == root_loc.path.rstrip("/")
+
+
+def _source_shards(src) -> dict[str, dict[str, dict]]:
+    """``{shard name: {split: manifest entry}}`` of a generation, its manifest checked against its files
+    (one line naming the manifest and field, or the missing or damaged file)."""
+    from ..errors import UserError
+    from ..writer import SPLITS
+
+    m, where = src.manifest, src.manifest_loc
+    splits = m.get("splits")
+    if not isinstance(splits, dict):
+        raise UserError(f"{where}: field splits: expected an object")
+    out: dict[str, dict[str, dict]] = {}
+    unchecked = 0
+    for split in SPLITS:
+        info = splits.get(split, {"shards": []})
+        shards = info.get("shards") if isinstance(info, dict) else None
+        if not isinstance(shards, list):
+            raise UserError(f"{where}: field splits.{split}.shards: expected a list")
+        for i, e in enumerate(shards):
+            field = f"splits.{split}.shards[{i}]"
+            if not isinstance(e, dict):
+                raise UserError(f"{where}: field {field}: expected an object")
+            for k in ("tar", "parquet"):
+                if not isinstance(e.get(k), str) or not _safe_rel(e[k]):
+                    raise UserError(f"{where}: field {field}.{k}: expected a path inside the output, got {e.get(k)!r}")
+            if not isinstance(e.get("rows"), int) or isinstance(e.get("rows"), bool) or e["rows"] < 0:
+                raise UserError(f"{where}: field {field}.rows: expected a whole number >= 0, got {e.get('rows')!r}")
+            name = e["parquet"].rsplit("/", 1)[-1].split(".")[0]
+            if not name.isdigit():
+                raise UserError(f"{where}: field {field}.parquet: not a shard file name: {e['parquet']!r}")
+            for k in ("tar", "parquet"):
+                loc = src.file(e[k])
+                facts = _size(loc)
+                if facts is None:
+                    raise UserError(f"{loc}: missing (listed in {where} as {field}.{k})")
+                want = e.get(f"{k}_bytes")
+                if want is None:
+                    unchecked += 1
+                elif facts != want:
+                    raise UserError(f"{loc}: damaged shard: {facts} bytes, the manifest {where} says {want}")
+            out.setdefault(name, {})[split] = e
+    if unchecked:
+        log.warning("%s: no file sizes in the manifest (an older output): shard files are checked by their "
+                    "sidecar offsets only", where)
+    return dict(sorted(out.items()))
+
+
+def _safe_rel(rel: str) -> bool:
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and ".." not in parts and "" not in parts
+
+
+def _size(loc) -> int | None:
+    import pyarrow.fs as pafs
+
+    info = loc.fs.get_file_info(loc.path)
+    return int(info.size) if info.type == pafs.FileType.File else None
+
+
+def _prepare_dest(dest):
+    """The ``--out`` folder: empty, or an unfinished output of an earlier ``idd filter --out`` (its marker
+    and no manifest), whose files are removed. Anything else is refused."""
+    from ..errors import UserError
+    from ..generations import MARKER, clear_engine_files
+
+    try:
+        exists = dest.exists()
+        names = _all_files(dest) if exists else []
+    except OSError as e:
+        raise UserError(f"--out {dest}: cannot read ({e})") from None
+    if names:
+        if MARKER in names and MANIFEST not in names:
+            log.info("%s: removing the unfinished output of an earlier idd filter --out", dest)
+            left = clear_engine_files(dest)
+            for extra in (".idd-run.json",):
+                if extra in left:
+                    (dest / extra).delete_file()
+                    left.remove(extra)
+            if left:
+                raise UserError(f"--out {dest}: holds files idd filter did not write ({left[0]})")
+        else:
+            raise UserError(f"--out {dest}: exists and is not empty")
+    try:
+        dest.mkdir()
+        (dest / MARKER).write_text(json.dumps({"generation": 0, "by": "idd filter --out"}, indent=1))
+    except OSError as e:
+        raise UserError(f"--out {dest}: cannot write ({e.strerror or e})") from None
+    faults.point("filter.out")
+    return dest
+
+
+def _all_files(loc) -> list[str]:
+    from ..generations import _files
+
+    return _files(loc)
+
+
+def _writer(target, manifest: dict):
+    import inspect
+
+    from ..writer import ShardWriter
+
+    params = inspect.signature(ShardWriter.__init__).parameters
+    kw = {}
+    if "output" in params and "version" in params:
+        kw = {"output": manifest.get("name"), "version": manifest.get("version")}
+    return ShardWriter(target, **kw)
+
+
+def _drop_fields(r: dict, keep: bool, reason: str | None, meta: dict) -> tuple[str | None, list | None]:
+    """``drop_class`` / ``drop_detail`` of a re-filtered row: unchanged when its decision is; otherwise
+    the prior drop keeps its class and details and each failed rule (or the auditor) adds one."""
+    if keep:
+        return None, None
+    if not r.get("keep") and reason == r.get("drop_reason"):
+        return r.get("drop_class"), r.get("drop_detail")  # the same decision: byte-identical rows
+    flt = meta.get("filter") if isinstance(meta.get("filter"), dict) else {}
+    prior = flt.get("prior_drop")
+    failed = list(flt.get("failed") or [])
+    detail: list[str] = []
+    first = None
+    if prior:
+        old = [d for d in (r.get("drop_detail") or [])
+               if not _is_rule_class(d)]
+        detail += old
+        first = r.get("drop_class") or prior
+        if not old:
+            detail.append(json.dumps({"class": first}, sort_keys=True))
+    if reason == "audit:reject":
+        failed = ["audit:reject"]
+    for f in failed:
+        detail.append(json.dumps({"class": f}, sort_keys=True))
+        first = first or f
+    if first is None:
+        first = (reason or "dropped").split(";")[0]
+        detail.append(json.dumps({"class": first}, sort_keys=True))
+    return first, detail
+
+
+def _is_rule_class(entry: str) -> bool:
+    from ..models.quality import rule_of_reason
+
+    try:
+        cls = json.loads(entry).get("class")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(cls, str) and (rule_of_reason(cls) is not None or cls == "audit:reject")
+
+
+def _digest(loc) -> dict:
+    sha = hashlib.sha256()
+    n = 0
+    with loc.fs.open_input_stream(loc.path) as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            sha.update(chunk)
+            n += len(chunk)
+    return {"bytes": n, "sha256": sha.hexdigest()}
+
+
+def _shard_files(target, split: str, name: str) -> dict:
+    """Size and sha256 of a written shard's tar and parquet: from its stats when the writer recorded
+    them, else computed here and added to the stats (``files``)."""
+    stats_loc = target / split / f"{name}.stats.json"
+    st = json.loads(stats_loc.read_text())
+    files = st.get("files")
+    ok = isinstance(files, dict) and all(
+        isinstance(files.get(k), dict) and files[k].get("bytes") is not None and files[k].get("sha256")
+        for k in ("tar", "parquet"))
+    if not ok:
+        files = {k: _digest(target / split / f"{name}.{k}") for k in ("tar", "parquet")}
+        st["files"] = files
+        write_atomic(stats_loc, json.dumps(st, indent=1, sort_keys=True))
+        faults.point("filter.stats")
+    return files
+
+
+def _fill_file_fields(manifest: dict, files_of: dict) -> bool:
+    """Add ``tar_bytes``/``tar_sha256``/``parquet_bytes``/``parquet_sha256`` to the manifest's shard
+    entries where the writer did not; True when something was added."""
+    changed = False
+    for split, info in (manifest.get("splits") or {}).items():
+        for e in info.get("shards") or []:
+            name = e["tar"].rsplit("/", 1)[-1].split(".")[0]
+            files = files_of.get((split, name))
+            if not files:
+                continue
+            for k in ("tar", "parquet"):
+                for field, val in ((f"{k}_bytes", files[k]["bytes"]), (f"{k}_sha256", files[k]["sha256"])):
+                    if e.get(field) is None:
+                        e[field] = val
+                        changed = True
+    return changed
+
+
+def _copy_run_file(root_loc, dest) -> None:
+    from ..writer import RUN_FILE
+
+    src = root_loc / RUN_FILE
+    if src.is_file():
+        (dest / RUN_FILE).write_bytes(src.read_bytes())
+
+
+def _write_report(target, rows: list[dict] | None) -> dict:
+    """``filter_report.json`` and the histograms into a generation folder (through a local temporary
+    folder on an object store)."""
+    import tempfile
+
+    from ..models.quality import REPORT_DIR, REPORT_FILE, write_report
+
+    if target.local:
+        return write_report(Path(target.path), rows)
+    with tempfile.TemporaryDirectory(prefix="idd-report-") as tmp:
+        rep = write_report(Path(tmp), rows if rows is not None else _rows_of(target))
+        for p in sorted(Path(tmp).rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(tmp).as_posix()
+                (target / REPORT_DIR / p.name if rel.startswith(REPORT_DIR + "/") else target / REPORT_FILE
+                 ).write_bytes(p.read_bytes())
+    return rep
+
+
+def _rows_of(target) -> list[dict]:
+    from ..models.quality import iter_output_rows
+
+    return list(iter_output_rows(target))
+
+
 def main(args: argparse.Namespace) -> int:
-    from ..models.quality import output_root, write_report
+    from ..generations import current
+    from ..models.quality import output_root
 
     root = output_root(args.output)
     if args.report_only:
-        rep = write_report(root)
-        print(f"report: {root / 'filter_report.json'} ({rep['rows_scored']} of {rep['rows']} rows scored)")
+        gen = current(root)
+        rep = _write_report(gen.loc, None)
+        print(f"report: {gen.loc / 'filter_report.json'} ({rep['rows_scored']} of {rep['rows']} rows scored)")
         for rule, n in sorted(rep["drops_per_rule"].items()):
             print(f"  dropped {n:6d}  {rule}")
         return 0
     sets = parse_sets(args.overrides)
-    dest = Path(args.out) if args.out else None
-    res = refilter(root, sets, dest, use_audit=not args.no_audit, dry_run=args.dry_run)
-    where = "(dry run)" if args.dry_run else str(dest or root)
-    print(f"re-filtered {root} -> {where}")
+    res = refilter(root, sets, args.out, use_audit=not args.no_audit, dry_run=args.dry_run)
+    if args.dry_run:
+        where = "(dry run)"
+    elif args.out and "generation_path" not in res:
+        where = str(args.out)
+    else:
+        where = f"generation {res['generation']} ({res['generation_path']})"
+    print(f"re-filtered {root} (generation {res['from_generation'] if 'from_generation' in res else res['generation']})"
+          f" -> {where}")
     if sets:
         print("  thresholds: " + ", ".join(f"{k}={v}" for k, v in sets.items()))
     print(f"  train {res['totals'].get('train', 0)}, rejected {res['totals'].get('rejected', 0)}"

@@ -115,52 +115,135 @@ def rule_of_reason(text: str) -> str | None:
 
 # -- reading an output ------------------------------------------------------------------------
 
-def output_root(path: str | Path) -> Path:
-    """The output folder (holding manifest.json): the path itself, or its only version below."""
+def output_root(path: str | Path) -> Path | str:
+    """The output folder (holding manifest.json or a generation pointer): the path itself, or its only
+    version below. A local Path, or the URI string of an output on an object store."""
+    from ..generations import is_output
+    from ..storage import is_uri
+
+    if is_uri(str(path)):
+        if is_output(str(path)):
+            return str(path)
+        raise UserError(f"{path}: not a shard output (no manifest.json)")
     p = Path(path)
-    if (p / "manifest.json").is_file():
+    if is_output(p):
         return p
     if p.is_dir():
-        found = sorted(m.parent for m in p.glob("*/manifest.json"))
+        found = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".") and is_output(d))
         if len(found) == 1:
             return found[0]
     raise UserError(f"{p}: not a shard output (no manifest.json)")
 
 
-def shard_sidecars(root: Path) -> dict[str, dict[str, Path]]:
-    """``{shard name: {split: parquet path}}`` over train/ and rejected/."""
-    out: dict[str, dict[str, Path]] = defaultdict(dict)
+def shard_sidecars(root: Path | str, resolve: bool = True) -> dict[str, dict[str, Path]]:
+    """``{shard name: {split: parquet path}}`` over train/ and rejected/ of the output's current
+    generation (``resolve=False``: of exactly the folder ``root``). With a manifest, the shards it lists;
+    without one, every parquet in the folder. Paths are local Paths, or Locations on an object store."""
+    from ..generations import current, generation
+    from ..storage import Location
+
+    gen = current(root, load_manifest=False) if resolve else generation(root, 0, load_manifest=False)
+    manifest = None
+    if gen.manifest_loc.is_file():
+        try:
+            manifest = json.loads(gen.manifest_loc.read_text())
+        except ValueError:
+            manifest = None
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+
+    def place(rel: str) -> Any:
+        loc = gen.file(rel)
+        return Path(loc.path) if loc.local else loc
+
     for split in ("train", "rejected"):
-        d = root / split
-        for p in sorted(d.glob("*.parquet")) if d.is_dir() else []:
-            out[p.name.split(".")[0]][split] = p
+        listed = ((manifest or {}).get("splits") or {}).get(split, {}).get("shards") if manifest else None
+        if isinstance(listed, list):
+            names = [s["parquet"] for s in listed if isinstance(s, dict) and isinstance(s.get("parquet"), str)]
+        else:
+            d: Location = gen.loc / split
+            names = [f"{split}/{n}" for n in d.names() if n.endswith(".parquet")]
+        for rel in sorted(names):
+            out[rel.rsplit("/", 1)[-1].split(".")[0]][split] = place(rel)
     return dict(sorted(out.items()))
 
 
-def read_sidecar(path: Path) -> list[dict]:
-    rows = pq.read_table(path).to_pylist()
+def _parent(path: Any) -> Any:
+    if isinstance(path, Path):
+        return path.parent
+    from ..storage import Location
+
+    if isinstance(path, Location):
+        return Location(str(path).rsplit("/", 1)[0], path.fs, path.path.rsplit("/", 1)[0])
+    return Path(path).parent
+
+
+def member_tar(sidecar: Any, tar_name: str) -> Any:
+    """The tar a sidecar row names (its ``tar`` column), in the sidecar's folder."""
+    return _parent(sidecar) / tar_name
+
+
+def read_sidecar(path: Any) -> list[dict]:
+    from ..storage import Location
+
+    try:
+        if isinstance(path, Location):
+            rows = pq.read_table(path.path, filesystem=path.fs).to_pylist()
+        else:
+            rows = pq.read_table(path).to_pylist()
+    except FileNotFoundError:
+        raise UserError(f"{path}: sidecar missing") from None
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+        raise UserError(f"{path}: damaged sidecar ({str(e).splitlines()[0][:200]})") from None
     for r in rows:
         r["meta"] = json.loads(r["meta"]) if r.get("meta") else {}
-        r["_split_dir"] = path.parent
+        r["_split_dir"] = _parent(path)
     return rows
 
 
-def read_member(tar_path: Path, offset: int | None, size: int | None, fh_cache: dict | None = None) -> bytes | None:
+def _open_tar(tar_path: Any):
+    from ..storage import Location, is_uri
+
+    if isinstance(tar_path, Location):
+        return tar_path.fs.open_input_file(tar_path.path)
+    if is_uri(str(tar_path)):
+        loc = Location(str(tar_path))
+        return loc.fs.open_input_file(loc.path)
+    return open(tar_path, "rb")  # noqa: SIM115 - closed by the caller
+
+
+def read_member(tar_path: Any, offset: int | None, size: int | None, fh_cache: dict | None = None) -> bytes | None:
+    """``size`` bytes at ``offset`` of a tar (a sidecar's ``*_offset``/``*_size`` columns). A short read
+    (a truncated or damaged shard) is a one-line UserError naming the tar, never fewer bytes."""
     if offset is None or size is None:
         return None
-    if fh_cache is not None:
-        fh = fh_cache.get(tar_path)
+    if offset < 0 or size < 0:
+        raise UserError(f"{tar_path}: damaged shard: the sidecar gives member offset {offset}, size {size}")
+    own = fh_cache is None
+    try:
+        fh = None if own else fh_cache.get(str(tar_path))
         if fh is None:
-            fh = fh_cache[tar_path] = open(tar_path, "rb")  # noqa: SIM115 - closed by the caller
-        fh.seek(offset)
-        return fh.read(size)
-    with open(tar_path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(size)
+            fh = _open_tar(tar_path)
+            if not own:
+                fh_cache[str(tar_path)] = fh
+        try:
+            fh.seek(offset)
+            data = fh.read(size)
+        finally:
+            if own:
+                fh.close()
+    except FileNotFoundError:
+        raise UserError(f"{tar_path}: shard tar missing") from None
+    except OSError as e:
+        raise UserError(f"{tar_path}: cannot read the shard ({e})") from None
+    if len(data) != size:
+        raise UserError(f"{tar_path}: damaged shard (truncated?): member at byte {offset} needs {size} bytes, "
+                        f"the file gives {len(data)}")
+    return data
 
 
 def iter_output_rows(root: Path) -> Iterator[dict]:
-    for splits in shard_sidecars(root).values():
+    """Every sidecar row of exactly the folder ``root`` (an output root or one generation folder)."""
+    for splits in shard_sidecars(root, resolve=False).values():
         for p in splits.values():
             yield from read_sidecar(p)
 
