@@ -3,6 +3,10 @@
 Nothing is extracted: ``tar_bytes[offset:offset + size]`` is the member (writer.py). A thumbnail is keyed by
 the tar's path, the member's offset and size, the tar's mtime (a rewritten shard never serves a stale
 thumbnail), the kind and the size, and stored as a small file under the cache folder.
+
+An image that cannot be shown (corrupt, or more pixels than the decoders' limit, :mod:`..imageio`) is an
+error tile, and that verdict is cached like a thumbnail (a ``.err`` file beside them, and in memory), so a
+repeated request for it decodes nothing; so is the check of a full-size member.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,7 +95,16 @@ def make_thumbnail(data: bytes, kind: str, max_side: int) -> tuple[bytes, str]:
         raise MemberError(str(e)) from None
 
 
-@lru_cache(maxsize=8)
+def tile_word(message: str) -> str:
+    """The word an error tile shows for a member error."""
+    m = message.lower()
+    for word in ("too large", "truncated", "no such member", "not an image", "unreadable", "empty"):
+        if word in m:
+            return word
+    return "corrupt"
+
+
+@lru_cache(maxsize=16)
 def error_tile(message: str = "corrupt", side: int = 160) -> bytes:
     """A grey tile with a red cross and a word: what the page shows for an unreadable member."""
     tile = np.full((side, side, 3), 60, np.uint8)
@@ -115,6 +129,7 @@ class ThumbCache:
         self.misses = 0
         self._bytes: int | None = None  # counted on the first write
         self._lock = threading.Lock()
+        self._verdicts: OrderedDict[str, str | None] = OrderedDict()  # cache id -> error message (None: fine)
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -146,19 +161,78 @@ class ThumbCache:
             self._bytes = total
             log.info("thumbnail cache pruned to %.1f MiB", total / 2**20)
 
-    def _path(self, tar: Path, offset: int, size: int, kind: str) -> Path:
+    def _id(self, tar: Path, offset: int, size: int, kind: str) -> str:
         try:
             mtime = tar.stat().st_mtime_ns
         except OSError:
             mtime = 0
-        h = hashlib.sha1(f"{tar}\0{offset}\0{size}\0{mtime}\0{kind}\0{self.max_side}".encode()).hexdigest()
+        return hashlib.sha1(f"{tar}\0{offset}\0{size}\0{mtime}\0{kind}\0{self.max_side}".encode()).hexdigest()
+
+    def _path(self, tar: Path, offset: int, size: int, kind: str) -> Path:
+        h = self._id(tar, offset, size, kind)
         return self.folder / h[:2] / f"{h}.{'jpg' if kind == 'image' else 'png'}"
 
+    # -- verdicts: members known to be unshowable (thumbnails) or checked (full size) -----------------
+    MAX_VERDICTS = 20_000
+
+    def _verdict(self, ident: str) -> tuple[bool, str | None]:
+        """(known, error message or None) from memory, then from an ``.err`` file in the cache folder."""
+        with self._lock:
+            if ident in self._verdicts:
+                self._verdicts.move_to_end(ident)
+                return True, self._verdicts[ident]
+        if self.folder is not None:
+            try:
+                msg = (self.folder / ident[:2] / f"{ident}.err").read_text(errors="replace")
+            except OSError:
+                return False, None
+            self._remember(ident, msg, disk=False)
+            return True, msg
+        return False, None
+
+    def _remember(self, ident: str, error: str | None, disk: bool = True) -> None:
+        with self._lock:
+            self._verdicts[ident] = error
+            self._verdicts.move_to_end(ident)
+            while len(self._verdicts) > self.MAX_VERDICTS:
+                self._verdicts.popitem(last=False)
+        if error is not None and disk and self.folder is not None:
+            path = self.folder / ident[:2] / f"{ident}.err"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_text(error[:500])
+                os.replace(tmp, path)
+            except OSError as e:  # a read-only cache folder still has the memory verdict
+                log.debug("cannot cache the error of %s: %s", ident, e)
+
+    def check_full(self, tar: Path, offset: int | None, size: int | None, kind: str, data: bytes) -> None:
+        """:func:`validate_image` once per member (the verdict is remembered, keyed like a thumbnail)."""
+        ident = self._id(tar, offset or 0, size or 0, f"full-{kind}")
+        known, err = self._verdict(ident)
+        if not known:
+            try:
+                validate_image(data, kind)
+                err = None
+            except MemberError as e:
+                err = str(e)
+            self._remember(ident, err, disk=False)
+        if err is not None:
+            raise MemberError(err)
+
     def cached(self, tar: Path, offset: int | None, size: int | None, kind: str) -> tuple[bytes, str] | None:
-        """The cached thumbnail, or None (no decoding here)."""
-        if self.folder is None or kind not in THUMB_KINDS:
+        """The cached thumbnail, or None (no decoding here); a member known to be unshowable raises
+        MemberError (the error tile is the answer)."""
+        if kind not in THUMB_KINDS:
             return None
-        path = self._path(tar, offset or 0, size or 0, kind)
+        ident = self._id(tar, offset or 0, size or 0, kind)
+        known, err = self._verdict(ident)
+        if known and err is not None:
+            self.hits += 1
+            raise MemberError(err)
+        if self.folder is None:
+            return None
+        path = self.folder / ident[:2] / f"{ident}.{'jpg' if kind == 'image' else 'png'}"
         try:
             data = path.read_bytes()
             os.utime(path)  # recently used: pruned last
@@ -171,14 +245,17 @@ class ThumbCache:
         """Thumbnail bytes and media type; raises MemberError for an unreadable member."""
         if kind not in THUMB_KINDS:
             raise ValueError(kind)
-        media = "image/jpeg" if kind == "image" else "image/png"
+        hit = self.cached(tar, offset, size, kind)  # raises MemberError for a member known to be unshowable
+        if hit is not None:
+            return hit
         path = self._path(tar, offset or 0, size or 0, kind) if self.folder else None
-        if path is not None:
-            hit = self.cached(tar, offset, size, kind)
-            if hit is not None:
-                return hit
         self.misses += 1
-        data, media = make_thumbnail(read_member(tar, offset, size), kind, self.max_side)
+        member = read_member(tar, offset, size)
+        try:
+            data, media = make_thumbnail(member, kind, self.max_side)
+        except MemberError as e:  # corrupt or too large: remembered, never decoded again
+            self._remember(self._id(tar, offset or 0, size or 0, kind), str(e))
+            raise
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
