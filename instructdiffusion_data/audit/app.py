@@ -5,20 +5,28 @@ server was started with (header ``X-Audit-Token``); without a token configured t
 Only outputs found under the root are addressable (by their relative name from the catalog, never a path
 from the request), tar paths from the sidecars are checked to stay inside their output, and anything else
 is a 404. Query values are bound parameters in DuckDB and SQLite.
+
+Label posts are checked in this order: the token (401/403, the body is not read), the body size
+(``Content-Length`` and then while reading, :data:`MAX_BODY_BYTES`: 413), then its JSON against a typed
+model (422 naming the field). Every JSON answer is strict JSON: a NaN or infinite number (legacy sidecars
+wrote them) is answered as ``null``.
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
@@ -33,6 +41,7 @@ from .images import (
     check_image,
     error_tile,
     read_member,
+    tile_word,
     validate_image,
 )
 from .labels import LabelStore, overrides
@@ -48,6 +57,97 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+MAX_BODY_BYTES = 64 << 10  # label, pick and export posts are a few hundred bytes
+
+
+class _Post(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # the page may send more fields than a route needs
+
+
+class LabelPost(_Post):
+    output: StrictStr = Field(max_length=500)
+    split: StrictStr = Field(max_length=50)
+    key: StrictStr = Field(max_length=500)
+    verdict: StrictStr = Field(max_length=50)  # accept / reject: checked by the label store (400)
+    auditor: StrictStr = Field(max_length=500)
+    comment: StrictStr | None = Field(None, max_length=10_000)
+
+
+class PickPost(_Post):
+    output: StrictStr = Field(max_length=500)
+    group: StrictStr = Field(max_length=500)
+    keys: list[StrictStr] | None = Field(None, max_length=100)
+    auditor: StrictStr = Field(max_length=500)
+    comment: StrictStr | None = Field(None, max_length=10_000)
+
+
+class ExportPost(_Post):
+    output: StrictStr = Field(max_length=500)
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (strict JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+class StrictJSONResponse(JSONResponse):
+    """JSON that a browser's ``JSON.parse`` accepts: non-finite numbers (from legacy meta) become null
+    instead of a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        except ValueError:
+            return json.dumps(finite_json(content), ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":")).encode("utf-8")
+
+
+def _validation_message(err: ValidationError) -> str:
+    """``comment: Input should be a valid string (got int)``: one clause per wrong field (five at most)."""
+    parts = []
+    for e in err.errors(include_url=False)[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ())) or "body"
+        msg = f"{where}: {e.get('msg', 'invalid')}"
+        if e.get("type") not in ("missing", "json_invalid", "json_type") and "input" in e:
+            got = e["input"]
+            msg += f" (got {'null' if got is None else type(got).__name__})"
+        parts.append(msg)
+    return "; ".join(parts)
+
+
+async def read_post(request: Request, model: type[BaseModel], limit: int = MAX_BODY_BYTES) -> BaseModel:
+    """The request body as ``model``: 413 past ``limit`` bytes (from Content-Length, then counted while
+    reading, so a lying or absent header changes nothing), 422 for JSON that does not fit the model."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise HTTPException(413, f"request body larger than {limit} bytes")
+        except ValueError:
+            raise HTTPException(400, "invalid Content-Length") from None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body larger than {limit} bytes")
+    try:
+        return model.model_validate_json(bytes(body) or b"{}")
+    except ValidationError as e:
+        raise HTTPException(422, _validation_message(e)) from None
+
+
+def member_error_response(e: Exception, **headers: str) -> Response:
+    """The error tile (a small PNG naming the problem) for a member that cannot be shown."""
+    return Response(error_tile(tile_word(str(e))), media_type="image/png",
+                    headers={"X-Audit-Error": str(e)[:200], "Cache-Control": "no-store", **headers})
 
 
 def default_cache_dir() -> Path:
@@ -70,7 +170,8 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         allowed.append(Path(d).resolve())
     catalog = Catalog(root, refresh_s=refresh_s)
     thumbs = ThumbCache((cache_dir or default_cache_dir()) if use_cache else None, max_bytes=cache_max_mb << 20)
-    app = FastAPI(title="idd audit", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="idd audit", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  default_response_class=StrictJSONResponse)
     app.state.catalog = catalog
     app.state.thumbs = thumbs
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -138,7 +239,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return StrictJSONResponse({"detail": str(exc)}, status_code=400)
 
     # -- pages -----------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -217,7 +318,10 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
             tar = (out.path / loc["tar"]).resolve()
             tkind = "image" if kind != "mask" else ("overlay" if style == "overlay" else "mask")
             if out.path.resolve() in tar.parents:
-                hit = thumbs.cached(tar, loc[f"{kind}_offset"], loc[f"{kind}_size"], tkind)
+                try:
+                    hit = thumbs.cached(tar, loc[f"{kind}_offset"], loc[f"{kind}_size"], tkind)
+                except MemberError as e:  # known to be corrupt or too large: the tile, nothing decoded
+                    return member_error_response(e)
                 if hit is not None:
                     return Response(hit[0], media_type=hit[1], headers={"Cache-Control": "max-age=3600"})
         return await run_in_threadpool(image_sync, output, split, key, kind, thumb, style)
@@ -238,12 +342,11 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
                 return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
             data = read_member(tar, off, size)
             media = check_image(data)
-            validate_image(data, kind)
+            thumbs.check_full(tar, off, size, kind, data)  # decoded once per member, the verdict kept
             return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
         except MemberError as e:
             log.warning("%s: %s %s member unreadable: %s", tar, key, kind, e)
-            return Response(error_tile(), media_type="image/png",
-                            headers={"X-Audit-Error": str(e)[:200], "Cache-Control": "no-store"})
+            return member_error_response(e)
 
     @app.get("/api/reference")
     def reference(output: str, split: str, key: str = Query(..., max_length=500)):
@@ -274,7 +377,7 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
                 if any(d in p.parents for d in allowed) and p.is_file():
                     return Response(crop_png(p.read_bytes(), ref.get("bbox") or ref.get("box")), media_type="image/png")
         except (MemberError, ValueError) as e:
-            return Response(error_tile(), media_type="image/png", headers={"X-Audit-Error": str(e)[:200]})
+            return member_error_response(e)
         raise HTTPException(404, "reference image not reachable under the root")
 
     # -- labels ----------------------------------------------------------------------------------------
@@ -284,14 +387,18 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         out = need_output(output)
         return LabelStore(out.path, output).history(key=key, group_id=group)
 
+    # Posts: the token first (nothing read), then the body within MAX_BODY_BYTES, then its typed model;
+    # the label store's work runs in the thread pool.
     @app.post("/api/labels")
-    def add_label(body: Annotated[dict, Body()], x_audit_token: str | None = Header(None)):
+    async def add_label(request: Request, x_audit_token: str | None = Header(None)):
         require_token(x_audit_token)
-        output, split, key = str(body.get("output", "")), str(body.get("split", "")), str(body.get("key", ""))
-        need_row(output, split, key)
-        out = need_output(output)
-        return LabelStore(out.path, output).add(key, str(body.get("verdict", "")), str(body.get("auditor", "")),
-                                                body.get("comment"))
+        body = await read_post(request, LabelPost)
+        return await run_in_threadpool(add_label_sync, body)
+
+    def add_label_sync(body: LabelPost):
+        need_row(body.output, body.split, body.key)
+        out = need_output(body.output)
+        return LabelStore(out.path, body.output).add(body.key, body.verdict, body.auditor, body.comment)
 
     # -- alignment -------------------------------------------------------------------------------------
     @app.get("/api/align/groups")
@@ -310,25 +417,30 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         return {"candidates": rows, "labels": LabelStore(out.path, output).history(group_id=group)}
 
     @app.post("/api/align/pick")
-    def align_pick(body: Annotated[dict, Body()], x_audit_token: str | None = Header(None)):
+    async def align_pick(request: Request, x_audit_token: str | None = Header(None)):
         require_token(x_audit_token)
-        output, group = str(body.get("output", "")), str(body.get("group", ""))
+        body = await read_post(request, PickPost)
+        return await run_in_threadpool(align_pick_sync, body)
+
+    def align_pick_sync(body: PickPost):
+        output, group, keys = body.output, body.group, body.keys or []
         out = need_output(output)
-        keys = body.get("keys") or []
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise HTTPException(422, "keys must be a list of sample keys")
         members = {r["key"] for r in catalog.group(output, group)}
         if not members:
             raise HTTPException(404, "no such group")
         if set(keys) - members:
             raise HTTPException(422, "every pick must be a candidate of the group")
-        return LabelStore(out.path, output).pick(group, keys, str(body.get("auditor", "")), body.get("comment"))
+        return LabelStore(out.path, output).pick(group, keys, body.auditor, body.comment)
 
     @app.post("/api/align/export")
-    def align_export(body: Annotated[dict, Body()], x_audit_token: str | None = Header(None)):
+    async def align_export(request: Request, x_audit_token: str | None = Header(None)):
         """Export the picks of one output to ``<output>/audit/alignment`` (fixed place under the root)."""
         require_token(x_audit_token)
-        out = need_output(str(body.get("output", "")))
+        body = await read_post(request, ExportPost)
+        return await run_in_threadpool(align_export_sync, body)
+
+    def align_export_sync(body: ExportPost):
+        out = need_output(body.output)
         store = LabelStore(out.path, out.rel)
         if not store.path.is_file():
             raise HTTPException(404, "no labels for this output yet")
