@@ -47,9 +47,10 @@ POINTER_FORMAT = "instructdiffusion-data/generation/1"
 
 _GEN_NAME = re.compile(r"^\d{4,}$")
 # what the engine writes inside a generation folder (and nothing else is ever deleted there)
+_TMP = r"(?:\.tmp(?:-[0-9a-z]+)?)?"  # the writer's temporary names: ".tmp", ".tmp-<attempt>"
 _ENGINE_FILE = re.compile(
-    r"^(?:\.idd-generation\.json|manifest\.json(?:\.tmp)?|filter_report\.json(?:\.tmp)?|"
-    r"filter_report/[A-Za-z0-9_.-]+\.png|(?:train|rejected)/\d{6}\.(?:tar|parquet|stats\.json)(?:\.tmp)?)$")
+    rf"^(?:\.idd-generation\.json|manifest\.json{_TMP}|filter_report\.json{_TMP}|"
+    rf"filter_report/[A-Za-z0-9_.-]+\.png|(?:train|rejected)/\d{{6}}\.(?:tar|parquet|stats\.json){_TMP})$")
 
 
 def as_location(root: str | os.PathLike | Location) -> Location:
