@@ -335,51 +335,32 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
     writer.clean_attempts()
     rps = cfg.writer.records_per_shard
 
-    # 1. plan (a big annotation file is split once, by a worker)
-    if isinstance(source, RecordSource):
-        if source.split_index(loc, rps) is None:
-            log.info("splitting %s into per-shard record files (one pass, streamed)", source.name)
-            if use_ray:
-                init_ray(cfg.ray, address)
-                import ray
-
-                opts: dict[str, Any] = {"num_cpus": 1, "max_retries": 2}
-                if cfg.ray.split_memory:
-                    opts["memory"] = cfg.ray.split_memory
-                summary.split = ray.get(ray.remote(**opts)(_split_task).remote(source, str(loc), rps))
-            else:
-                summary.split = _split_task(source, str(loc), rps)
-            log.info("split: %(records)d records into %(shards)d shards, %(input_mb).1f MB in %(seconds).1fs "
-                     "(%(mb_per_s).1f MB/s, worker peak RSS %(peak_rss_mb).0f MB)", summary.split)
-    specs = source.plan(loc, rps)
-    summary.shards_total = len(specs)
-    if not specs:
-        raise UserError(f"source {source.name}: no input records (check source paths and patterns)")
-
-    # 2. resume: finished shards are reused only when their inputs are the plan's
-    done = writer.done_shards()
-    changed, stale, what = _changed_inputs(source, writer, loc, specs, done)
-    if changed or stale:
-        if not redo_changed:
-            raise UserError(f"{root}: {what}; {len(changed) + len(stale)} finished shards were made from other "
-                            "inputs. Rerun with --redo-changed to redo them, or --overwrite to start over")
-        log.warning("%s: redoing %d changed shards, removing %d stale ones", what, len(changed), len(stale))
-        for i in changed + stale:
-            writer.remove_shard(i)
-        done -= set(changed) | set(stale)
-    pending = [s for s in specs if s.index not in done]
-    summary.shards_skipped = len(specs) - len(pending)
-    log.info("%d shards (%s per shard: %d); %d already done, %d to write", len(specs), source.unit, rps,
-             summary.shards_skipped, len(pending))
-
-    # 3. execute: workers read, run the stages and write
     roots = collect_roots(cfg, source)
     max_rows = 1
     for st in stages:
         max_rows *= max(1, st.max_rows_per_input())
     reader = ReadShard(source)
     sink = WriteShard(str(loc), cfg.name, cfg.version, roots, max_rows)
-    if pending:
+    done = writer.done_shards()
+    started: set[int] = set()
+
+    def check_changed(specs: list[ShardSpec], final: bool) -> None:
+        nonlocal done
+        changed, stale, what = _changed_inputs(source, writer, loc, specs, done if final else done & {s.index for s in specs})
+        if changed or stale:
+            if not redo_changed:
+                raise UserError(f"{root}: {what}; {len(changed) + len(stale)} finished shards were made from other "
+                                "inputs. Rerun with --redo-changed to redo them, or --overwrite to start over")
+            log.warning("%s: redoing %d changed shards, removing %d stale ones", what, len(changed), len(stale))
+            for i in changed + stale:
+                writer.remove_shard(i)
+            done -= set(changed) | set(stale)
+
+    def execute(wave: list[ShardSpec]) -> None:
+        pending = [s for s in wave if s.index not in done and s.index not in started]
+        started.update(s.index for s in pending)
+        if not pending:
+            return
         results = (_execute_ray(cfg, stages, pending, reader, sink, address) if use_ray
                    else _execute_local(stages, pending, reader, sink))
         bar = tqdm(total=len(pending), desc=f"{cfg.name} shards", unit="shard")
@@ -394,6 +375,50 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
         missing = {s.index for s in pending} - set(writer.done_shards()) - set(summary.failed)
         for i in sorted(missing):
             summary.failed[i] = "no result came back for this shard (its rows were lost between read and write)"
+
+    # 1. plan. A big annotation file is split once, by a worker. With Ray the shards whose record files
+    # are ready run while the split goes on (a first wave), so the first shard never waits for the
+    # whole file; the rest run as a second wave once the split is complete.
+    if isinstance(source, RecordSource) and source.split_index(loc, rps) is None:
+        fp = source.inputs_fingerprint(rps)[0]
+        if done:  # shards of an earlier, interrupted run: reusable only when made from these inputs
+            check_changed([ShardSpec(index=i, fingerprint=fp, label=f"shard {i}") for i in sorted(done)], final=False)
+        log.info("splitting %s into per-shard record files (one pass, streamed)", source.name)
+        if use_ray:
+            init_ray(cfg.ray, address)
+            import ray
+
+            opts: dict[str, Any] = {"num_cpus": 1, "max_retries": 2}
+            if cfg.ray.split_memory:
+                opts["memory"] = cfg.ray.split_memory
+            ref = ray.remote(**opts)(_split_task).remote(source, str(loc), rps)
+            first: list[ShardSpec] = []
+            while not first:
+                ready, _ = ray.wait([ref], timeout=0.25)
+                first = [s for s in source.partial_plan(loc, fp) if s.index not in done]
+                if ready:
+                    break
+            if first and not ray.wait([ref], timeout=0)[0]:
+                log.info("first wave: %d shards while the split goes on", len(first))
+                execute(first)
+            summary.split = ray.get(ref)
+        else:
+            summary.split = _split_task(source, str(loc), rps)
+        log.info("split: %(records)d records into %(shards)d shards, %(input_mb).1f MB in %(seconds).1fs "
+                 "(%(mb_per_s).1f MB/s, worker peak RSS %(peak_rss_mb).0f MB)", summary.split)
+    specs = source.plan(loc, rps)
+    summary.shards_total = len(specs)
+    if not specs:
+        raise UserError(f"source {source.name}: no input records (check source paths and patterns)")
+
+    # 2. resume: finished shards are reused only when their inputs are the plan's
+    check_changed(specs, final=True)
+    summary.shards_skipped = len([s for s in specs if s.index in done])
+    log.info("%d shards (%s per shard: %d); %d already done, %d to write", len(specs), source.unit, rps,
+             summary.shards_skipped, len([s for s in specs if s.index not in done and s.index not in started]))
+
+    # 3. execute: workers read, run the stages and write
+    execute(specs)
 
     # 4. manifest, with the accounting checked
     split_index = source.split_index(loc, rps) if isinstance(source, RecordSource) else None

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import os
 import signal
 import subprocess
@@ -132,7 +133,10 @@ def test_kill_9_mid_run_then_rerun_gives_every_sample_once(tmp_path):
 
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"{done_at_kill} already done" in res.stdout
+    # workers write their own shards: one in flight at the kill may still commit (whole) before Ray's
+    # workers notice the driver is gone, so the rerun finds at least the shards seen at the kill
+    reused = int(re.search(r"(\d+) already done", res.stdout)[1])
+    assert done_at_kill <= reused < 15
     keys = all_keys(out / "t" / "v1")
     assert len(keys) == len(set(keys)) == 9 + 1 + 2 * 50  # 9 bad records, record 10 fails, 50 x 2 variants
     clean = tmp_path / "clean"

@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -195,7 +196,13 @@ class RecordSource(Source):
         def flush() -> None:
             out = io.BytesIO()
             pq.write_table(rows_to_table(buf), out, compression="zstd")
-            (d / f"{len(counts):06d}.parquet").write_bytes(out.getvalue())
+            final = d / f"{len(counts):06d}.parquet"
+            if d.atomic_rename:  # a record file is visible only when whole: the runner starts on it early
+                tmp = d / f"{len(counts):06d}.parquet.tmp-{os.getpid()}"
+                tmp.write_bytes(out.getvalue())
+                tmp.replace(final)
+            else:
+                final.write_bytes(out.getvalue())
             counts.append(len(buf))
             buf.clear()
 
@@ -224,6 +231,12 @@ class RecordSource(Source):
             return json.loads(f.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
+
+    def partial_plan(self, workdir: Location, fp: str) -> list[ShardSpec]:
+        """Specs of the record files a split in progress has completed so far."""
+        d = self.split_dir(workdir, fp)
+        return [ShardSpec(index=int(n[:6]), fingerprint=fp, records_file=str(d / n), label=f"records file {n}")
+                for n in d.names() if len(n) == 14 and n.endswith(".parquet") and n[:6].isdigit()]
 
     def plan(self, workdir: Location, per_shard: int) -> list[ShardSpec]:
         index = self.split_index(workdir, per_shard)
