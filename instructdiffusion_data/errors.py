@@ -12,10 +12,15 @@ class ConfigError(UserError):
 class RecordError(UserError):
     """One source record is unusable; the run counts it, keeps it in rejected/ and continues."""
 
-    def __init__(self, reason: str, *, file: str | None = None, record: str | None = None, field: str | None = None):
+    def __init__(self, reason: str, *, file: str | None = None, record: str | None = None, field: str | None = None,
+                 **detail):
+        # ``reason`` is the drop class (the same text for every record with this fault); measured values
+        # (sizes, counts) go in ``detail`` and become keyword details of the drop (schema.drop)
         self.reason = reason
         self.file = file
         self.record = record
         self.field = field
-        where = ", ".join(f"{k}={v}" for k, v in (("file", file), ("record", record), ("field", field)) if v)
+        self.detail = {k: v for k, v in detail.items() if v is not None}
+        where = ", ".join(f"{k}={v}" for k, v in (("file", file), ("record", record), ("field", field),
+                                                  *self.detail.items()) if v is not None and v != "")
         super().__init__(f"{reason} ({where})" if where else reason)

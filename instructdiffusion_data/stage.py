@@ -121,7 +121,8 @@ class Stage(abc.ABC):
 
         exc = sys.exc_info()[1]
         if isinstance(exc, RecordError):
-            return drop(row, f"{self.name}: {exc.reason}", file=exc.file, record=exc.record, field=exc.field)
+            return drop(row, f"{self.name}: {exc.reason}", file=exc.file, record=exc.record, field=exc.field,
+                        **getattr(exc, "detail", {}))
         log.warning("%s raised on %s: %s", self.name, row.get("key"), exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return drop(row, f"{self.name}: error {type(exc).__name__}", error=str(exc)[:500])
 
