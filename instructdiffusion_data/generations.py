@@ -16,7 +16,10 @@ filter killed before its switch: every reader ignores it, and the next :func:`ne
 the files the engine wrote there (shard files, manifest, report, the ``.idd-generation.json`` marker),
 never anything else. Committed generations are kept (a mixture written earlier names the one it read).
 
-Every reader of an output resolves the current generation with :func:`current`.
+Every reader of an output resolves the current generation with :func:`current`. Writers hold
+:func:`lock` (an advisory lock on ``generations/.lock`` on a local disk, released by the kernel when
+the process dies) so that a second ``idd filter`` never takes a running one's folder for a leftover;
+object stores have no such lock: run one filter per output at a time there.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import os
 import posixpath
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,6 +254,29 @@ def collect_garbage(root: str | os.PathLike | Location) -> list[int]:
             log.warning("%s: not a generation this engine wrote (%s ...); left alone", d, foreign[0])
             kept.append(n)
     return kept
+
+
+@contextmanager
+def lock(root: str | os.PathLike | Location):
+    """Hold the output's generation lock (local disks; a no-op on object stores). UserError when another
+    process holds it."""
+    root = as_location(root)
+    if not root.local:
+        yield
+        return
+    import fcntl
+
+    d = Path(root.path) / GENERATIONS
+    d.mkdir(parents=True, exist_ok=True)
+    fh = open(d / ".lock", "a+")  # noqa: SIM115 - closed below
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{root}: another idd filter is writing a generation of this output") from None
+        yield
+    finally:
+        fh.close()
 
 
 def new_generation(root: str | os.PathLike | Location, *, note: dict | None = None) -> Generation:

@@ -260,3 +260,16 @@ def test_labels_at_the_old_place_are_read_and_moved(tmp_path):
     with pytest.raises(sqlite3.DatabaseError):  # the moved file keeps the append-only triggers
         con.execute("DELETE FROM labels")
     con.close()
+
+
+def test_a_second_filter_waits_for_no_one(tmp_path, capsys):
+    """While one filter writes a generation (it holds the lock), another refuses with one line instead of
+    taking the running one's folder for a leftover."""
+    from instructdiffusion_data.generations import lock
+
+    root = _build(tmp_path, n=3)
+    with lock(root):
+        capsys.readouterr()
+        assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 2
+        assert "another idd filter is writing a generation" in capsys.readouterr().err
+    assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 0

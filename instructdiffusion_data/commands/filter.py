@@ -122,6 +122,16 @@ def _cause(old_reason: str | None, new_reason: str | None, moved_out: bool) -> l
 
 
 def refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool = False) -> dict:
+    """Re-filter; in place under the output's generation lock (see :func:`_refilter`)."""
+    from ..generations import as_location, lock
+
+    if dry_run or not (dest is None or _same(dest, as_location(root))):
+        return _refilter(root, sets, dest, use_audit=use_audit, dry_run=dry_run)
+    with lock(root):
+        return _refilter(root, sets, dest, use_audit=use_audit, dry_run=False)
+
+
+def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool = False) -> dict:
     """Re-filter the current generation of the output at ``root``.
 
     In place (``dest`` None or ``root``): the rows are written as a new generation beside the old ones
@@ -139,6 +149,8 @@ def refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool = 
     src = current(root_loc)
     shards = _source_shards(src)
     audit = overrides(root) if use_audit and root_loc.local else {}
+    if use_audit and not root_loc.local:
+        log.info("%s: on an object store: auditor labels (kept on a local disk) are not applied", root_loc)
     in_place = dest is None or _same(dest, root_loc)
     gen = None
     target = None
