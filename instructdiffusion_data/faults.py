@@ -10,7 +10,10 @@ call costs one dictionary lookup. Two environment variables turn it into a test 
 - ``IDD_FAULT_LOG=<file>`` appends the name of every commit point reached, one per line, so a test
   can first count the points of a clean run and then kill the run at each of them in turn.
 
-Counting is per process. Ray workers inherit the variables, so a worker can be killed the same way.
+Counting is per process. Ray workers inherit the variables, so a worker can be killed the same way;
+since Ray replaces a killed worker with a fresh process (whose count starts again), ``IDD_FAULT_ONCE=
+<file>`` makes the fault fire once in all: the first process to fire creates the file, later ones
+see it and go on.
 """
 
 from __future__ import annotations
@@ -47,4 +50,12 @@ def point(name: str) -> None:
         return
     _counts[pattern] = _counts.get(pattern, 0) + 1
     if _counts[pattern] == n:
+        once = os.environ.get("IDD_FAULT_ONCE")
+        if once:
+            try:
+                fd = os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.write(fd, name.encode())
+            os.close(fd)
         os.kill(os.getpid(), signal.SIGKILL)

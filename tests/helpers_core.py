@@ -55,3 +55,69 @@ class PaintStage(Stage):
                 out.append(child(r, key=make_key("count", rid, f"v{v}"), src=encode_jpeg(img), tgt=encode_jpeg(255 - img),
                                  instruction=f"invert {rid}"))
         return out
+
+
+# -- sources with real input files (resume must notice when they change) -----------------------------
+
+from instructdiffusion_data.readers._base import FileGroupSource, RecordSource, SourceConfig as _SC, bad_record, record_row  # noqa: E402
+
+
+@dataclass
+class LinesConfig(_SC):
+    path: str = ""  # a text file, one record id per line
+
+
+class LinesSource(RecordSource):
+    """One record per line of a text file (a stand-in for a big annotation file)."""
+
+    name = "lines"
+    Config = LinesConfig
+
+    def records(self):
+        with open(self.config.path) as fh:
+            for line in fh:
+                rid = line.strip()
+                if rid.startswith("bad"):
+                    yield bad_record("count", "edit", rid, "bad line", self.config.path, "line")
+                elif rid:
+                    yield record_row("count", "edit", rid, {"file": self.config.path})
+
+
+@dataclass
+class FolderConfig(_SC):
+    root: str = ""  # a folder of *.txt files, one record per line of each
+
+
+class FolderSource(FileGroupSource):
+    """One item per *.txt file of a folder, one record per line (a stand-in for SA-1B's json files)."""
+
+    name = "folder"
+    Config = FolderConfig
+
+    def items(self):
+        from pathlib import Path
+
+        for p in sorted(Path(self.config.root).glob("*.txt")):
+            yield [str(p)]
+
+    def read_item(self, item):
+        from pathlib import Path
+
+        for line in Path(item[0]).read_text().splitlines():
+            if line.strip():
+                yield record_row("count", "edit", f"{Path(item[0]).stem}-{line.strip()}", {"file": item[0]})
+
+
+@dataclass
+class LossyConfig(StageConfig):
+    lose: str = ""  # record id whose row this (broken) stage loses
+
+
+class LossyStage(Stage):
+    """A broken stage that loses a row: the writer must notice and fail that shard."""
+
+    name = "lossy"
+    Config = LossyConfig
+
+    def process(self, rows):
+        return [r for r in rows if str(r["meta"].get("record_id")) != self.config.lose]

@@ -18,6 +18,8 @@ from instructdiffusion_data.readers.sidd import SIDDSource
 from instructdiffusion_data.runner import run_stages_local
 from instructdiffusion_data.stages.enhance_pair import EnhancePairStage
 
+from .helpers_readers import rows_of
+
 
 def coord_image(h, w, offset=0):
     """Every pixel tells where it is: R = x % 256, G = y % 256, B = (x // 256) * 16 + y // 256 + offset."""
@@ -39,14 +41,15 @@ def test_gopro_layout_pairs_and_missing_half(tmp_path):
                 write(root / "train" / seq / kind / f, a)
     (root / "train" / "GOPR0868_11_01" / "sharp" / "000048.png").unlink()
     write(root / "test" / "GOPR0384_11_00" / "blur" / "000001.png", a)
-    rows = list(GoProSource({"root": str(tmp_path), "blur": "blur_gamma"}).records())  # parent of GOPRO_Large works
+    rows = rows_of(GoProSource({"root": str(tmp_path), "blur": "blur_gamma"}))  # parent of GOPRO_Large works
     assert [r["meta"]["record_id"] for r in rows] == ["train/GOPR0372_07_00/000047", "train/GOPR0372_07_00/000048",
                                                      "train/GOPR0868_11_01/000047", "train/GOPR0868_11_01/000048"]
     assert rows[0]["task"] == "deblur" and rows[0]["meta"]["file"].endswith("GOPR0372_07_00/blur_gamma/000047.png")
     assert rows[0]["meta"]["target_file"].endswith("GOPR0372_07_00/sharp/000047.png")
     assert [r["keep"] for r in rows] == [True, True, True, False]
-    assert rows[3]["drop_reason"].startswith("missing pair half: no sharp frame")
-    assert len(list(GoProSource({"root": str(root), "splits": ["train", "test"]}).records())) == 5
+    assert rows[3]["drop_class"] == "missing pair half" and rows[3]["meta"]["missing"] == "sharp frame"
+    assert "field=target_file" in rows[3]["drop_reason"] and "blur_gamma/000048.png" in rows[3]["drop_reason"]
+    assert len(rows_of(GoProSource({"root": str(root), "splits": ["train", "test"]}))) == 5
     with pytest.raises(ConfigError, match="source.splits"):
         GoProSource({"root": str(root), "splits": ["val"]})
 
@@ -57,17 +60,18 @@ def test_reds_layout_both_nestings(tmp_path):
         for f in range(3):
             write(tmp_path / "train" / kind / "000" / f"{f:08d}.png", a)
     write(tmp_path / "train" / "train_sharp" / "001" / "00000000.png", a)  # a sharp frame without blurred frame
-    rows = list(REDSSource({"root": str(tmp_path)}).records())
+    rows = rows_of(REDSSource({"root": str(tmp_path)}))
     assert [r["meta"]["record_id"] for r in rows] == ["train/000/00000000", "train/000/00000001", "train/000/00000002",
                                                      "train/001/00000000"]
-    assert not rows[3]["keep"] and rows[3]["drop_reason"].startswith("missing pair half: no blurred frame")
-    assert [r["meta"]["record_id"] for r in REDSSource({"root": str(tmp_path), "frame_step": 2}).records()][:2] == [
+    assert not rows[3]["keep"] and rows[3]["drop_class"] == "missing pair half"
+    assert rows[3]["meta"]["missing"] == "blurred frame" and rows[3]["meta"]["target_file"].endswith("001/00000000.png")
+    assert [r["meta"]["record_id"] for r in rows_of(REDSSource({"root": str(tmp_path), "frame_step": 2}))][:2] == [
         "train/000/00000000", "train/000/00000002"]
     # flat layout (train_blur directly under root)
     (tmp_path / "flat").mkdir()
     (tmp_path / "train" / "train_blur").rename(tmp_path / "flat" / "train_blur")
     (tmp_path / "train" / "train_sharp").rename(tmp_path / "flat" / "train_sharp")
-    assert len(list(REDSSource({"root": str(tmp_path / "flat")}).records())) == 4
+    assert len(rows_of(REDSSource({"root": str(tmp_path / "flat")}))) == 4
 
 
 def test_sidd_upper_case_names_and_scene_meta(tmp_path):
@@ -78,13 +82,14 @@ def test_sidd_upper_case_names_and_scene_meta(tmp_path):
         write(scene / f"0001_GT_SRGB_{cap}.PNG", a)
     (scene / "0001_GT_SRGB_011.PNG").unlink()
     (scene / "0001_METADATA_RAW_010.MAT").write_bytes(b"x")  # ignored
-    rows = list(SIDDSource({"root": str(tmp_path / "SIDD_Medium_Srgb")}).records())
+    rows = rows_of(SIDDSource({"root": str(tmp_path / "SIDD_Medium_Srgb")}))
     assert [r["meta"]["record_id"] for r in rows] == ["0001_001_S6_00100_00060_3200_L/0001_SRGB_010",
                                                      "0001_001_S6_00100_00060_3200_L/0001_SRGB_011"]
     assert rows[0]["task"] == "denoise" and rows[0]["meta"]["file"].endswith("0001_NOISY_SRGB_010.PNG")
     assert rows[0]["meta"]["target_file"].endswith("0001_GT_SRGB_010.PNG")
     assert (rows[0]["meta"]["smartphone"], rows[0]["meta"]["iso"], rows[0]["meta"]["brightness"]) == ("S6", 100, "L")
-    assert not rows[1]["keep"] and "no ground truth image" in rows[1]["drop_reason"]
+    assert not rows[1]["keep"] and rows[1]["drop_class"] == "missing pair half"
+    assert rows[1]["meta"]["missing"] == "ground truth image"
 
 
 def test_clwd_layout_with_mask(tmp_path):
@@ -94,15 +99,16 @@ def test_clwd_layout_with_mask(tmp_path):
         write(tmp_path / "train" / "Mask" / f"{i}.png", np.zeros((32, 32), np.uint8))
         if i != 2:
             write(tmp_path / "train" / "Watermark_free_image" / f"{i}.jpg", a)
-    rows = list(CLWDSource({"root": str(tmp_path)}).records())
+    rows = rows_of(CLWDSource({"root": str(tmp_path)}))
     assert [r["meta"]["record_id"] for r in rows] == ["train/1", "train/2", "train/10"]  # numeric order
     assert rows[0]["task"] == "dewatermark" and rows[0]["meta"]["mask_file"].endswith("Mask/1.png")
-    assert not rows[1]["keep"] and "no watermark-free image" in rows[1]["drop_reason"]
-    assert "mask_file" not in next(iter(CLWDSource({"root": str(tmp_path), "use_mask": False}).records()))["meta"]
+    assert not rows[1]["keep"] and rows[1]["drop_class"] == "missing pair half"
+    assert rows[1]["meta"]["missing"] == "watermark-free image" and "record=train/2" in rows[1]["drop_reason"]
+    assert "mask_file" not in rows_of(CLWDSource({"root": str(tmp_path), "use_mask": False}))[0]["meta"]
 
 
 def _pair_record(tmp_path, name, src, tgt, mask=None, task="dewatermark"):
-    from instructdiffusion_data.readers._pairs import pair_record
+    from instructdiffusion_data.readers._pairs import pair_row
 
     s, t = tmp_path / f"{name}_s.png", tmp_path / f"{name}_t.png"
     write(s, src)
@@ -111,7 +117,7 @@ def _pair_record(tmp_path, name, src, tgt, mask=None, task="dewatermark"):
     if mask is not None:
         m = tmp_path / f"{name}_m.png"
         write(m, mask)
-    return pair_record("clwd", task, name, s, t, m)
+    return pair_row("clwd", task, name, s, t, m)
 
 
 def test_same_seeded_crop_for_source_target_and_mask(tmp_path):
@@ -168,16 +174,16 @@ def test_bad_pairs_dropped_with_reason_and_batch_continues(tmp_path):
     import os
 
     os.unlink(gone["meta"]["file"])
-    from instructdiffusion_data.readers._pairs import pair_record
+    from instructdiffusion_data.readers._pairs import pair_row
 
-    half = pair_record("clwd", "dewatermark", "half", tmp_path / "good_s.png", None)
+    half = pair_row("clwd", "dewatermark", "half", tmp_path / "good_s.png", None)
     out = {r["meta"]["record_id"]: r for r in run_stages_local([EnhancePairStage({"crop_size": 32})],
                                                                 [good, mism, corrupt, gone, half])}
     assert out["good"]["keep"]
     assert "size mismatch: source 40x40 vs target 40x30" in out["mism"]["drop_reason"]
     assert "image is corrupt" in out["corrupt"]["drop_reason"]
     assert "image file missing" in out["gone"]["drop_reason"]
-    assert out["half"]["drop_reason"].startswith("missing pair half")  # dropped by the reader, passed through
+    assert out["half"]["drop_class"] == "missing pair half"  # dropped by the reader, passed through
     assert len(out) == 5
 
 
@@ -189,7 +195,7 @@ def test_bad_pairs_dropped_with_reason_and_batch_continues(tmp_path):
 ])
 def test_demo_degradations_are_real(tmp_path, demo, make, crop):
     demo.generate(tmp_path, 16, 0)
-    out = run_stages_local([EnhancePairStage({"crop_size": crop})], list(make(tmp_path).records()))
+    out = run_stages_local([EnhancePairStage({"crop_size": crop})], rows_of(make(tmp_path)))
     kept = [r for r in out if r["keep"]]
     assert kept and len(out) - len(kept) <= 1
     for r in kept[:3]:

@@ -10,6 +10,8 @@ from instructdiffusion_data.demo import aic as demo_aic
 from instructdiffusion_data.demo import crowdpose as demo_crowdpose
 from instructdiffusion_data.demo import mpii as demo_mpii
 from instructdiffusion_data.errors import ConfigError
+from instructdiffusion_data.readers._base import NO_IMAGE_FILE, NO_JOINTS
+from instructdiffusion_data.readers._keypoints import KEYPOINT_COUNT
 from instructdiffusion_data.readers.aic import AICSource
 from instructdiffusion_data.readers.crowdpose import CrowdPoseSource
 from instructdiffusion_data.readers.mpii import MPIISource
@@ -40,7 +42,7 @@ def test_mpii_hand_written_entry(tmp_path):
     (tmp_path / "mpii_train.json").write_text(json.dumps(entries))
     rows = list(MPIISource({"annotations": str(tmp_path / "mpii_train.json"), "images": str(tmp_path / "images")}).records())
     assert [r["keep"] for r in rows] == [True, True, False]
-    assert rows[2]["drop_reason"].startswith("image file missing")
+    assert rows[2]["drop_class"] == NO_IMAGE_FILE
     first = rows[0]
     assert first["task"] == "keypoint" and first["dataset"] == "mpii"
     assert (first["meta"]["width"], first["meta"]["height"]) == (1280, 720)
@@ -60,7 +62,8 @@ def test_mpii_missing_joints_and_bad_json(tmp_path):
     _img(tmp_path / "images" / "a.jpg")
     (tmp_path / "test.json").write_text(json.dumps([{"image": "a.jpg", "center": [5, 5], "scale": 1.0}]))
     rows = list(MPIISource({"annotations": str(tmp_path / "test.json"), "images": str(tmp_path / "images")}).records())
-    assert len(rows) == 1 and not rows[0]["keep"] and "no joints" in rows[0]["drop_reason"]
+    assert len(rows) == 1 and not rows[0]["keep"] and rows[0]["drop_class"] == NO_JOINTS
+    assert json.loads(rows[0]["drop_detail"][0])["field"] == "joints"
     (tmp_path / "bad.json").write_text("[{")
     with pytest.raises(ConfigError, match="not valid JSON"):
         list(MPIISource({"annotations": str(tmp_path / "bad.json"), "images": str(tmp_path / "images")}).records())
@@ -102,9 +105,11 @@ def test_crowdpose_unlabelled_and_short_keypoints(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(_crowdpose_doc([0, 0, 0] * 14)))
     (tmp_path / "b.json").write_text(json.dumps(_crowdpose_doc([1, 1, 2] * 5)))
     r, = CrowdPoseSource({"annotations": str(tmp_path / "a.json"), "images": str(tmp_path / "images")}).records()
-    assert not r["keep"] and r["drop_reason"].startswith("no labelled joints")
+    assert not r["keep"] and r["drop_class"] == NO_JOINTS
     r, = CrowdPoseSource({"annotations": str(tmp_path / "b.json"), "images": str(tmp_path / "images")}).records()
-    assert not r["keep"] and "expected 42 keypoint values, got 15" in r["drop_reason"]
+    assert not r["keep"] and r["drop_class"] == KEYPOINT_COUNT
+    assert {k: v for k, v in json.loads(r["drop_detail"][0]).items() if k in ("expected", "got", "field")} == \
+        {"expected": 42, "got": 15, "field": "keypoints"}
 
 
 AIC_ID = "054d9ce9201beffc76e5ff2169d2af2f027002ca"

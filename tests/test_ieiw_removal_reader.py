@@ -10,7 +10,8 @@ from instructdiffusion_data.demo import phrasecut as demo
 from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.imageio import encode_jpeg
 from instructdiffusion_data.readers.phrasecut import PhraseCutSource, border_fraction, parse_polygons, polygons_to_mask
-from instructdiffusion_data.writer import reason_class
+from instructdiffusion_data.readers._base import BAD_FIELD, NO_IMAGE_FILE, UNKNOWN_IMAGE
+from instructdiffusion_data.readers.phrasecut import NO_POLYGON, TOO_MANY
 
 
 def _write_release(root: Path, tasks: list, images: list, split: str = "val", files=None) -> Path:
@@ -23,6 +24,10 @@ def _write_release(root: Path, tasks: list, images: list, split: str = "val", fi
         h = next(im["height"] for im in images if im["image_id"] == image_id)
         (root / "images" / f"{image_id}.jpg").write_bytes(encode_jpeg(np.full((h, w, 3), 128, np.uint8)))
     return root
+
+
+def detail(row):
+    return json.loads(row["drop_detail"][0])
 
 
 def _square(x, y, s):
@@ -86,12 +91,17 @@ def test_bad_records_are_dropped_with_reasons(tmp_path):
     assert len(rows) == len(tasks)  # nothing silently skipped
     by = {r["meta"]["record_id"]: r for r in rows}
     assert by["t-ok"]["keep"]
-    assert by["t-nopoly"]["drop_reason"].startswith("no valid polygon")
-    assert by["t-badpoint"]["drop_reason"].startswith("bad polygons: instance 0 polygon 0 has a point")
-    assert by["t-nophrase"]["drop_reason"].startswith("task lacks field 'phrase'")
-    assert by["t-noimage-entry"]["drop_reason"].startswith("image not in image_data_split.json")
-    assert by["t-missing-file"]["drop_reason"].startswith("image file missing")
-    assert by["val-6"]["drop_reason"].startswith("task is not an object")
+    assert by["t-nopoly"]["drop_class"] == NO_POLYGON
+    assert by["t-badpoint"]["drop_class"] == BAD_FIELD
+    assert detail(by["t-badpoint"])["problem"].startswith("instance 0 polygon 0 has a point")
+    assert by["t-nophrase"]["drop_class"] == BAD_FIELD and detail(by["t-nophrase"])["field"] == "phrase"
+    assert by["t-noimage-entry"]["drop_class"] == UNKNOWN_IMAGE
+    assert by["t-missing-file"]["drop_class"] == NO_IMAGE_FILE
+    assert by["val-6"]["drop_class"] == BAD_FIELD and detail(by["val-6"])["field"] == "task"
+    for r in rows:  # every rejection names its file and record
+        if not r["keep"]:
+            d = detail(r)
+            assert d["file"] and d["record"] == r["meta"]["record_id"]
     assert src.stats == {"tasks": 7, "kept": 1, "dropped": 6}
 
 
@@ -105,13 +115,16 @@ def test_selection_rules_and_deterministic_cap(tmp_path):
     cfg = {"root": str(root), "splits": ["val"], "max_per_image": 2}
     rows = list(PhraseCutSource(cfg, seed=3).records())
     by = {r["meta"]["record_id"]: r for r in rows}
-    assert reason_class(by["tiny"]["drop_reason"]) == "region too small"
-    assert reason_class(by["huge"]["drop_reason"]) == "region too large"
-    assert reason_class(by["cut"]["drop_reason"]) == "region cut by the image border"
+    assert by["tiny"]["drop_class"] == "region too small" and detail(by["tiny"])["min"] == 0.01
+    assert detail(by["tiny"])["area"] == pytest.approx(16 / 8000)
+    assert by["huge"]["drop_class"] == "region too large"
+    assert by["cut"]["drop_class"] == "region cut by the image border"
     kept = sorted(r["meta"]["record_id"] for r in rows if r["keep"])
     assert len(kept) == 2 and all(k.startswith("e") for k in kept)
-    capped = [r for r in rows if r["drop_reason"] and r["drop_reason"].startswith("too many regions")]
-    assert len(capped) == 3 and "eligible=5, max=2" in capped[0]["drop_reason"]
+    capped = [r for r in rows if r["drop_class"] == TOO_MANY]
+    assert len(capped) == 3 and detail(capped[0])["eligible"] == 5 and detail(capped[0])["max"] == 2
+    # reason classes carry no per-record numbers
+    assert len({r["drop_class"] for r in capped}) == 1
     # same choice whatever the file order; another seed may choose differently but still 2
     (root / "refer_val.json").write_text(json.dumps(tasks[::-1]))
     again = sorted(r["meta"]["record_id"] for r in PhraseCutSource(cfg, seed=3).records() if r["keep"])

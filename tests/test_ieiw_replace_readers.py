@@ -16,6 +16,8 @@ from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.imageio import encode_jpeg
 from instructdiffusion_data.replace.regions import RegionSelect, region_mask
 
+from .helpers_readers import rows_of
+
 
 def _rle(m: np.ndarray) -> dict:
     r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
@@ -56,7 +58,10 @@ def test_sa1b_reader_decodes_rle_and_keeps_every_region_with_its_reason(tmp_path
     from instructdiffusion_data.readers.sa1b import SOURCE
 
     root, obj = _sa1b_folder(tmp_path)
-    rows = list(SOURCE({"root": str(root), "select": {"min_predicted_iou": 0.88, "min_area_frac": 0.01}}).records())
+    src = SOURCE({"root": str(root), "select": {"min_predicted_iou": 0.88, "min_area_frac": 0.01}})
+    items = list(src.items())  # one item per image, listed by name: [json, jpg] (sa_8 has no jpg)
+    assert [[p.rsplit("/", 1)[-1] for p in i] for i in items] == [["sa_7.json", "sa_7.jpg"], ["sa_8.json"]]
+    rows = rows_of(src)
     by_id = {r["meta"]["record_id"]: r for r in rows}
     assert set(by_id) == {"7:100", "7:101", "7:102", "7:103", "7:999", "sa_8"}
     good = by_id["7:100"]
@@ -65,23 +70,26 @@ def test_sa1b_reader_decodes_rle_and_keeps_every_region_with_its_reason(tmp_path
     np.testing.assert_array_equal(region_mask(good["meta"]["region"], 60, 80), obj)
     assert good["meta"]["region"]["bbox"] == [20, 10, 30, 20]
     assert good["meta"]["region"]["area_frac"] == pytest.approx(600 / 4800)
-    assert by_id["7:101"]["drop_reason"].startswith("region area_frac<0.01")
-    assert by_id["7:102"]["drop_reason"].startswith("region touches image border")
-    assert by_id["7:103"]["drop_reason"].startswith("region predicted_iou<0.88")
-    assert "bad SA-1B annotation" in by_id["7:999"]["drop_reason"]
-    assert "bad SA-1B json" in by_id["sa_8"]["drop_reason"] and not by_id["sa_8"]["keep"]
+    assert by_id["7:101"]["drop_class"] == "region area_frac<0.01"
+    assert by_id["7:102"]["drop_class"] == "region touches image border"
+    assert by_id["7:103"]["drop_class"] == "region predicted_iou<0.88"
+    for rid in ("7:101", "7:102", "7:103"):  # dropped before pixels: ids, file, reason, no RLE
+        assert "mask" not in by_id[rid]["meta"]["region"] and by_id[rid]["meta"]["file"].endswith("sa_7.jpg")
+    assert by_id["7:999"]["drop_class"] == "bad field" and "field=segmentation" in by_id["7:999"]["drop_reason"]
+    assert by_id["sa_8"]["drop_class"] == "annotation file is not valid JSON" and not by_id["sa_8"]["keep"]
+    assert by_id["sa_8"]["meta"]["file"].endswith("sa_8.json")
 
 
 def test_sa1b_per_image_cap_keeps_the_largest(tmp_path):
     from instructdiffusion_data.readers.sa1b import SOURCE
 
     root, _ = _sa1b_folder(tmp_path)
-    rows = list(SOURCE({"root": str(root), "select": {"min_area_frac": 0.0, "border": "allow",
-                                                       "max_per_image": 2}}).records())
+    rows = rows_of(SOURCE({"root": str(root), "select": {"min_area_frac": 0.0, "border": "allow",
+                                                          "max_per_image": 2}}))
     kept = sorted(r["meta"]["record_id"] for r in rows if r["keep"])
     # areas: 100 -> 600, 102 -> 400, 103 -> 400 (tie: first wins), 101 -> 9
     assert kept == ["7:100", "7:102"]
-    assert {r["meta"]["record_id"]: r["drop_reason"] for r in rows}["7:103"].startswith("region over per-image cap (2)")
+    assert {r["meta"]["record_id"]: r["drop_class"] for r in rows}["7:103"] == "region over per-image cap (2)"
 
 
 def _openimages_root(tmp_path):
@@ -116,16 +124,21 @@ def test_openimages_reader_reads_masks_from_the_zip(tmp_path):
     from instructdiffusion_data.readers.openimages import SOURCE
 
     root, image_id = _openimages_root(tmp_path)
-    rows = list(SOURCE({"root": str(root), "select": {"min_area_frac": 0.01}}).records())
-    assert [r["meta"]["record_id"] for r in rows] == [f"{image_id}:aaaa1111", f"{image_id}:bbbb2222"]
-    dog, cat = rows
+    src = SOURCE({"root": str(root), "select": {"min_area_frac": 0.01}})
+    items = list(src.items())  # one item per mask archive (16), each with the csv and the class names
+    assert [i[0].rsplit("/", 1)[-1] for i in items] == [f"validation-masks-{h}.zip" for h in "0123456789abcdef"]
+    assert all(i[1].endswith("validation-annotations-object-segmentation.csv") for i in items)
+    rows = [r for r in rows_of(src) if r["drop_class"] != "input produced no records"]  # archives 1-f hold no rows
+    assert [r["meta"]["record_id"] for r in rows] == [f"{image_id}:bbbb2222", f"{image_id}:aaaa1111"]
+    cat, dog = rows
     assert dog["keep"] and dog["meta"]["region"]["label"] == "Dog" and dog["meta"]["region"]["label_id"] == "/m/0bt9lr"
     m = region_mask(dog["meta"]["region"], 40, 64)
     assert m.shape == (40, 64) and m[10:30, 16:40].all() and m.sum() == 20 * 24  # resized x2, nearest
     assert dog["meta"]["region"]["bbox"] == [16, 10, 24, 20]
     assert dog["meta"]["region"]["predicted_iou"] == pytest.approx(0.9)
     assert dog["meta"]["region"]["mask"]["zip"].endswith("validation-masks-0.zip")
-    assert not cat["keep"] and cat["drop_reason"].startswith("bad segmentation row: mask PNG not in archive")
+    assert not cat["keep"] and cat["drop_class"] == "mask PNG not in archive"
+    assert "field=MaskPath" in cat["drop_reason"] and "validation-masks-0.zip" in cat["drop_reason"]
     assert not (root / "validation" / f"{image_id}_m0bt9lr_aaaa1111.png").exists()  # nothing extracted
 
 

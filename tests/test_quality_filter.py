@@ -16,6 +16,15 @@ from instructdiffusion_data.stages.quality_filter import QualityFilter
 from tests.helpers_quality import removal_pair, scene
 
 
+def _classes(row):
+    """The drop classes of a row, in order (drop_detail), e.g. ["aesthetic_tgt below minimum"]."""
+    return [json.loads(d)["class"] for d in row.get("drop_detail") or []]
+
+
+def _detail(row, cls):
+    return next(json.loads(d) for d in row["drop_detail"] if json.loads(d)["class"] == cls)
+
+
 def _row(key, src, tgt, mask, task="edit_remove", **kw):
     return new_row(key=key, task=task, dataset="t", src=encode_jpeg(src), tgt=encode_jpeg(tgt), mask=encode_png(mask),
                    instruction="x", **kw)
@@ -42,15 +51,20 @@ def test_removal_rows_scored_and_named(tmp_path):
     assert sc["good"]["edit_change"] > 20 and sc["good"]["background_change"] < 1.5
     assert sc["good"]["aesthetic_tgt"] > sc["blurred"]["aesthetic_tgt"]
     assert out["blurred"]["keep"] is False
-    assert "aesthetic_tgt<7.0" in out["blurred"]["drop_reason"].split(";")
-    assert "aesthetic_diff>1.0" in out["blurred"]["drop_reason"].split(";")
-    assert out["bg"]["drop_reason"] == "background_change>3.0"
+    # the class names the rule, the same text for every row; score and threshold are details
+    assert out["blurred"]["drop_class"] == "aesthetic_tgt below minimum"
+    assert {"aesthetic_tgt below minimum", "aesthetic_diff above maximum"} <= set(_classes(out["blurred"]))
+    d = _detail(out["blurred"], "aesthetic_tgt below minimum")
+    assert d["threshold"] == 7.0 and d["value"] == pytest.approx(sc["blurred"]["aesthetic_tgt"], abs=1e-5)
+    assert _classes(out["bg"]) == ["background_change above maximum"]
+    assert out["bg"]["drop_reason"].startswith("background_change above maximum (value=")
     assert sc["bg"]["background_change"] > 3.0
-    assert out["nochange"]["drop_reason"] == "edit_change<4.0"
+    assert _classes(out["nochange"]) == ["edit_change below minimum"]
+    assert _detail(out["nochange"], "edit_change below minimum")["threshold"] == 4.0
     # a row dropped earlier is scored for auditors, keeps its reason, is never resurrected
     assert out["earlier"]["keep"] is False and out["earlier"]["drop_reason"] == "inpaint: error"
     flt = out["earlier"]["meta"]["filter"]
-    assert flt["prior_drop"] == "inpaint: error" and "edit_change<4.0" in flt["failed"]
+    assert flt["prior_drop"] == "inpaint: error" and "edit_change below minimum" in flt["failed"]
     # out of scope: untouched
     assert "scores" not in out["other"]["meta"] and out["other"]["keep"]
     # thresholds recorded, meta survives the trip through JSON
@@ -75,7 +89,8 @@ def test_giqa_rules_with_reference_percentile(tmp_path):
     p5 = out["ok"]["meta"]["filter"]["giqa_reference"]["percentiles"]["p5"]
     assert out["ok"]["meta"]["filter"]["thresholds"]["giqa_tgt_min"] == pytest.approx(p5, abs=1e-4)
     assert out["ok"]["meta"]["scores"]["giqa_tgt"] > out["noise"]["meta"]["scores"]["giqa_tgt"]
-    assert out["noise"]["keep"] is False and out["noise"]["drop_reason"].startswith("giqa_tgt<")
+    assert out["noise"]["keep"] is False and out["noise"]["drop_class"] == "giqa_tgt below minimum"
+    assert _detail(out["noise"], "giqa_tgt below minimum")["threshold"] == pytest.approx(p5, abs=1e-4)
     assert out["ok"]["keep"]
 
 
@@ -104,7 +119,7 @@ def test_replacement_reference_check(tmp_path):
     assert out["good"]["meta"]["scores"]["replace_gain"] > 0.05 and out["good"]["keep"]
     assert out["good64"]["meta"]["scores"]["replace_gain"] == pytest.approx(
         out["good"]["meta"]["scores"]["replace_gain"], abs=1e-3)
-    assert out["unchanged"]["drop_reason"] == "replace_gain<0.05"
+    assert _classes(out["unchanged"]) == ["replace_gain below minimum"]
     assert "replace_gain" not in out["noref"]["meta"]["scores"] and out["noref"]["keep"]
     assert any("no reference" in s for s in out["noref"]["meta"]["filter"]["skipped"])
 
@@ -163,20 +178,33 @@ def test_classical_score_ranks_sharp_above_blurred():
 
 
 def test_reference_patch_alpha_is_its_mask(tmp_path):
-    from instructdiffusion_data.stages.quality_filter import NEUTRAL, reference_image
+    """The reference contract: meta["reference"] decoded in one place (an RGBA patch's alpha is its mask)."""
+    from instructdiffusion_data.contracts import NEUTRAL, ReferencePatch
+    from instructdiffusion_data.errors import RecordError
 
     rgba = np.zeros((20, 30, 4), np.uint8)
     rgba[..., :3] = (255, 0, 0)
     rgba[5:15, 10:20] = (0, 200, 0, 255)  # the object; outside it alpha = 0
     _, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-    img = reference_image({"reference": {"patch_png_b64": base64.b64encode(buf.tobytes()).decode()}})
+    meta = {"reference": {"patch_png_b64": base64.b64encode(buf.tobytes()).decode(), "label": "cup", "rank": 1}}
+    ref = ReferencePatch.from_meta(meta)
+    img = ref.rgb(NEUTRAL)
     assert img.shape == (20, 30, 3)
     assert tuple(img[10, 15]) == (0, 200, 0) and tuple(img[0, 0]) == NEUTRAL
+    assert ref.to_meta() == meta["reference"]  # what is read is what was written
     # a file with a bbox crop
     (tmp_path / "r.png").write_bytes(encode_png(np.full((40, 50, 3), 90, np.uint8)))
-    crop = reference_image({"ref": {"path": str(tmp_path / "r.png"), "bbox": [45, 30, 20, 20]}})
+    crop = ReferencePatch.from_meta({"reference": {"file": str(tmp_path / "r.png"), "bbox": [45, 30, 20, 20]}}).rgb()
     assert crop.shape == (10, 5, 3)
-    assert reference_image({"reference": {"file": str(tmp_path / "missing.png")}}) is None
+    assert ReferencePatch.from_meta({}) is None
+    with pytest.raises(RecordError, match="image file missing"):
+        ReferencePatch.from_meta({"reference": {"file": str(tmp_path / "missing.png")}}).rgb()
+    with pytest.raises(RecordError) as e:
+        ReferencePatch.from_meta({"reference": {"patch_png_b64": "not base64!"}}).rgb()
+    assert e.value.field == "reference.patch_png_b64"
+    with pytest.raises(RecordError) as e:
+        ReferencePatch.from_meta({"reference": {"file": "x.png", "bbox": [1, 2]}})
+    assert e.value.field == "reference.bbox"
 
 
 def test_a_bad_image_drops_only_its_row():
@@ -211,3 +239,51 @@ def test_giqa_reference_source_uses_each_rows_folder(tmp_path):
     assert sc["giqa_src"] < 10 * flt["giqa_reference"]["percentiles"]["p99"]
     assert "giqa_src" not in out["nofile"]["meta"]["scores"]
     assert any("giqa: no reference" in s for s in out["nofile"]["meta"]["filter"]["skipped"])
+
+
+def test_giqa_reference_of_fewer_than_two_images_stops_before_work(tmp_path):
+    """A reference that cannot give leave-one-out percentiles is a config error named on one line,
+    raised on the driver (validate), never an error on every row."""
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.jpg").write_bytes(encode_jpeg(scene(1)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, n in ((one, 1), (empty, 0)):
+        with pytest.raises(ConfigError) as e:
+            QualityFilter({"giqa_reference": str(folder)})
+        msg = str(e.value)
+        assert "\n" not in msg and "giqa_reference" in msg and str(folder) in msg and f"holds {n} image" in msg
+    two = tmp_path / "two"
+    two.mkdir()
+    for i in range(2):
+        (two / f"{i}.jpg").write_bytes(encode_jpeg(scene(10 + i)))
+    QualityFilter({"giqa_reference": str(two)})  # enough
+
+
+@pytest.mark.ml  # faiss
+def test_giqa_source_folder_of_one_image_is_skipped_not_an_error(tmp_path):
+    folder = tmp_path / "lonely"
+    folder.mkdir()
+    src, tgt, mask = removal_pair(9)
+    (folder / "own.jpg").write_bytes(encode_jpeg(src))
+    st = QualityFilter({"giqa_reference": "source", "giqa_tgt_min": "ref:p5"})
+    out = run_stages_local([st], [_row("a", src, tgt, mask, meta={"file": str(folder / "own.jpg")})])[0]
+    assert "giqa_tgt" not in out["meta"]["scores"] and "aesthetic_tgt" in out["meta"]["scores"]
+    assert any("fewer than 2 images" in s for s in out["meta"]["filter"]["skipped"])
+    assert out["meta"]["filter"]["thresholds"]["giqa_tgt_min"] is None
+
+
+def test_validate_never_changes_the_config(tmp_path):
+    import dataclasses
+
+    from instructdiffusion_data.stages.quality_filter import QualityFilterConfig
+
+    head = tmp_path / "head.pth"
+    head.write_bytes(b"x")
+    cfg = QualityFilterConfig(profile="clip", aesthetic_weights=str(head))
+    before = dataclasses.asdict(cfg)
+    st = QualityFilter(cfg)
+    assert dataclasses.asdict(cfg) == before and cfg.concurrency is None
+    assert st.resources.concurrency == 1  # the clip profile still runs as an actor pool
+    assert QualityFilter({}).resources.concurrency is None

@@ -79,7 +79,8 @@ def test_refilter_moves_exactly_the_selected_rows(tmp_path, capsys):
     assert moved == {k for k, s in scores.items() if s < t and k not in earlier} and moved
     assert f"train -> rejected: {len(moved)}" in printed and "aesthetic_tgt_min" in printed
     for k in moved:
-        assert after[k]["drop_reason"] == f"aesthetic_tgt<{t!r}"
+        assert after[k]["drop_class"] == "aesthetic_tgt below minimum"  # the rule's class; t is a detail
+        assert after[k]["drop_reason"].startswith("aesthetic_tgt below minimum")
         assert after[k]["meta"]["filter"]["thresholds"]["aesthetic_tgt_min"] == t
     assert after[earlier[0]]["drop_reason"] == "remove_disc: earlier failure"  # never resurrected
     # image bytes copied unchanged, tars are valid WebDataset tars whose json agrees with the split
@@ -178,4 +179,5 @@ def test_filter_on_ray_matches_local(tmp_path, ray_local):
     for rel in tars:
         assert (local / rel).read_bytes() == (ray_root / rel).read_bytes()
     rows = _rows(ray_root)
-    assert any(r["drop_reason"] and "aesthetic_tgt<8.5" in r["drop_reason"] for r in rows.values())
+    assert any(r["drop_class"] == "aesthetic_tgt below minimum" and "threshold=8.5" in r["drop_reason"]
+               for r in rows.values())

@@ -13,7 +13,13 @@ from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.readers.coco_keypoints import CocoKeypointsSource
 from instructdiffusion_data.readers.coco_stuff import CocoStuffSource
 from instructdiffusion_data.readers.grefcoco import GRefCocoSource
-from instructdiffusion_data.readers.refcoco import RefCocoSource
+from instructdiffusion_data.readers._base import NO_JOINTS, UNKNOWN_IMAGE
+from instructdiffusion_data.readers._keypoints import UNKNOWN_CATEGORY
+from instructdiffusion_data.readers.refcoco import UNKNOWN_ANNOTATION, RefCocoSource
+
+
+def detail(row):
+    return json.loads(row["drop_detail"][0])
 
 
 def test_coco_keypoints_demo(demo_root):
@@ -24,7 +30,7 @@ def test_coco_keypoints_demo(demo_root):
     kept = [r for r in recs if r["keep"]]
     dropped = [r for r in recs if not r["keep"]]
     assert len(dropped) == sum(a["num_keypoints"] == 0 for a in ann["annotations"]) > 0
-    assert all("person has no labelled joints" in r["drop_reason"] for r in dropped)
+    assert all(r["drop_class"] == NO_JOINTS for r in dropped)
     m = kept[0]["meta"]
     assert len(m["joints"]) == 17 and m["joints"][5]["name"] == "left shoulder"
     assert Path(m["file"]).is_file() and len(m["people"]) >= 1
@@ -56,9 +62,10 @@ def test_coco_keypoints_handwritten_and_bad_records(tmp_path):
     p = write_coco(tmp_path, images, anns)
     recs = {r["meta"]["record_id"]: r for r in CocoKeypointsSource({"annotations": str(p), "images": str(tmp_path / "img")}).records()}
     assert recs["1_10"]["keep"] and recs["1_10"]["meta"]["joints"][1] == {"name": "left eye", "x": 31.0, "y": 18.0, "v": 1}
-    assert "person has no labelled joints" in recs["1_11"]["drop_reason"]
-    assert "unknown image id" in recs["99_12"]["drop_reason"] and "person_keypoints_val2017.json" in recs["99_12"]["drop_reason"]
-    assert "unknown category id 7" in recs["1_13"]["drop_reason"]
+    assert recs["1_11"]["drop_class"] == NO_JOINTS
+    assert recs["99_12"]["drop_class"] == UNKNOWN_IMAGE
+    assert detail(recs["99_12"])["file"].endswith("person_keypoints_val2017.json")
+    assert recs["1_13"]["drop_class"] == UNKNOWN_CATEGORY and detail(recs["1_13"])["category_id"] == 7
 
 
 def test_coco_keypoints_missing_paths_are_config_errors(tmp_path):
@@ -91,7 +98,8 @@ def test_coco_stuff_unknown_category_goes_to_rejected(tmp_path):
     p = tmp_path / "stuff_val2017.json"
     p.write_text(json.dumps(doc))
     (rec,) = CocoStuffSource({"images": str(tmp_path / "img"), "annotations": [str(p)]}).records()
-    assert not rec["keep"] and "unknown category id 999" in rec["drop_reason"] and "field=category_id" in rec["drop_reason"]
+    assert not rec["keep"] and rec["drop_class"] == UNKNOWN_CATEGORY
+    assert detail(rec)["category_id"] == 999 and detail(rec)["field"] == "category_id"
 
 
 def test_refcoco_pickle_and_grefcoco(demo_root):
@@ -128,4 +136,4 @@ def test_refcoco_handwritten_record_real_layout(tmp_path):
                                "images": str(tmp_path / "train2014")}).records())
     assert recs[0]["keep"] and recs[0]["meta"]["sentences"] == ["left dog", "dog"]
     assert recs[0]["meta"]["targets"][0]["polygons"] == [[1, 1, 6, 1, 6, 6, 1, 6]]
-    assert not recs[1]["keep"] and "unknown annotation id" in recs[1]["drop_reason"]
+    assert not recs[1]["keep"] and recs[1]["drop_class"] == UNKNOWN_ANNOTATION and detail(recs[1])["ann_id"] == 77

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 from .. import config as cfgmod
+from .. import faults
 from ..errors import ConfigError
 from ..schema import Row, drop, make_key, new_row
 from ..storage import Location, child_path, is_uri, read_bytes
@@ -203,6 +204,7 @@ class RecordSource(Source):
                 tmp.replace(final)
             else:
                 final.write_bytes(out.getvalue())
+            faults.point("split.records")
             counts.append(len(buf))
             buf.clear()
 
@@ -219,7 +221,14 @@ class RecordSource(Source):
             flush()
         index = {"fingerprint": fp, "inputs": facts, "shards": counts, "records": n,
                  "reader": dict(sorted(self.stats.items()))}
-        (d / "index.json").write_text(json.dumps(index, sort_keys=True))
+        text = json.dumps(index, sort_keys=True)
+        if d.atomic_rename:
+            tmp = d / f"index.json.tmp-{os.getpid()}"
+            tmp.write_text(text)
+            tmp.replace(d / "index.json")
+        else:
+            (d / "index.json").write_text(text)
+        faults.point("split.index")
         return index
 
     def split_index(self, workdir: Location, per_shard: int) -> dict | None:
@@ -341,9 +350,10 @@ def record_row(dataset: str, task: str | None, record_id: Any, meta: dict) -> Ro
 
 
 def bad_record(dataset: str, task: str | None, record_id: Any, reason: str, file: str | None,
-               field: str | None = None, **meta: Any) -> Row:
+               field: str | None = None, *, detail: dict | None = None, **meta: Any) -> Row:
     """A record that cannot be used: a dropped row with the reason class and, as details, the file,
-    record id and field. It keeps ids and file, never the heavy payload (RLE, polygons)."""
+    record id and field (plus ``detail``: per-record values such as ``expected=``/``got=``, also kept in
+    meta). It keeps ids and file, never the heavy payload (RLE, polygons)."""
     row = new_row(key=make_key(dataset, record_id, "rec"), task=task, dataset=dataset,
-                  meta={"file": file, "record_id": str(record_id), "field": field, **meta})
-    return drop(row, reason, file=file, record=str(record_id), field=field)
+                  meta={"file": file, "record_id": str(record_id), "field": field, **(detail or {}), **meta})
+    return drop(row, reason, file=file, record=str(record_id), field=field, **(detail or {}))
