@@ -1,43 +1,316 @@
-"""Helpers shared by the COCO-family readers (COCO, COCO-Stuff, RefCOCO, gRefCOCO)."""
+"""What the COCO-family readers share (COCO keypoints, COCO-Stuff, RefCOCO, gRefCOCO, CrowdPose, AIC):
+
+* :class:`JsonStream`: a JSON annotation file read as a stream (``ijson`` on its C backend, yajl2_c), so a
+  238 MB ``person_keypoints_train2017.json`` is never held whole: each pass yields one item of one array
+  at a time. Python's ``json`` writes bare ``NaN`` / ``Infinity`` tokens, and yajl also refuses numbers
+  that overflow a double or an int64; the stream rewrites those tokens (outside strings) to sentinels
+  that come back as ``float('nan')`` / ``inf`` in the items, so a reader rejects the record that holds
+  them (``NOT_FINITE``) instead of the whole file failing to parse. A file that is not JSON, or whose
+  top level is not what the format says (``"annotations": {}``, ``images`` missing), is one
+  :class:`~..errors.ConfigError` line naming the file and the field.
+* :class:`ImageIndex`: the ``images`` array as a compact index (one small tuple per image, no dict per
+  image), the memory bound of every streaming COCO reader.
+* the COCO-Stuff label list (:func:`cocostuff_labels`, :func:`clean_name`).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Iterator
 
 from ..errors import ConfigError
-from ..schema import Row, drop, make_key, new_row
+from ..storage import is_uri, resolve
+from ._base import finite
 
 log = logging.getLogger(__name__)
 
 LABELS_FILE = Path(__file__).resolve().parent.parent / "data" / "cocostuff_labels.txt"
 
-
-def load_json(path: str | Path, where: str) -> dict | list:
-    from ..storage import is_uri, read_bytes
-
-    p = path if is_uri(path) else Path(path)
-    try:
-        return json.loads(read_bytes(p))
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: file not found: {p}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: {p} is not valid JSON (line {e.lineno}: {e.msg})") from None
+CHUNK = 1 << 20  # bytes read from the file at a time
 
 
-def require_keys(doc: dict, keys: tuple[str, ...], path: str | Path, where: str) -> None:
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: {path} is not a COCO-style JSON object")
-    for k in keys:
-        if k not in doc:
-            raise ConfigError(f"{where}: {path} has no '{k}' field")
+# -- non-standard numbers ------------------------------------------------------------------------
+
+_SENTINELS = {"\x00idd:NaN": math.nan, "\x00idd:Infinity": math.inf, "\x00idd:-Infinity": -math.inf}
+_SENTINEL_OF = {b"NaN": b'"\\u0000idd:NaN"', b"Infinity": b'"\\u0000idd:Infinity"',
+                b"-Infinity": b'"\\u0000idd:-Infinity"'}
+# a chunk holding one of these needs the careful (token by token) pass; anything else passes through
+_CANDIDATE = re.compile(rb"NaN|Infinity|[eE]\+?[0-9]{3}|[0-9]{19}")
+_TOKEN = re.compile(rb'\\.|"|-?Infinity|NaN|-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?')
+_QUOTE = re.compile(rb'\\.|"')
+_INT64 = 1 << 63
 
 
-def image_index(doc: dict) -> dict[int, dict]:
-    return {img["id"]: img for img in doc.get("images", [])}
+class _Sanitizer:
+    """A binary file-like object over ``raw`` that replaces, outside strings, the tokens yajl refuses:
+    ``NaN``, ``Infinity``, ``-Infinity`` and numbers overflowing a double (-> sentinel strings that
+    :func:`restore` turns back into floats), integers overflowing int64 (-> their float value).
+    Chunks are cut after a ``,`` ``]`` or ``}`` so that no number or literal spans two chunks; the
+    in-string state is carried across chunks."""
 
+    def __init__(self, raw: Any):
+        self.raw = raw
+        self.pending = b""
+        self.eof = False
+        self.in_string = False
+        self.replaced = 0
+        self.offset = 0  # bytes of the file handed out so far
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        while True:
+            if self.eof:
+                out, self.pending = self.pending, b""
+                if out:
+                    self.offset += len(out)
+                    return self._clean(out)
+                return b""
+            data = self.raw.read(CHUNK)
+            if not data:
+                self.eof = True
+                continue
+            buf = self.pending + data
+            cut = max(buf.rfind(b","), buf.rfind(b"]"), buf.rfind(b"}")) + 1
+            if cut <= 0:  # no delimiter in a whole chunk (a huge string): keep reading
+                self.pending = buf
+                if len(buf) < 64 * CHUNK:
+                    continue
+                cut = len(buf) - 1
+                while cut > 0 and buf[cut - 1:cut] == b"\\":
+                    cut -= 1
+            out, self.pending = buf[:cut], buf[cut:]
+            self.offset += len(out)
+            return self._clean(out)
+
+    def _clean(self, chunk: bytes) -> bytes:
+        if not _CANDIDATE.search(chunk):
+            if b"\\" not in chunk:
+                if chunk.count(b'"') & 1:
+                    self.in_string = not self.in_string
+            else:
+                for m in _QUOTE.finditer(chunk):
+                    if m.group() == b'"':
+                        self.in_string = not self.in_string
+            return chunk
+        out, pos = [], 0
+        for m in _TOKEN.finditer(chunk):
+            tok = m.group()
+            if tok == b'"':
+                self.in_string = not self.in_string
+                continue
+            if self.in_string or tok[:1] == b"\\":
+                continue
+            rep = _SENTINEL_OF.get(tok)
+            if rep is None:
+                if b"e" not in tok and b"E" not in tok and b"." not in tok:
+                    if abs(int(tok)) < _INT64:
+                        continue
+                    rep = repr(float(int(tok))).encode()
+                else:
+                    v = float(tok)
+                    if math.isfinite(v):
+                        continue
+                    rep = _SENTINEL_OF[b"Infinity" if v > 0 else b"-Infinity"]
+            out += [chunk[pos:m.start()], rep]
+            pos = m.end()
+            self.replaced += 1
+        if not out:
+            return chunk
+        out.append(chunk[pos:])
+        return b"".join(out)
+
+
+def restore(obj: Any) -> Any:
+    """``obj`` with the sentinel strings of :class:`_Sanitizer` turned back into non-finite floats."""
+    if isinstance(obj, str):
+        return _SENTINELS.get(obj, obj)
+    if isinstance(obj, list):
+        return [restore(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: restore(v) for k, v in obj.items()}
+    return obj
+
+
+class JsonStream:
+    """A JSON file (path or URI) read item by item, any number of passes.
+
+    ``items("annotations.item")`` yields the members of the top-level ``annotations`` array;
+    ``items("item")`` those of a top-level array. Numbers are floats or ints (never Decimal).
+    A parse error is a ConfigError naming the file, the byte offset and ``where`` (the config key)."""
+
+    def __init__(self, path: str | Path, where: str):
+        self.path = str(path)
+        self.where = where
+        self.nonstandard = 0  # tokens rewritten (NaN, Infinity, overflowing numbers), last pass
+
+    def _open(self):
+        if is_uri(self.path):
+            fs, p = resolve(self.path)
+            try:
+                return fs.open_input_stream(p)
+            except FileNotFoundError:
+                raise ConfigError(f"{self.where}: file not found: {self.path}") from None
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            raise ConfigError(f"{self.where}: file not found: {self.path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{self.where}: {self.path} is a folder, expected a JSON file") from None
+
+    def first_char(self) -> str:
+        """The first non-blank character of the file ('{' for an object, '[' for an array), '' if empty."""
+        with self._open() as fh:
+            head = fh.read(4096)
+        text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+        return text[:1].decode("latin-1")
+
+    def items(self, prefix: str) -> Iterator[Any]:
+        import ijson
+
+        fh = self._open()
+        src = _Sanitizer(fh)
+        try:
+            for obj in ijson.items(src, prefix, use_float=True, buf_size=CHUNK):
+                if src.replaced:
+                    obj = restore(obj)
+                yield obj
+        except ijson.JSONError as e:
+            raise ConfigError(f"{self.where}: {self.path} is not valid JSON (near byte {src.offset}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        finally:
+            self.nonstandard = src.replaced
+            fh.close()
+
+    def kind(self, key: str) -> str:
+        """What the top-level member ``key`` holds: ``list``, ``object``, ``string``, ``number``,
+        ``boolean``, ``null``; ``missing`` when the object has no such member; ``not an object`` when the
+        top level is not an object. Reads only up to that member (used when a pass found no item)."""
+        import ijson
+
+        fh = self._open()
+        src = _Sanitizer(fh)
+        names = {"start_array": "list", "start_map": "object"}
+        try:
+            for prefix, event, _ in ijson.parse(src, buf_size=CHUNK):
+                if prefix == "":
+                    if event in ("start_map", "map_key", "end_map"):
+                        continue
+                    return "not an object"
+                if prefix == key:
+                    return names.get(event, event)
+            return "missing"
+        except ijson.JSONError as e:
+            raise ConfigError(f"{self.where}: {self.path} is not valid JSON (near byte {src.offset}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        finally:
+            fh.close()
+
+    def require_list(self, key: str, *, optional: bool = False) -> bool:
+        """After a pass over ``key.item`` found nothing: a ConfigError unless ``key`` is an empty list
+        (or missing and ``optional``). Returns True when the member is present."""
+        kind = self.kind(key)
+        if kind == "list":
+            return True
+        if kind == "missing" and optional:
+            return False
+        if kind == "not an object":
+            raise ConfigError(f"{self.where}: {self.path} is not a COCO-style JSON object (field {key!r})")
+        if kind == "missing":
+            raise ConfigError(f"{self.where}: {self.path} has no {key!r} field")
+        raise ConfigError(f"{self.where}: {self.path}: field {key!r} holds {'an' if kind[0] in 'aeiou' else 'a'} "
+                          f"{kind}, expected a list")
+
+
+# -- ids and the image index ---------------------------------------------------------------------
+
+def valid_id(v: Any) -> bool:
+    """A usable COCO id: an integer (not a bool) or a non-empty string."""
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v != "")
+
+
+def sort_key(v: Any) -> tuple:
+    """Orders ids of mixed types (ints first, then strings) deterministically."""
+    return (0, v, "") if isinstance(v, int) and not isinstance(v, bool) else (1, 0, str(v))
+
+
+def size_value(v: Any) -> tuple[float | None, str | None]:
+    """A width/height from an image entry: (value, None), (None, None) when absent, or
+    (None, problem class) when present but unusable."""
+    from ._base import BAD_FIELD, NOT_FINITE
+
+    if v is None:
+        return None, None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None, BAD_FIELD
+    if not math.isfinite(v):
+        return None, NOT_FINITE
+    if v <= 0:
+        return None, BAD_FIELD
+    return v, None
+
+
+class ImageIndex:
+    """The ``images`` array of a COCO-style file as a compact index: image id -> position, and per
+    position one tuple ``(file_name, width, height, extra)`` (``extra`` is one value a reader asks for,
+    e.g. CrowdPose's ``crowdIndex``). Entries without a usable id are counted (``bad``) and cannot be
+    referred to; a bad ``file_name`` or size is kept as None plus a problem the record reports."""
+
+    __slots__ = ("pos", "rows", "bad", "duplicates", "extra_key")
+
+    def __init__(self, extra_key: str | None = None):
+        self.pos: dict[Any, int] = {}
+        self.rows: list[tuple] = []
+        self.bad = 0
+        self.duplicates = 0
+        self.extra_key = extra_key
+
+    def add(self, img: Any) -> None:
+        if not isinstance(img, dict) or not valid_id(img.get("id")):
+            self.bad += 1
+            return
+        iid = img["id"]
+        if iid in self.pos:
+            self.duplicates += 1  # the first entry wins, as a dict built in file order would not
+            return
+        name = img.get("file_name")
+        w, wp = size_value(img.get("width"))
+        h, hp = size_value(img.get("height"))
+        problem = ("width", wp) if wp else ("height", hp) if hp else None
+        extra = img.get(self.extra_key) if self.extra_key else None
+        if extra is not None and not finite(extra):
+            extra = None
+        self.pos[iid] = len(self.rows)
+        self.rows.append((name if isinstance(name, str) else None, w, h, extra, problem))
+
+    def get(self, image_id: Any) -> tuple | None:
+        """``(file_name, width, height, extra, problem)`` or None for an unknown id."""
+        i = self.pos.get(image_id) if valid_id(image_id) else None
+        return None if i is None else self.rows[i]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, stream: JsonStream, prefix: str = "images") -> "ImageIndex":
+        n = 0
+        for img in stream.items(f"{prefix}.item"):
+            n += 1
+            self.add(img)
+        if n == 0:
+            stream.require_list(prefix)
+        return self
+
+
+def local_or_uri(path: str) -> str:
+    """An annotation file as rows name it: absolute local path, or the URI."""
+    return path if is_uri(path) else str(Path(path).resolve())
+
+
+# -- COCO-Stuff labels ---------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
 def cocostuff_labels() -> dict[int, str]:
@@ -64,15 +337,40 @@ def clean_name(name: str) -> str:
     return n
 
 
-def bad_record(dataset: str, task: str, record_id, reason: str, file: str | None, field: str | None = None,
-               **meta) -> Row:
-    """A record that cannot be used: kept as a dropped row, with file, record id and field."""
-    details = ", ".join(f"{k}={v}" for k, v in (("file", file), ("record", record_id), ("field", field)) if v is not None)
-    row = new_row(key=make_key(dataset, record_id, "rec"), task=task, dataset=dataset,
-                  meta={"file": file, "record_id": str(record_id), "field": field, **meta})
-    return drop(row, f"{reason} ({details})" if details else reason)
+# -- segmentations -------------------------------------------------------------------------------
 
+def segment_payload(seg: Any) -> tuple[dict | None, str | None, str | None]:
+    """A COCO ``segmentation`` as the renderers' segment payload: ``({"rle": ...} | {"polygons": ...},
+    None, None)``, or ``(None, reason class, problem)`` when it is malformed (polygons: lists of at
+    least 6 finite numbers, even count; RLE: ``size`` [h, w] of positive ints and ``counts`` a string
+    or a list of non-negative ints)."""
+    from ._base import BAD_FIELD, NOT_FINITE
 
-def record_row(dataset: str, task: str, record_id, meta: dict) -> Row:
-    return new_row(key=make_key(dataset, record_id, "rec"), task=task, dataset=dataset,
-                   meta={"record_id": str(record_id), **meta})
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            return None, BAD_FIELD, "RLE size is not [height, width]"
+        if isinstance(counts, str):
+            return {"rle": {"size": size, "counts": counts}}, None, None
+        if isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            return {"rle": {"size": size, "counts": counts}}, None, None
+        return None, BAD_FIELD, "RLE counts is neither a string nor a list of counts"
+    if isinstance(seg, list):
+        if not seg:
+            return None, BAD_FIELD, "no polygon"
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                return None, BAD_FIELD, "polygon is not a list of at least 3 (x, y) points"
+            try:
+                total = math.fsum(poly)
+            except (TypeError, ValueError):
+                total = math.nan
+            if not math.isfinite(total):  # slow path only for the bad ones
+                for v in poly:
+                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                        return None, BAD_FIELD, "polygon holds a value that is not a number"
+                    if not math.isfinite(v):
+                        return None, NOT_FINITE, "polygon holds NaN or Infinity"
+        return {"polygons": seg}, None, None
+    return None, BAD_FIELD, "no segmentation" if seg is None else "segmentation is neither polygons nor RLE"

@@ -1,24 +1,41 @@
-"""Shared helpers of the keypoint readers beyond COCO (MPII, CrowdPose, AI Challenger).
+"""What every keypoint reader shares (COCO, CrowdPose, AI Challenger, MPII), and the ONE parser of
+COCO-style person keypoint files used by COCO, CrowdPose and AIC's COCO conversion.
 
-Every keypoint reader emits one record row per annotated person with the payload the renderer
-reads (see the brief's "record conventions"): ``joints`` as ``{"name", "x", "y", "v"}`` with COCO's
-visibility convention (0 = not labelled, 1 = labelled but not visible, 2 = visible), the person's
-``bbox`` ``[x, y, w, h]`` and ``people``, the boxes of every person in the image. Joint names are
-the plain-English instruction vocabulary ("left shoulder"); joints without a COCO counterpart get a
-readable name ("top of the head", "neck", "pelvis", "chest").
+Every keypoint reader emits one record per annotated person with the payload the renderer reads:
+``joints`` as ``{"name", "x", "y", "v"}`` with COCO's visibility convention (0 = not labelled,
+1 = labelled but not visible, 2 = visible), the person's ``bbox`` ``[x, y, w, h]`` and ``people``,
+the boxes of every person in the image. Joint names are the plain-English instruction vocabulary
+("left shoulder"); joints without a COCO counterpart get a readable name ("top of the head", "neck",
+"pelvis", "chest").
+
+COCO-style files are streamed (:class:`~._coco.JsonStream`), never loaded whole. Pass 1 reads
+``images`` into a compact index, pass 2 ``categories``, pass 3 the person boxes of ``annotations``
+(compact arrays per image, for ``people``), pass 4 yields one record per annotation in file order.
+Memory is bounded by the image index plus one annotation. Record ids are ``<image_id>_<ann_id>``
+(``annotations[<i>]`` when either id is unusable); a crowd annotation is a dropped row (``CROWD``)
+unless ``include_crowd``; every malformed field drops its record with the field named.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import Any, Callable, Iterator
+import math
+from array import array
+from dataclasses import dataclass
+from typing import Any, Iterator
 
-from ..errors import RecordError
-from ..schema import Row, drop, make_key, new_row
+from ..errors import ConfigError, RecordError
+from ..schema import Row
+from ._base import (BAD_FIELD, CROWD, EXCLUDED, NO_JOINTS, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
+                    bad_record, image_path, record_row)
+from ._coco import ImageIndex, JsonStream, local_or_uri, valid_id
 
 log = logging.getLogger(__name__)
+
+# Reason classes of the keypoint readers (beyond the shared ones in _base).
+UNKNOWN_CATEGORY = "annotation points at an unknown category id"
+KEYPOINT_COUNT = "wrong number of keypoint values"
+BAD_VISIBILITY = "keypoint visibility flag out of range"
 
 # Dataset joint identifiers (as their json files or docs spell them) -> instruction vocabulary.
 JOINT_NAMES: dict[str, str] = {
@@ -49,10 +66,14 @@ JOINT_NAMES: dict[str, str] = {
     "pelvis": "pelvis",
 }
 
+COCO_JOINTS = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+               "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+               "right_knee", "left_ankle", "right_ankle"]
+
 
 def readable(name: str) -> str:
     """Instruction name of a dataset joint id ("l_ankle", "left_ankle", "upper neck" ...)."""
-    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    key = str(name).strip().lower().replace(" ", "_").replace("-", "_")
     if key.startswith("l_"):
         key = "left_" + key[2:]
     elif key.startswith("r_"):
@@ -60,17 +81,22 @@ def readable(name: str) -> str:
     return JOINT_NAMES.get(key, key.replace("_", " "))
 
 
-def image_size(path: Path, record: str | None = None) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
+def image_size(path: str, record: str | None = None) -> tuple[int, int]:
+    """(width, height) from the image header (path or URI), without decoding the pixels."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
+    from ..storage import is_uri, read_bytes
+
     try:
-        with Image.open(path) as im:
+        src = io.BytesIO(read_bytes(path)) if is_uri(path) else path
+        with Image.open(src) as im:
             return int(im.width), int(im.height)
     except FileNotFoundError:
         raise RecordError("image file missing", file=str(path), record=record) from None
     except (UnidentifiedImageError, OSError) as e:
-        raise RecordError(f"image file unreadable ({type(e).__name__})", file=str(path), record=record) from None
+        raise RecordError("image file unreadable", file=str(path), record=record, field=type(e).__name__) from None
 
 
 def joints_bbox(joints: list[dict]) -> list[float] | None:
@@ -81,93 +107,222 @@ def joints_bbox(joints: list[dict]) -> list[float] | None:
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
-def clip_box(box: list[float], w: int, h: int) -> list[float]:
-    x0, y0 = max(0.0, float(box[0])), max(0.0, float(box[1]))
-    x1, y1 = min(float(w), float(box[0]) + float(box[2])), min(float(h), float(box[1]) + float(box[3]))
+def clip_box(box: list[float], w: float | None, h: float | None) -> list[float]:
+    """``box`` inside the image (when its size is known), rounded to 1/100 px."""
+    x, y, bw, bh = (float(v) for v in box)
+    if not w or not h:
+        return [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)]
+    x0, y0 = max(0.0, x), max(0.0, y)
+    x1, y1 = min(float(w), x + bw), min(float(h), y + bh)
     return [round(x0, 2), round(y0, 2), round(max(0.0, x1 - x0), 2), round(max(0.0, y1 - y0), 2)]
 
 
-def record(dataset: str, record_id: str, file: Path, width: int, height: int, joints: list[dict],
-           bbox: list[float], people: list[list[float]], **extra: Any) -> Row:
-    meta = {"file": str(file), "record_id": record_id, "width": width, "height": height, "joints": joints,
-            "bbox": bbox, "people": people, **extra}
-    row = new_row(key=make_key(dataset, record_id, "rec"), task="keypoint", dataset=dataset, meta=meta)
+def number_problem(values: Any, n: int | None = None) -> str | None:
+    """None when ``values`` is a list (of ``n`` items) of real finite numbers; else the reason class
+    (``NOT_FINITE`` for NaN/Infinity, ``BAD_FIELD`` for anything else)."""
+    if not isinstance(values, list) or (n is not None and len(values) != n):
+        return BAD_FIELD
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return BAD_FIELD
+        if not math.isfinite(v):
+            return NOT_FINITE
+    return None
+
+
+def person_row(dataset: str, record_id: str, file: str, width: Any, height: Any, joints: list[dict],
+               bbox: list[float], people: list[list[float]], *, ann_file: str, field: str = "keypoints",
+               **extra: Any) -> Row:
+    """The record of one person; dropped (``NO_JOINTS``, naming the annotation file) when no joint is
+    labelled."""
     if not any(j["v"] > 0 for j in joints):
-        drop(row, f"no labelled joints (record={record_id})")
-    return row
+        extra.pop("annotation_file", None)
+        return bad_record(dataset, "keypoint", record_id, NO_JOINTS, ann_file, field, image=file, **extra)
+    return record_row(dataset, "keypoint", record_id, {
+        "file": file, "width": width, "height": height, "joints": joints, "bbox": bbox, "people": people, **extra})
 
 
-def bad_record(dataset: str, record_id: str, reason: str, file: str | None = None, **extra: Any) -> Row:
-    row = new_row(key=make_key(dataset, record_id, "rec"), task="keypoint", dataset=dataset,
-                  meta={"file": file, "record_id": record_id, **extra})
-    return drop(row, reason)
+# -- the COCO-style keypoint file -----------------------------------------------------------------
+
+@dataclass
+class CocoKeypointsBase(SourceConfig):
+    annotations: str = ""  # the COCO-format keypoint json
+    images: str = ""  # folder holding the images (file_name is relative to it)
+    include_crowd: bool = False  # crowd annotations (iscrowd=1) as records; default: dropped rows (CROWD)
 
 
-def load_json(path: Path, where: str) -> Any:
-    from ..errors import ConfigError
+class CocoStyleKeypoints(RecordSource):
+    """A reader of a COCO-format person keypoint file. Subclasses set ``dataset``, ``joint_ids`` (the
+    K joints in file order when the category does not list them) and may override :meth:`visibility`
+    (the file's flag -> COCO's 0/1/2, None when invalid) and :meth:`extra` (per-record fields)."""
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    joint_ids: list[str] = COCO_JOINTS
+    image_extra: str | None = None  # an image field kept in the index (CrowdPose: crowdIndex)
+    image_set: str | None = None  # namespace of image ids for ``idd overlap`` ("coco" for COCO's own ids)
+
+    @property
+    def dataset(self) -> str:
+        return getattr(self.config, "dataset", self.name)
+
+    def validate(self) -> None:
+        from ..config import check_path
+
+        if not self.config.annotations:
+            raise ConfigError("source.annotations: required (the COCO-format keypoint json)")
+        if not self.config.images:
+            raise ConfigError("source.images: required (folder of the images)")
+        check_path(self.config.annotations, "source.annotations", kind="file")
+        check_path(self.config.images, "source.images", kind="dir")
+
+    def visibility(self, v: Any) -> int | None:
+        return int(v) if v in (0, 1, 2) else None
+
+    def extra(self, image_extra: Any, ann: dict) -> dict:
+        return {}
+
+    def records(self) -> Iterator[Row]:
+        yield from coco_people(self, JsonStream(self.config.annotations, "source.annotations"))
 
 
-def iter_coco_people(data: dict, images_dir: Path, dataset: str, joint_ids: list[str],
-                     visibility: Callable[[int], int], file_of: Callable[[dict], str] | None = None,
-                     extra_of: Callable[[dict, dict], dict] | None = None) -> Iterator[Row]:
-    """Person records of a COCO-format keypoint file (CrowdPose, AIC converted by mmpose).
+def _ann_ids(ann: Any, i: int) -> tuple[Any, Any, str]:
+    """(image id, annotation id, record id) of the ``i``-th annotation; ids None when unusable."""
+    if not isinstance(ann, dict):
+        return None, None, f"annotations[{i}]"
+    iid, aid = ann.get("image_id"), ann.get("id")
+    iid = iid if valid_id(iid) else None
+    aid = aid if valid_id(aid) else None
+    return iid, aid, f"{iid}_{aid}" if iid is not None and aid is not None else f"annotations[{i}]"
 
-    ``joint_ids`` name the K joints in file order (the file's ``categories[0].keypoints`` when it
-    has them); ``visibility`` maps the file's flag to COCO's convention. Annotations are read in
-    (image id, annotation id) order so that the record order never depends on the file order.
-    """
-    images = {img["id"]: img for img in data.get("images", [])}
-    by_image: dict[Any, list[dict]] = {}
-    for ann in data.get("annotations", []):
-        by_image.setdefault(ann.get("image_id"), []).append(ann)
-    cats = data.get("categories") or []
-    if cats and cats[0].get("keypoints"):
-        joint_ids = list(cats[0]["keypoints"])
-    names = [readable(j) for j in joint_ids]
-    k = len(names)
 
-    def sort_key(v: Any) -> tuple:
-        return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+def _box(v: Any) -> list[float] | None:
+    return [float(x) for x in v] if number_problem(v, 4) is None else None
 
-    for image_id in sorted(by_image, key=sort_key):
-        anns = sorted(by_image[image_id], key=lambda a: sort_key(a.get("id")))
-        img = images.get(image_id)
-        for ann in anns:
-            rid = f"{image_id}/{ann.get('id')}"
-            if img is None:
-                yield bad_record(dataset, rid, f"annotation refers to an unknown image (record={rid})",
-                                 annotation_id=ann.get("id"))
-                continue
-            file = images_dir / (file_of(img) if file_of else img["file_name"])
-            kps = ann.get("keypoints") or []
-            if len(kps) != 3 * k:
-                yield bad_record(dataset, rid, f"expected {3 * k} keypoint values, got {len(kps)} (record={rid})",
-                                 str(file), annotation_id=ann.get("id"))
-                continue
-            w, h = img.get("width"), img.get("height")
-            if not w or not h:
-                try:
-                    w, h = image_size(file, rid)
-                except RecordError as e:
-                    yield bad_record(dataset, rid, str(e), str(file), annotation_id=ann.get("id"))
-                    continue
-            joints = []
-            for i in range(k):
-                x, y, v = kps[3 * i: 3 * i + 3]
-                cv = visibility(int(v))
-                joints.append({"name": names[i], "x": float(x) if cv else 0.0, "y": float(y) if cv else 0.0, "v": cv})
-            people = [clip_box(a["bbox"], w, h) for a in anns if a.get("bbox") and not a.get("iscrowd")]
-            bbox = clip_box(ann["bbox"], w, h) if ann.get("bbox") else clip_box(joints_bbox(joints) or [0, 0, w, h], w, h)
-            extra = {"image_id": image_id, "annotation_id": ann.get("id"), "iscrowd": int(ann.get("iscrowd", 0))}
-            if extra_of:
-                extra.update(extra_of(img, ann))
-            row = record(dataset, rid, file, int(w), int(h), joints, bbox, people, **extra)
-            if ann.get("iscrowd"):
-                drop(row, f"crowd region (record={rid})")
-            yield row
+
+def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
+    cfg = src.config
+    dataset = src.dataset
+    ann_file = local_or_uri(cfg.annotations)
+    stats = src.stats
+
+    # pass 1: images -> compact index
+    images = ImageIndex(extra_key=src.image_extra).load(stream)
+    stats["images"] = len(images)
+    if images.bad:
+        stats["images_without_id"] = images.bad
+    if images.duplicates:
+        stats["images_duplicate_id"] = images.duplicates
+
+    # pass 2: categories (small): joint names per category id
+    cats: dict[Any, list[str]] = {}
+    n_cats = 0
+    for c in stream.items("categories.item"):
+        n_cats += 1
+        if isinstance(c, dict) and valid_id(c.get("id")):
+            kp = c.get("keypoints")
+            ok = isinstance(kp, list) and kp and all(isinstance(k, str) for k in kp)
+            cats[c["id"]] = [readable(k) for k in (kp if ok else src.joint_ids)]
+    if n_cats == 0:
+        stream.require_list("categories", optional=True)
+    default_names = [readable(k) for k in src.joint_ids]
+
+    # pass 3: the person boxes of every image (non-crowd annotations with a valid box), compact
+    people: dict[int, array] = {}
+    n_anns = 0
+    for i, ann in enumerate(stream.items("annotations.item")):
+        n_anns += 1
+        if not isinstance(ann, dict) or ann.get("iscrowd"):
+            continue
+        pos = images.pos.get(ann.get("image_id")) if valid_id(ann.get("image_id")) else None
+        box = _box(ann.get("bbox"))
+        if pos is None or box is None:
+            continue
+        people.setdefault(pos, array("d")).extend(box)
+    if n_anns == 0:
+        stream.require_list("annotations")
+    if stream.nonstandard:
+        stats["nonstandard_numbers"] = stream.nonstandard
+
+    # pass 4: one record per annotation, in file order
+    for i, ann in enumerate(stream.items("annotations.item")):
+        stats["annotations"] += 1
+        yield _person(src, dataset, ann_file, images, cats, default_names, people, ann, i)
+
+
+def _person(src: CocoStyleKeypoints, dataset: str, ann_file: str, images: ImageIndex, cats: dict,
+            default_names: list[str], people: dict, ann: Any, i: int) -> Row:
+    iid, aid, rid = _ann_ids(ann, i)
+
+    def bad(reason: str, field: str | None, detail: dict | None = None, **meta: Any) -> Row:
+        return bad_record(dataset, "keypoint", rid, reason, ann_file, field, detail=detail, image_id=iid,
+                          annotation_id=aid, annotation_index=i, **meta)
+
+    if not isinstance(ann, dict):
+        return bad(BAD_FIELD, "annotations[]", {"problem": "not an object"})
+    if iid is None:
+        return bad(BAD_FIELD, "image_id")
+    if aid is None:
+        return bad(BAD_FIELD, "id")
+    if src.excluded(iid):
+        return bad(EXCLUDED, "image_id")
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1, None):  # bools are 0/1
+        return bad(BAD_FIELD, "iscrowd")
+    if crowd and not src.config.include_crowd:
+        src.stats["crowd"] += 1
+        return bad(CROWD, "iscrowd")
+    img = images.get(iid)
+    if img is None:
+        return bad(UNKNOWN_IMAGE, "image_id")
+    name, w, h, img_extra, problem = img
+    path = image_path(src.config.images, name)
+    if path is None:
+        return bad(BAD_FIELD, "images[].file_name", {"file_name": name})
+    if problem:
+        return bad(problem[1], f"images[].{problem[0]}", image=path)
+    if cats and ann.get("category_id") not in cats:
+        cid = ann.get("category_id")
+        return bad(UNKNOWN_CATEGORY, "category_id", {"category_id": cid if valid_id(cid) else None}, image=path)
+    names = cats.get(ann.get("category_id"), default_names) if cats else default_names
+    kps = ann.get("keypoints")
+    if not isinstance(kps, list):
+        return bad(BAD_FIELD, "keypoints", image=path)
+    if len(kps) != 3 * len(names):
+        return bad(KEYPOINT_COUNT, "keypoints", {"expected": 3 * len(names), "got": len(kps)}, image=path)
+    why = number_problem(kps)
+    if why:
+        return bad(why, "keypoints", image=path)
+    joints = []
+    for j, nm in enumerate(names):
+        x, y, v = kps[3 * j: 3 * j + 3]
+        cv = src.visibility(v)
+        if cv is None:
+            return bad(BAD_VISIBILITY, "keypoints", {"joint": nm, "value": v}, image=path)
+        joints.append({"name": nm, "x": float(x) if cv else 0.0, "y": float(y) if cv else 0.0, "v": cv})
+    raw_box = ann.get("bbox")
+    if raw_box is not None:
+        why = number_problem(raw_box, 4)
+        if why:
+            return bad(why, "bbox", image=path)
+        bbox = clip_box(raw_box, w, h)
+    else:
+        jb = joints_bbox(joints)
+        bbox = clip_box(jb if jb else [0, 0, w or 0, h or 0], w, h)
+    flat = people.get(images.pos[iid])
+    boxes = [clip_box(flat[k: k + 4], w, h) for k in range(0, len(flat), 4)] if flat is not None else []
+    extra = {"annotation_file": ann_file, "image_id": iid, "annotation_id": aid, "iscrowd": int(bool(crowd))}
+    if src.image_set:
+        extra["image_set"] = src.image_set
+    extra.update(src.extra(img_extra, ann))
+    return person_row(dataset, rid, path, _num(w), _num(h), joints, bbox, boxes, ann_file=ann_file, **extra)
+
+
+def _num(v: float | None) -> int | float | None:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def visibility_clamped(v: Any) -> int | None:
+    """A 0/1/2 flag from a number (CrowdPose writes other positive values for labelled joints)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        return None
+    return 0 if v <= 0 else min(int(v), 2) if v >= 1 else None
+

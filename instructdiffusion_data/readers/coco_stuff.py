@@ -6,24 +6,41 @@
 * ``pixelmap``: ``stuffthingmaps_trainval2017/<split>/<image id>.png`` single-channel PNGs holding
   ``id - 1`` (0-181) per pixel and 255 for unlabeled.
 
-One record per image. Category names come from the bundled 182-class label list
-(``instructdiffusion_data/data/cocostuff_labels.txt``); id 183 "other" is not a class and is ignored.
+One record per image (id: the image id; for pixel maps the file stem). Category names come from the
+bundled 182-class label list (``instructdiffusion_data/data/cocostuff_labels.txt``); id 183 "other" is
+not a class and is skipped (counted: ``other_segments``).
+
+The json files are streamed, never loaded whole (``stuff_train2017.json`` is about 1 GB): the images
+of every file go into a compact index, then the annotations of every file are streamed once into
+temporary bucket files by image-id range (pickles on local disk, each holding about
+``bucket_mb`` MB), and each bucket is grouped by image and yielded in image-id order. Memory holds the
+image index plus one bucket. An annotation with a malformed field drops its whole image (a partial
+label map would name a present category as absent), naming the file, annotation and field.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+import pickle
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from ..config import check_path
+from ..config import check_path, rng
 from ..errors import ConfigError
 from ..schema import Row
-from ._base import RecordSource, SourceConfig
-from ._coco import bad_record, clean_name, cocostuff_labels, image_index, load_json, record_row, require_keys
+from ..storage import Location, child_path
+from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, image_path, record_row
+from ._coco import (ImageIndex, JsonStream, clean_name, cocostuff_labels, local_or_uri, segment_payload, sort_key,
+                    valid_id)
+from ._keypoints import UNKNOWN_CATEGORY
 
 OTHER_ID = 183
+NO_LABELMAP = "label map missing for image"
+NO_SEGMENTS = "no labelled segment"
 
 
 @dataclass
@@ -32,6 +49,8 @@ class CocoStuffConfig(SourceConfig):
     annotations: list[str] = field(default_factory=list)  # json form: stuff and/or instances files
     pixelmaps: str | None = None  # pixel-map form: folder of <stem>.png label maps
     dataset: str = "cocostuff"
+    image_set: str = "coco"  # what image ids number (idd overlap compares outputs of the same image set)
+    bucket_mb: int = field(default=64, metadata=rng(1))  # json form: annotation bytes per grouping bucket
 
 
 class CocoStuffSource(RecordSource):
@@ -55,65 +74,150 @@ class CocoStuffSource(RecordSource):
         else:
             yield from self._json_records()
 
+    # -- pixel maps ---------------------------------------------------------------------------------
     def _pixelmap_records(self) -> Iterator[Row]:
         cfg = self.config
-        for img in sorted(Path(cfg.images).iterdir()):
-            if img.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+        maps = set(Location(cfg.pixelmaps).names())
+        for name in sorted(Location(cfg.images).names()):
+            stem, ext = Path(name).stem, Path(name).suffix.lower()
+            if ext not in (".jpg", ".jpeg", ".png"):
                 continue
-            lm = Path(cfg.pixelmaps) / f"{img.stem}.png"
-            rid = img.stem
-            if not lm.is_file():
-                yield bad_record(cfg.dataset, "semantic_seg", rid, "label map missing for image", str(lm.resolve()),
-                                 image=str(img.resolve()))
+            img = child_path(cfg.images, name)
+            lm = child_path(cfg.pixelmaps, f"{stem}.png")
+            iid = int(stem) if stem.isdigit() else stem  # COCO names images by their zero-padded id
+            if self.excluded(iid):
+                yield bad_record(cfg.dataset, "semantic_seg", stem, EXCLUDED, img, "image_id", image_id=iid)
                 continue
-            yield record_row(cfg.dataset, "semantic_seg", rid, {
-                "file": str(img.resolve()), "image_id": rid, "labelmap": str(lm.resolve()), "label_offset": 1,
+            if f"{stem}.png" not in maps:
+                yield bad_record(cfg.dataset, "semantic_seg", stem, NO_LABELMAP, lm, "pixelmaps", image=img,
+                                 image_id=iid)
+                continue
+            yield record_row(cfg.dataset, "semantic_seg", stem, {
+                "file": img, "image_id": iid, "labelmap": lm, "label_offset": 1,
+                **({"image_set": cfg.image_set} if cfg.image_set else {}),
             })
 
+    # -- json -----------------------------------------------------------------------------------
     def _json_records(self) -> Iterator[Row]:
         cfg = self.config
         labels = cocostuff_labels()
-        images: dict = {}
-        per_image: dict = defaultdict(list)
-        problems: dict = {}
-        for i, path in enumerate(cfg.annotations):
-            where = f"source.annotations[{i}]"
-            doc = load_json(path, where)
-            require_keys(doc, ("images", "annotations", "categories"), path, where)
-            images.update(image_index(doc))
-            file_cats = {c["id"]: c["name"] for c in doc["categories"]}
-            for a in doc["annotations"]:
-                cid = a.get("category_id")
-                if cid == OTHER_ID:
-                    continue
-                if cid not in labels and cid not in file_cats:
-                    problems.setdefault(a.get("image_id"), (f"unknown category id {cid}", str(Path(path).resolve())))
-                    continue
-                seg = a.get("segmentation")
-                if isinstance(seg, dict):
-                    entry = {"rle": seg}
-                elif isinstance(seg, list):
-                    entry = {"polygons": seg}
-                else:
-                    problems.setdefault(a.get("image_id"), ("annotation has no segmentation", str(Path(path).resolve())))
-                    continue
-                name = clean_name(labels.get(cid) or file_cats[cid])
-                per_image[a.get("image_id")].append({"category_id": cid, "name": name, "annotation_id": a.get("id"), **entry})
-        for image_id in sorted(set(per_image) | set(problems), key=lambda x: (str(type(x)), x)):
-            img = images.get(image_id)
+        streams = [JsonStream(p, f"source.annotations[{i}]") for i, p in enumerate(cfg.annotations)]
+        files = [local_or_uri(p) for p in cfg.annotations]
+        images = ImageIndex()
+        file_cats: list[dict] = []
+        for s in streams:
+            images.load(s)  # the files list the same images: the first entry of an id wins
+            cats: dict = {}
+            n = 0
+            for c in s.items("categories.item"):
+                n += 1
+                if isinstance(c, dict) and valid_id(c.get("id")) and isinstance(c.get("name"), str):
+                    cats[c["id"]] = c["name"]
+            if n == 0:
+                s.require_list("categories", optional=True)
+            file_cats.append(cats)
+        self.stats["images"] = len(images)
+        if images.bad:
+            self.stats["images_without_id"] = images.bad
+
+        ids = sorted(images.pos, key=sort_key)
+        size = sum((Location(p).facts() or (0, 0))[0] for p in cfg.annotations)
+        n_buckets = max(1, min(len(ids), math.ceil(size / (cfg.bucket_mb << 20))))
+        bounds = [sort_key(ids[len(ids) * k // n_buckets]) for k in range(1, n_buckets)]
+        with tempfile.TemporaryDirectory(prefix="idd-cocostuff-") as tmp:
+            outs = [open(Path(tmp) / f"{b:05d}.pkl", "wb") for b in range(n_buckets)]
+            try:
+                for fi, s in enumerate(streams):
+                    n = 0
+                    for ai, ann in enumerate(s.items("annotations.item")):
+                        n += 1
+                        self.stats["annotations"] += 1
+                        iid = ann.get("image_id") if isinstance(ann, dict) else None
+                        if not valid_id(iid):
+                            yield bad_record(cfg.dataset, "semantic_seg", f"annotations[{fi}][{ai}]", BAD_FIELD,
+                                             files[fi], "image_id" if isinstance(ann, dict) else "annotations[]",
+                                             annotation_index=ai)
+                            continue
+                        entry = self._segment(ann, fi, ai, labels, file_cats[fi])
+                        pickle.dump((iid, entry), outs[bisect.bisect_right(bounds, sort_key(iid))], protocol=5)
+                    if n == 0:
+                        s.require_list("annotations")
+                    if s.nonstandard:
+                        self.stats["nonstandard_numbers"] += s.nonstandard
+            finally:
+                for fh in outs:
+                    fh.close()
+            for b in range(n_buckets):
+                yield from self._bucket(Path(tmp) / f"{b:05d}.pkl", images, files)
+
+    def _segment(self, ann: dict, fi: int, ai: int, labels: dict, cats: dict) -> tuple:
+        """One annotation as ``("seg", file index, payload)``, ``("other", file index)`` or
+        ``("bad", file index, reason, field, detail)``."""
+        aid = ann.get("id") if valid_id(ann.get("id")) else None
+        cid = ann.get("category_id")
+        if cid == OTHER_ID:
+            self.stats["other_segments"] += 1
+            return ("other", fi)
+        if not valid_id(cid) or (cid not in labels and cid not in cats):
+            return ("bad", fi, UNKNOWN_CATEGORY, "category_id",
+                    {"category_id": cid if valid_id(cid) else None, "annotation_id": aid})
+        seg, reason, problem = segment_payload(ann.get("segmentation"))
+        if seg is None:
+            return ("bad", fi, reason, "segmentation", {"annotation_id": aid, "problem": problem})
+        name = clean_name(labels.get(cid) or cats[cid])
+        return ("seg", fi, {"category_id": cid, "name": name, "annotation_id": aid, **seg})
+
+    def _bucket(self, path: Path, images: ImageIndex, files: list[str]) -> Iterator[Row]:
+        cfg = self.config
+        groups: dict[Any, list[tuple]] = defaultdict(list)
+        with open(path, "rb") as fh:
+            while True:
+                try:
+                    iid, entry = pickle.load(fh)
+                except EOFError:
+                    break
+                groups[iid].append(entry)
+        path.unlink()
+        for iid in sorted(groups, key=sort_key):
+            entries = groups.pop(iid)
+            first_file = files[entries[0][1]]
+            extra = {"image_set": cfg.image_set} if cfg.image_set else {}
+            if self.excluded(iid):
+                yield bad_record(cfg.dataset, "semantic_seg", iid, EXCLUDED, first_file, "image_id", image_id=iid,
+                                 **extra)
+                continue
+            img = images.get(iid)
             if img is None:
-                yield bad_record(cfg.dataset, "semantic_seg", image_id, "annotation points at an unknown image id",
-                                 (problems.get(image_id) or (None, None))[1], "image_id")
+                yield bad_record(cfg.dataset, "semantic_seg", iid, UNKNOWN_IMAGE, first_file, "image_id",
+                                 image_id=iid)
                 continue
-            path = str((Path(cfg.images) / img["file_name"]).resolve())
-            if image_id in problems:
-                reason, ann_file = problems[image_id]
-                yield bad_record(cfg.dataset, "semantic_seg", image_id, reason, ann_file, "category_id", image=path)
+            name, w, h, _, problem = img
+            path_ = image_path(cfg.images, name)
+            if path_ is None:
+                yield bad_record(cfg.dataset, "semantic_seg", iid, BAD_FIELD, first_file, "images[].file_name",
+                                 detail={"file_name": name}, image_id=iid)
                 continue
-            yield record_row(cfg.dataset, "semantic_seg", image_id, {
-                "file": path, "image_id": image_id, "width": img.get("width"), "height": img.get("height"),
-                "segments": per_image[image_id],
+            if problem:
+                yield bad_record(cfg.dataset, "semantic_seg", iid, problem[1], first_file, f"images[].{problem[0]}",
+                                 image=path_, image_id=iid)
+                continue
+            bad = next((e for e in entries if e[0] == "bad"), None)
+            if bad is not None:
+                _, fi, reason, fld, detail = bad
+                yield bad_record(cfg.dataset, "semantic_seg", iid, reason, files[fi], fld, detail=detail,
+                                 image=path_, image_id=iid)
+                continue
+            segments = [e[2] for e in entries if e[0] == "seg"]
+            if not segments:
+                yield bad_record(cfg.dataset, "semantic_seg", iid, NO_SEGMENTS, first_file, "category_id",
+                                 image=path_, image_id=iid)
+                continue
+            yield record_row(cfg.dataset, "semantic_seg", iid, {
+                "file": path_, "image_id": iid, "width": _num(w), "height": _num(h), "segments": segments, **extra,
             })
 
+
+def _num(v: float | None) -> int | float | None:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 SOURCE = CocoStuffSource

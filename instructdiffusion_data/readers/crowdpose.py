@@ -8,58 +8,46 @@ The third value of each joint is, per the dataset authors, a *label* flag (0 = n
 1/2 values do not separate occluded from visible reliably (head and neck are always 1).
 ``visibility: coco`` (default) passes 0/1/2 through unchanged; ``label_flag`` maps every labelled
 joint to 2.
+
+The file is read by the COCO-style keypoint parser shared with COCO and AIC (:mod:`._keypoints`):
+streamed, one record per annotation in file order, id ``<image_id>_<ann_id>``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Literal
 
-from ..errors import ConfigError
-from ..schema import Row
-from ._base import RecordSource, SourceConfig
-from . import _keypoints as kp
+from ._keypoints import CocoKeypointsBase, CocoStyleKeypoints, visibility_clamped
 
 CROWDPOSE_JOINTS = ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
                     "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck"]
 
 
 @dataclass
-class CrowdPoseConfig(SourceConfig):
+class CrowdPoseConfig(CocoKeypointsBase):
     annotations: str = ""  # crowdpose_train.json
     images: str = ""  # folder of the images
     visibility: Literal["coco", "label_flag"] = "coco"
+    dataset: str = "crowdpose"
 
 
-class CrowdPoseSource(RecordSource):
+class CrowdPoseSource(CocoStyleKeypoints):
     name = "crowdpose"
     Config = CrowdPoseConfig
+    joint_ids = CROWDPOSE_JOINTS
+    image_extra = "crowdIndex"
 
-    def validate(self) -> None:
-        from ..config import check_path
+    def visibility(self, v: Any) -> int | None:
+        cv = visibility_clamped(v)
+        if cv and self.config.visibility == "label_flag":
+            return 2
+        return cv
 
-        if not self.config.annotations or not self.config.images:
-            raise ConfigError("source: 'annotations' (crowdpose_*.json) and 'images' (folder) are required")
-        check_path(self.config.annotations, "source.annotations", kind="file")
-        check_path(self.config.images, "source.images", kind="dir")
-
-    def records(self) -> Iterator[Row]:
-        data = kp.load_json(Path(self.config.annotations), "source.annotations")
-        if not isinstance(data, dict) or "annotations" not in data:
-            raise ConfigError(f"source.annotations: {self.config.annotations}: not a COCO-format keypoint file")
-        label_flag = self.config.visibility == "label_flag"
-
-        def vis(v: int) -> int:
-            if v <= 0:
-                return 0
-            return 2 if label_flag else min(v, 2)
-
-        def extra(img: dict, ann: dict) -> dict:
-            return {"crowd_index": img.get("crowdIndex"), "num_keypoints": ann.get("num_keypoints")}
-
-        yield from kp.iter_coco_people(data, Path(self.config.images).resolve(), "crowdpose", CROWDPOSE_JOINTS, vis,
-                                       extra_of=extra)
+    def extra(self, image_extra: Any, ann: dict) -> dict:
+        nk = ann.get("num_keypoints")
+        return {"crowd_index": image_extra,
+                "num_keypoints": nk if isinstance(nk, int) and not isinstance(nk, bool) else None}
 
 
 SOURCE = CrowdPoseSource

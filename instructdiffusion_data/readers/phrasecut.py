@@ -15,14 +15,16 @@ Region selection happens here rather than in a stage because one of its rules ne
 "at most N tasks per image" is only deterministic when every task of the image is seen together,
 and a stage only ever sees one batch. Everything selection needs (polygons, image size) is in the
 annotations, so no pixel is read. Selected-out tasks are still yielded, dropped with their reason
-(``region too small (area=0.30%, min=1.00%, ...)``, ``region cut by the image border (...)``,
-``too many regions on the image (eligible=5, max=3, ...)``), so auditors see them in ``rejected/``.
+class (``region too small``, ``region too large``, ``region cut by the image border``, ``too many regions
+on the image``) and the measured values as details (``area=0.003, min=0.01``, ``eligible=5, max=3``),
+so auditors see them in ``rejected/``. A malformed task is a dropped row naming file, record and field
+(``bad field``, ``not a finite number``, ...). ``source.exclude_image_ids`` lists Visual Genome image ids.
+The json files are read whole (one split at a time): the per-image cap needs every task of an image.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections import defaultdict
@@ -36,14 +38,23 @@ import numpy as np
 
 from ..config import check_path
 from ..errors import ConfigError
-from ..schema import Row, drop, make_key, new_row
-from ._base import RecordSource, SourceConfig
+from ..schema import Row, drop
+from ..storage import exists, is_uri, join
+from ._base import (BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
+                    bad_record, image_path, load_json, record_row)
 
 log = logging.getLogger(__name__)
 
 DATASET = "phrasecut"
 SPLITS = ("train", "val", "test", "miniv")
 _SUBPIXEL_SHIFT = 3  # cv2.fillPoly fixed-point bits: polygon coordinates are floats in PhraseCut
+
+# Reason classes of this reader (the per-record values are details: area=, min=, eligible=, ...)
+NO_POLYGON = "no valid polygon"
+TOO_SMALL = "region too small"
+TOO_LARGE = "region too large"
+AT_BORDER = "region cut by the image border"
+TOO_MANY = "too many regions on the image"
 
 
 @dataclass
@@ -58,6 +69,10 @@ class PhraseCutConfig(SourceConfig):
     check_images: bool = True  # stat each image file on the driver: missing ones dropped up front
 
 
+def _file(root: str, name: str) -> str:
+    return str(join(root, name)) if is_uri(root) else str((Path(root) / name).resolve())
+
+
 class PhraseCutSource(RecordSource):
     name = "phrasecut"
     Config = PhraseCutConfig
@@ -68,8 +83,8 @@ class PhraseCutSource(RecordSource):
         for s in c.splits:
             if s not in SPLITS:
                 raise ConfigError(f"source.splits: unknown split {s!r} (one of {', '.join(SPLITS)})")
-            check_path(str(Path(c.root) / f"refer_{s}.json"), f"source.splits[{s}]", kind="file")
-        check_path(str(Path(c.root) / "image_data_split.json"), "source.root", kind="file")
+            check_path(str(join(c.root, f"refer_{s}.json")), f"source.splits[{s}]", kind="file")
+        check_path(str(join(c.root, "image_data_split.json")), "source.root", kind="file")
         if c.images_dir is not None:
             check_path(c.images_dir, "source.images_dir", kind="dir")
         if not 0.0 <= c.min_area_frac < c.max_area_frac <= 1.0:
@@ -82,96 +97,108 @@ class PhraseCutSource(RecordSource):
 
     # -----------------------------------------------------------------------------------------
     def _image_info(self) -> dict[str, dict]:
-        path = Path(self.config.root) / "image_data_split.json"
-        data = _load_json(path)
+        path = _file(self.config.root, "image_data_split.json")
+        data = load_json(path, "source.root")
         if not isinstance(data, list):
-            raise ConfigError(f"{path}: expected a list of images")
+            raise ConfigError(f"source.root: {path}: expected a list of images, got {type(data).__name__}")
         info = {}
         for item in data:
-            if isinstance(item, dict) and "image_id" in item:
+            if isinstance(item, dict) and isinstance(item.get("image_id"), (int, str)) \
+                    and not isinstance(item.get("image_id"), bool):
                 info[str(item["image_id"])] = item
+            else:
+                self.stats["images_without_id"] += 1
         return info
 
     def records(self) -> Iterator[Row]:
         c = self.config
         images = self._image_info()
-        images_dir = Path(c.images_dir) if c.images_dir else Path(c.root) / "images"
-        self.stats = defaultdict(int)
+        images_dir = c.images_dir or str(join(c.root, "images"))
         exists_cache: dict[str, bool] = {}
         for split in c.splits:
-            path = Path(c.root) / f"refer_{split}.json"
-            tasks = _load_json(path)
+            path = _file(c.root, f"refer_{split}.json")
+            tasks = load_json(path, f"source.splits[{split}]")
             if not isinstance(tasks, list):
-                raise ConfigError(f"{path}: expected a list of tasks")
-            rows = []
-            for i, task in enumerate(tasks):
-                row = self._task_row(task, i, split, path, images, images_dir, exists_cache)
-                rows.append(row)
+                raise ConfigError(f"source.splits[{split}]: {path}: expected a list of tasks, got {type(tasks).__name__}")
+            rows = [self._task_row(task, i, split, path, images, images_dir, exists_cache)
+                    for i, task in enumerate(tasks)]
+            del tasks
             self._select(rows)
             for row in rows:
                 self.stats["tasks"] += 1
                 self.stats["kept" if row["keep"] else "dropped"] += 1
                 yield row
-        self.stats = dict(self.stats)
 
-    def _task_row(self, task: Any, index: int, split: str, path: Path, images: dict, images_dir: Path,
+    def _task_row(self, task: Any, index: int, split: str, path: str, images: dict, images_dir: str,
                   exists_cache: dict[str, bool]) -> Row:
-        tid = str(task.get("task_id", f"{split}-{index}")) if isinstance(task, dict) else f"{split}-{index}"
-        row = new_row(key=make_key(DATASET, tid, "rec"), task="edit_remove", dataset=DATASET,
-                      meta={"file": None, "record_id": tid, "split": split, "annotation_file": str(path.resolve())})
+        tid = task.get("task_id") if isinstance(task, dict) else None
+        tid = str(tid) if isinstance(tid, (int, str)) and not isinstance(tid, bool) and tid != "" else f"{split}-{index}"
+
+        def bad(reason: str, field: str | None, at: str = path, detail: dict | None = None, **meta: Any) -> Row:
+            return bad_record(DATASET, "edit_remove", tid, reason, at, field, detail=detail, split=split,
+                              annotation_file=path, task_index=index, **meta)
+
         if not isinstance(task, dict):
-            return drop(row, f"task is not an object (file={path.name}, record={tid})")
-        where = f"file={path.name}, record={tid}"
+            return bad(BAD_FIELD, "task", detail={"problem": "not an object"})
         missing = [k for k in ("task_id", "image_id", "Polygons", "phrase") if k not in task]
         if missing:
-            return drop(row, f"task lacks field '{missing[0]}' ({where})")
-        image_id = str(task["image_id"])
+            return bad(BAD_FIELD, missing[0], detail={"problem": "missing"})
+        raw_id = task["image_id"]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
+            return bad(BAD_FIELD, "image_id")
+        image_id = str(raw_id)
+        file = image_path(images_dir, f"{image_id}.jpg")
+        if file is None:
+            return bad(BAD_FIELD, "image_id", image_id=image_id)
+        if self.excluded(image_id):
+            return bad(EXCLUDED, "image_id", image_id=image_id, image=file)
         img = images.get(image_id)
-        row["meta"]["image_id"] = image_id
-        file = images_dir / f"{image_id}.jpg"
-        row["meta"]["file"] = str(file.resolve())
         if img is None:
-            return drop(row, f"image not in image_data_split.json ({where}, field=image_id)")
-        try:
-            w, h = int(img["width"]), int(img["height"])
-        except (KeyError, TypeError, ValueError):
-            return drop(row, f"image size missing in image_data_split.json ({where}, field=width)")
-        if w <= 0 or h <= 0:
-            return drop(row, f"image size {w}x{h} invalid ({where}, field=width)")
+            return bad(UNKNOWN_IMAGE, "image_id", image_id=image_id, image=file)
+        info = _file(self.config.root, "image_data_split.json")
+        w, h = img.get("width"), img.get("height")
+        for name, v in (("width", w), ("height", h)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return bad(BAD_FIELD, name, at=info, image_id=image_id, image=file)
+            if not math.isfinite(v):
+                return bad(NOT_FINITE, name, at=info, image_id=image_id, image=file)
+            if v <= 0 or not float(v).is_integer():
+                return bad(BAD_FIELD, name, at=info, detail={"value": v}, image_id=image_id, image=file)
+        w, h = int(w), int(h)
         phrase = task["phrase"]
         if not isinstance(phrase, str) or not phrase.strip():
-            return drop(row, f"empty phrase ({where}, field=phrase)")
+            return bad(BAD_FIELD, "phrase", detail={"problem": "empty" if isinstance(phrase, str) else "not text"},
+                       image_id=image_id, image=file)
         polys, skipped, err = parse_polygons(task["Polygons"])
         if err:
-            return drop(row, f"bad polygons: {err} ({where}, field=Polygons)")
-        structure = task.get("phrase_structure") if isinstance(task.get("phrase_structure"), dict) else {}
-        row["meta"].update({
-            "width": w, "height": h, "phrase": " ".join(phrase.split()),
-            "phrase_structure": structure,
-            "ann_ids": list(task.get("ann_ids") or []),
-            "instance_boxes": task.get("instance_boxes") or [],
-            "polygons": polys,
-            "coco_id": img.get("coco_id"), "flickr_id": img.get("flickr_id"),
-        })
-        if skipped:
-            row["meta"]["skipped_polygons"] = skipped
+            return bad(NOT_FINITE if "non-finite" in err else BAD_FIELD, "Polygons", detail={"problem": err},
+                       image_id=image_id, image=file)
         if not polys:
-            return drop(row, f"no valid polygon ({where}, field=Polygons)")
+            return bad(NO_POLYGON, "Polygons", detail={"skipped": skipped}, image_id=image_id, image=file)
+        structure = task.get("phrase_structure") if isinstance(task.get("phrase_structure"), dict) else {}
+        ann_ids = task.get("ann_ids") if isinstance(task.get("ann_ids"), list) else []
+        boxes = task.get("instance_boxes") if isinstance(task.get("instance_boxes"), list) else []
         mask = polygons_to_mask(polys, h, w)
         area = float(np.count_nonzero(mask)) / (h * w)
         border = border_fraction(mask)
         ys, xs = np.nonzero(mask)
-        row["meta"]["region"] = {
-            "area_frac": round(area, 6), "border_frac": round(border, 6),
-            "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-            if len(xs) else [0, 0, 0, 0],
-        }
+        row = record_row(DATASET, "edit_remove", tid, {
+            "file": file, "split": split, "annotation_file": path, "image_id": image_id, "image_set": "vg",
+            "width": w, "height": h, "phrase": " ".join(phrase.split()), "phrase_structure": structure,
+            "ann_ids": ann_ids, "instance_boxes": boxes, "polygons": polys,
+            "coco_id": img.get("coco_id"), "flickr_id": img.get("flickr_id"),
+            "region": {"area_frac": round(area, 6), "border_frac": round(border, 6),
+                       "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+                       if len(xs) else [0, 0, 0, 0]},
+        })
+        if skipped:
+            row["meta"]["skipped_polygons"] = skipped
         if self.config.check_images:
             ok = exists_cache.get(image_id)
             if ok is None:
-                ok = exists_cache[image_id] = file.is_file()
+                ok = exists_cache[image_id] = exists(file, "file")
             if not ok:
-                return drop(row, f"image file missing (file={file}, record={tid})")
+                return drop(row, NO_IMAGE_FILE, file=file, record=tid, field="image_id")
         return row
 
     def _select(self, rows: list[Row]) -> None:
@@ -184,14 +211,11 @@ class PhraseCutSource(RecordSource):
                 continue
             reg, tid = row["meta"]["region"], row["meta"]["record_id"]
             if reg["area_frac"] < c.min_area_frac:
-                drop(row, f"region too small (area={100 * reg['area_frac']:.2f}%, min={100 * c.min_area_frac:.2f}%, "
-                          f"record={tid})")
+                drop(row, TOO_SMALL, record=tid, area=reg["area_frac"], min=c.min_area_frac)
             elif reg["area_frac"] > c.max_area_frac:
-                drop(row, f"region too large (area={100 * reg['area_frac']:.1f}%, max={100 * c.max_area_frac:.1f}%, "
-                          f"record={tid})")
+                drop(row, TOO_LARGE, record=tid, area=reg["area_frac"], max=c.max_area_frac)
             elif reg["border_frac"] > c.max_border_frac:
-                drop(row, f"region cut by the image border (border={100 * reg['border_frac']:.0f}% of its outline, "
-                          f"max={100 * c.max_border_frac:.0f}%, record={tid})")
+                drop(row, AT_BORDER, record=tid, border=reg["border_frac"], max=c.max_border_frac)
             else:
                 per_image[row["meta"]["image_id"]].append(row)
         if c.max_per_image is None:
@@ -201,20 +225,12 @@ class PhraseCutSource(RecordSource):
                 continue
             ranked = sorted(group, key=lambda r: _priority(self.seed, r["meta"]["record_id"]))
             for row in ranked[c.max_per_image:]:
-                drop(row, f"too many regions on the image (eligible={len(group)}, max={c.max_per_image}, "
-                          f"record={row['meta']['record_id']}, image={image_id})")
+                drop(row, TOO_MANY, record=row["meta"]["record_id"], image=image_id, eligible=len(group),
+                     max=c.max_per_image)
 
 
 def _priority(seed: int, task_id: str) -> str:
     return hashlib.sha1(f"{seed}\x00{task_id}".encode()).hexdigest()
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON (line {e.lineno}: {e.msg})") from None
 
 
 # -- geometry shared with the inpainting stage --------------------------------------------------
@@ -240,8 +256,10 @@ def parse_polygons(raw: Any) -> tuple[list[list[list[list[float]]]], int, str | 
             pts = []
             for pt in poly:
                 if (not isinstance(pt, (list, tuple)) or len(pt) != 2
-                        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pt)):
+                        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pt)):
                     return [], 0, f"instance {ii} polygon {pi} has a point that is not [x, y] numbers: {pt!r}"
+                if not all(math.isfinite(v) for v in pt):
+                    return [], 0, f"instance {ii} polygon {pi} has a non-finite point: {pt!r}"
                 pts.append([float(pt[0]), float(pt[1])])
             if len(pts) < 3 or abs(_shoelace(pts)) < 1e-6:
                 skipped += 1
