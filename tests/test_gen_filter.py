@@ -273,3 +273,34 @@ def test_a_second_filter_waits_for_no_one(tmp_path, capsys):
         assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 2
         assert "another idd filter is writing a generation" in capsys.readouterr().err
     assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 0
+
+
+def test_refiltered_rows_are_what_the_stage_would_write(tmp_path):
+    """A row dropped before the quality filter keeps its own drop (the stage never re-drops it); a row the new
+    thresholds drop gets the stage's drop class, details and text; the run's thresholds give the run's bytes."""
+    root = _build(tmp_path, n=6)
+    gen0 = {p.relative_to(root).as_posix(): sha(p) for p in sorted(root.glob("*/*.tar"))}
+
+    def sidecar(key):
+        gen = current(root)
+        for split in SPLITS:
+            for p in sorted((Path(gen.path) / split).glob("*.parquet")):
+                for r in pq.read_table(p).to_pylist():
+                    if r["key"] == key:
+                        return r
+        raise KeyError(key)
+
+    earlier = next(k for k, s in check_output(root).items() if s == "rejected")
+    was = sidecar(earlier)
+    assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=99"]) == 0  # every scored row fails
+    now = sidecar(earlier)
+    assert (now["drop_reason"], now["drop_class"], now["drop_detail"]) == \
+        (was["drop_reason"], was["drop_class"], was["drop_detail"])
+    assert json.loads(now["meta"])["filter"]["failed"]  # the failure is recorded, not added to its drop
+    other = next(k for k, s in check_output(root).items() if s == "rejected" and k != earlier)
+    r = sidecar(other)
+    assert r["drop_class"] and r["drop_class"] in r["drop_reason"]
+    assert [json.loads(d)["class"] for d in r["drop_detail"]] == [r["drop_class"]]
+    assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 0
+    cur = Path(current(root).path)
+    assert {p.relative_to(cur).as_posix(): sha(p) for p in sorted(cur.glob("*/*.tar"))} == gen0

@@ -68,12 +68,38 @@ def parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
-def refilter_row(row: dict, sets: dict, audit: dict[str, str]) -> tuple[bool, str | None, dict]:
-    """New ``(keep, drop_reason, meta)`` of one sidecar row under thresholds ``sets`` and labels."""
-    from ..models.quality import RULES, evaluate, resolve_threshold
+def _clean() -> dict:
+    return {"keep": True, "drop_reason": None, "drop_class": None, "drop_detail": None}
+
+
+def _failures(scores: dict, thresholds: dict) -> list[tuple[str, dict]]:
+    """``(drop class, details)`` of each rule a row fails: what the quality_filter stage passes to
+    ``schema.drop`` (so that a re-filter with the run's thresholds gives the run's bytes)."""
+    from ..models import quality as q
+
+    if hasattr(q, "failures"):
+        return [(f.cls, f.detail()) for f in q.failures(scores, thresholds)]
+    return [(c, {}) for c in q.evaluate(scores, thresholds)]
+
+
+def _prior_state(row: dict, prior: str) -> dict:
+    """The drop state of a row an earlier stage dropped, as the quality_filter stage saw it (rule failures
+    and auditor verdicts that an earlier re-filter added are taken off again)."""
+    detail = [d for d in (row.get("drop_detail") or []) if not _is_rule_class(d)]
+    return {"keep": False, "drop_reason": prior if row.get("drop_reason") else None,
+            "drop_class": row.get("drop_class"), "drop_detail": detail or row.get("drop_detail")}
+
+
+def refilter_row(row: dict, sets: dict, audit: dict[str, str]) -> dict:
+    """The new state of one sidecar row under thresholds ``sets`` and auditor labels: ``{"keep",
+    "drop_reason", "drop_class", "drop_detail", "meta"}``. A row the quality_filter stage scored gets what
+    the stage would have given it with these thresholds; an auditor's newest accept/reject wins."""
+    from ..models.quality import RULES, resolve_threshold
+    from ..schema import drop
 
     meta = dict(row.get("meta") or {})
-    keep, reason = bool(row.get("keep")), row.get("drop_reason")
+    state = {"keep": bool(row.get("keep")), "drop_reason": row.get("drop_reason"),
+             "drop_class": row.get("drop_class"), "drop_detail": row.get("drop_detail")}
     flt = meta.get("filter")
     if isinstance(flt, dict) and "thresholds" in flt:
         flt = dict(flt)
@@ -88,12 +114,15 @@ def refilter_row(row: dict, sets: dict, audit: dict[str, str]) -> tuple[bool, st
                 specs[f] = v
             else:
                 specs.pop(f, None)
-        failed = evaluate(meta.get("scores") or {}, thr)
+        failed = _failures(meta.get("scores") or {}, thr)
         prior = flt.get("prior_drop")
-        keep = prior is None and not failed
-        parts = ([prior] if prior else []) + failed
-        reason = ";".join(parts) if parts else None
-        flt.update(thresholds=thr, failed=failed)
+        if prior is not None:
+            state = _prior_state(row, prior)  # the stage never keeps, nor re-drops, a row dropped before it
+        else:
+            state = _clean()
+            for cls, detail in failed:
+                drop(state, cls, **detail)
+        flt.update(thresholds=thr, failed=[c for c, _ in failed])
         if specs:
             flt["threshold_specs"] = specs
         else:
@@ -101,16 +130,17 @@ def refilter_row(row: dict, sets: dict, audit: dict[str, str]) -> tuple[bool, st
         flt.pop("audit", None)
         meta["filter"] = flt
     verdict = audit.get(row["key"])
-    if verdict == "accept" and not keep:
+    if verdict == "accept" and not state["keep"]:
         if row.get("src_offset") is None:
             log.warning("%s: accepted by an auditor but has no images; stays rejected", row["key"])
         else:
-            keep, reason = True, None
+            state = _clean()
             meta.setdefault("filter", {})["audit"] = "accept"
-    elif verdict == "reject" and keep:
-        keep, reason = False, "audit:reject"
+    elif verdict == "reject" and state["keep"]:
+        state = drop(_clean(), "audit:reject")
         meta.setdefault("filter", {})["audit"] = "reject"
-    return keep, reason, meta
+    state["meta"] = meta
+    return state
 
 
 def _cause(old_reason: str | None, new_reason: str | None, moved_out: bool) -> list[str]:
@@ -166,7 +196,6 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
     moved_in: Counter = Counter()
     totals = Counter()
     applicable: Counter = Counter()
-    all_rows: list[dict] = []
     files_of: dict[tuple[str, str], dict] = {}
     for name, entries in shards.items():
         rows = []
@@ -180,7 +209,8 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
                     raise UserError(f"{pq_loc}: damaged shard: {len(srows)} rows, the manifest "
                                     f"{src.manifest_loc} says {entry['rows']}")
                 for r in srows:
-                    keep, reason, meta = refilter_row(r, sets, audit)
+                    st = refilter_row(r, sets, audit)
+                    keep, reason, meta = st["keep"], st["drop_reason"], st["meta"]
                     was = bool(r.get("keep"))
                     if was and not keep:
                         for c in _cause(r.get("drop_reason"), reason, True):
@@ -198,16 +228,14 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
                     audit_hit = audit.get(r["key"])
                     if audit_hit:
                         totals[f"audit_{audit_hit}"] += 1
-                    drop_class, drop_detail = _drop_fields(r, keep, reason, meta)
                     new = {"key": r["key"], "task": r["task"], "dataset": r["dataset"],
                            "instruction": r["instruction"], "meta": meta, "keep": keep, "drop_reason": reason,
-                           "drop_class": drop_class, "drop_detail": drop_detail}
+                           "drop_class": st["drop_class"], "drop_detail": st["drop_detail"]}
                     if not dry_run:
                         tar = member_tar(pq_path, r["tar"])
                         for col in ("src", "tgt", "mask"):
                             new[col] = read_member(tar, r.get(f"{col}_offset"), r.get(f"{col}_size"), fhs)
                     rows.append(new)
-                    all_rows.append({"key": r["key"], "keep": keep, "meta": meta})
         finally:
             for fh in fhs.values():
                 fh.close()
@@ -231,7 +259,7 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
         extra.pop("generation", None)
         _copy_run_file(root_loc, target)
     # the report first, the manifest last: a --out output is complete once its manifest exists
-    _write_report(target, all_rows)
+    _write_report(target)  # from the sidecars just written
     faults.point("filter.report")
     manifest = writer.write_manifest(config=old_manifest.get("config", {}), extra=extra)
     faults.point("filter.manifest")
@@ -361,36 +389,6 @@ def _writer(target, manifest: dict):
     return ShardWriter(target, **kw)
 
 
-def _drop_fields(r: dict, keep: bool, reason: str | None, meta: dict) -> tuple[str | None, list | None]:
-    """``drop_class`` / ``drop_detail`` of a re-filtered row: unchanged when its decision is; otherwise
-    the prior drop keeps its class and details and each failed rule (or the auditor) adds one."""
-    if keep:
-        return None, None
-    if not r.get("keep") and reason == r.get("drop_reason"):
-        return r.get("drop_class"), r.get("drop_detail")  # the same decision: byte-identical rows
-    flt = meta.get("filter") if isinstance(meta.get("filter"), dict) else {}
-    prior = flt.get("prior_drop")
-    failed = list(flt.get("failed") or [])
-    detail: list[str] = []
-    first = None
-    if prior:
-        old = [d for d in (r.get("drop_detail") or [])
-               if not _is_rule_class(d)]
-        detail += old
-        first = r.get("drop_class") or prior
-        if not old:
-            detail.append(json.dumps({"class": first}, sort_keys=True))
-    if reason == "audit:reject":
-        failed = ["audit:reject"]
-    for f in failed:
-        detail.append(json.dumps({"class": f}, sort_keys=True))
-        first = first or f
-    if first is None:
-        first = (reason or "dropped").split(";")[0]
-        detail.append(json.dumps({"class": first}, sort_keys=True))
-    return first, detail
-
-
 def _is_rule_class(entry: str) -> bool:
     from ..models.quality import rule_of_reason
 
@@ -457,7 +455,7 @@ def _copy_run_file(root_loc, dest) -> None:
         (dest / RUN_FILE).write_bytes(src.read_bytes())
 
 
-def _write_report(target, rows: list[dict] | None) -> dict:
+def _write_report(target, rows: list[dict] | None = None) -> dict:
     """``filter_report.json`` and the histograms into a generation folder (through a local temporary
     folder on an object store)."""
     import tempfile
