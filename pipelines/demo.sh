@@ -46,3 +46,5 @@ if [ ${#EXTRA[@]} -gt 0 ]; then
 fi
 "$IDD" mix configs/mixtures/instructdiffusion.yaml --root "$OUT" --out "$OUT/mixture.json"
 "$IDD" inspect "$OUT"
+# The dataset card over every output: Hugging Face datasets.load_dataset("$OUT", "<output name>") reads it.
+"$IDD" card "$OUT"
