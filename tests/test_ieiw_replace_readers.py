@@ -129,8 +129,8 @@ def test_openimages_reader_reads_masks_from_the_zip(tmp_path):
     assert [i[0].rsplit("/", 1)[-1] for i in items] == [f"validation-masks-{h}.zip" for h in "0123456789abcdef"]
     assert all(i[1].endswith("validation-annotations-object-segmentation.csv") for i in items)
     rows = [r for r in rows_of(src) if r["drop_class"] != "input produced no records"]  # archives 1-f hold no rows
-    assert [r["meta"]["record_id"] for r in rows] == [f"{image_id}:bbbb2222", f"{image_id}:aaaa1111"]
-    cat, dog = rows
+    assert [r["meta"]["record_id"] for r in rows] == [f"{image_id}:aaaa1111", f"{image_id}:bbbb2222"]  # csv order
+    dog, cat = rows
     assert dog["keep"] and dog["meta"]["region"]["label"] == "Dog" and dog["meta"]["region"]["label_id"] == "/m/0bt9lr"
     m = region_mask(dog["meta"]["region"], 40, 64)
     assert m.shape == (40, 64) and m[10:30, 16:40].all() and m.sum() == 20 * 24  # resized x2, nearest

@@ -1,7 +1,10 @@
 """Demo InstructPix2Pix in both released forms:
 
-- ``instructpix2pix/clip-filtered-dataset/``: ``seeds.json``, ``<prompt>/prompt.json``,
-  ``<prompt>/metadata.jsonl`` (CLIP scores per seed), ``<prompt>/<seed>_0.jpg`` / ``<seed>_1.jpg``;
+- ``instructpix2pix/clip-filtered-dataset/``: ``seeds.json`` (``[[prompt folder, [seed, ...]], ...]``,
+  seeds as text, as ``prepare_dataset.py`` writes it), ``<prompt>/prompt.json`` (``input``, ``edit``,
+  ``output``), ``<prompt>/metadata.jsonl`` (per seed: ``seed``, ``p2p_threshold``, ``cfg_scale``,
+  ``clip_sim_0``, ``clip_sim_1``, ``clip_sim_dir``, ``clip_sim_image``: the names
+  ``generate_img_dataset.py`` writes), ``<prompt>/<seed>_0.jpg`` / ``<seed>_1.jpg``;
 - ``instructpix2pix/data/train-00000-of-00001.parquet`` (``original_prompt``, ``original_image``,
   ``edit_prompt``, ``edited_prompt``, ``edited_image``; images as ``{bytes, path}`` structs).
 
@@ -45,12 +48,12 @@ def generate(out: Path, n: int, seed: int) -> dict:
             lines.append({"seed": s, "p2p_threshold": 0.5, "cfg_scale": 7.5,
                           "clip_sim_0": round(float(rng.uniform(0.2, 0.35)), 4),
                           "clip_sim_1": round(float(rng.uniform(0.2, 0.35)), 4),
-                          "clip_sim_direction": direction, "clip_sim_image": round(float(rng.uniform(0.76, 0.95)), 4)})
+                          "clip_sim_dir": direction, "clip_sim_image": round(float(rng.uniform(0.76, 0.95)), 4)})
             caption_in, caption_out = e["input_caption"], e["output_caption"]
-        prompt = {"caption": caption_in, "output": caption_out, "edit": "" if p == 2 else edit_text}
+        prompt = {"input": caption_in, "edit": "" if p == 2 else edit_text, "output": caption_out}
         (ds / name / "prompt.json").write_text(json.dumps(prompt))
         (ds / name / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        listing.append([name, seeds])
+        listing.append([name, sorted(str(s) for s in seeds)])  # file-name order, as prepare_dataset.py lists them
     (ds / "seeds.json").write_text(json.dumps(listing))
 
     rows = []

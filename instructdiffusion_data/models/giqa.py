@@ -374,6 +374,46 @@ def iter_images(path: str | Path, member: Literal["src", "tgt", "both"] = "src",
     raise UserError(f"{p}: not an image folder, a .tar or a shard output")
 
 
+def reference_size(path: str | Path, member: Literal["src", "tgt", "both"] = "src",
+                   at_least: int | None = None) -> int:
+    """How many images the GIQA reference at ``path`` holds (a saved reference: its ``count``) or would
+    be built from (files of a folder or a ``.tar``, rows of a shard output's train split). Cheap: names
+    and headers only, never pixels; with ``at_least`` a listing stops once that many are found."""
+    p = Path(path)
+    if is_reference(p):
+        try:
+            return int(json.loads((p / "giqa.json").read_text()).get("count") or 0)
+        except (ValueError, OSError):
+            return 0
+    if p.is_dir() and ((p / "manifest.json").is_file() or any(p.glob("*/manifest.json"))):
+        from .quality import output_root
+
+        root = Path(output_root(p))
+        try:
+            rows = int(json.loads((root / "manifest.json").read_text())["splits"]["train"]["rows"])
+        except (KeyError, TypeError, ValueError, OSError):
+            return 0
+        return rows * (2 if member == "both" else 1)
+    n = 0
+    if p.is_dir():
+        for f in p.rglob("*"):
+            if f.suffix.lower() in IMAGE_EXTS and f.is_file():
+                n += 1
+                if at_least is not None and n >= at_least:
+                    break
+        return n
+    if p.is_file() and p.suffix == ".tar":
+        with tarfile.open(p) as tf:
+            for ti in tf:
+                if ti.isfile() and Path(ti.name).suffix.lower() in IMAGE_EXTS and (
+                        member == "both" or f".{member}." in ti.name):
+                    n += 1
+                    if at_least is not None and n >= at_least:
+                        break
+        return n
+    return 0
+
+
 def build_reference(path: str | Path, extractor: FeatureExtractor, *, metric: Literal["l2", "cosine"] = "l2",
                     member: Literal["src", "tgt", "both"] = "src", limit: int | None = None,
                     batch: int = 64, progress: bool = False, form: Literal["knn", "gmm"] = "knn",

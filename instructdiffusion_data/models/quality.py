@@ -3,8 +3,12 @@
 
 A *rule* is a threshold field name (the same name in the stage config, in ``meta["filter"]
 ["thresholds"]`` and in ``idd filter --set``) bound to one score of ``meta["scores"]`` and a
-comparison. A row fails a rule when its score is present and on the wrong side; the failure is
-named ``"<score><op><threshold>"``, e.g. ``aesthetic_tgt<5.0``, in ``drop_reason``.
+comparison. A row fails a rule when its score is present and on the wrong side. The failure's drop
+class is the rule's fixed text, e.g. ``aesthetic_tgt below minimum`` (the same for every row whatever
+the threshold); the row's score and the threshold are the drop's details (``value=``, ``threshold=``)
+and ``meta["filter"]["thresholds"]``. Outputs written before this naming say ``aesthetic_tgt<5.0``:
+:func:`rule_of_reason` reads both. The scores themselves are computed by :mod:`.quality_scorers`; the
+report over an output is :mod:`.quality_report`.
 """
 
 from __future__ import annotations
@@ -13,14 +17,12 @@ import json
 import logging
 import math
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import UserError
@@ -35,18 +37,27 @@ class Rule:
     op: str  # "<": fails below the threshold; ">": fails above it
     doc: str
 
+    @property
+    def cls(self) -> str:
+        """The drop class of a row failing this rule (fixed text, no numbers)."""
+        return f"{self.score} {'below minimum' if self.op == '<' else 'above maximum'}"
+
 
 RULES: dict[str, Rule] = {r.field: r for r in (
-    Rule("aesthetic_tgt_min", "aesthetic_tgt", "<", "target aesthetic score below t1"),
-    Rule("giqa_tgt_min", "giqa_tgt", "<", "target GIQA score below t2"),
-    Rule("aesthetic_diff_max", "aesthetic_diff", ">", "|source - target| aesthetic score above t3"),
-    Rule("giqa_diff_max", "giqa_diff", ">", "|source - target| GIQA score above t3 (GIQA)"),
-    Rule("edit_change_min", "edit_change", "<", "mean |target - source| inside the mask (0-255) below this: "
+    Rule("aesthetic_tgt_min", "aesthetic_tgt", "<",
+         "the target's aesthetic score (0-10) is below this: the edited image is ugly (paper: t1)"),
+    Rule("giqa_tgt_min", "giqa_tgt", "<",
+         "the target's GIQA score is below this: the edited image is unlike the good reference images (paper: t2)"),
+    Rule("aesthetic_diff_max", "aesthetic_diff", ">",
+         "|source - target| aesthetic score is above this: the edit changed the image's quality (paper: t3)"),
+    Rule("giqa_diff_max", "giqa_diff", ">",
+         "|source - target| GIQA score is above this: the edit changed how typical the image looks (paper: t3)"),
+    Rule("edit_change_min", "edit_change", "<", "mean |target - source| inside the mask (0-255) is below this: "
                                                 "the edit changed nothing"),
     Rule("background_change_max", "background_change", ">", "mean |target - source| outside the dilated mask "
-                                                            "(0-255) above this: the background moved"),
+                                                            "(0-255) is above this: the background moved"),
     Rule("replace_gain_min", "replace_gain", "<", "sim(target region, reference) - sim(source region, "
-                                                  "reference) below this: the region did not become the reference"),
+                                                  "reference) is below this: the region did not become the reference"),
 )}
 
 SCORE_NAMES = ("aesthetic_src", "aesthetic_tgt", "aesthetic_diff", "giqa_src", "giqa_tgt", "giqa_diff",
@@ -59,8 +70,9 @@ def fmt_threshold(value: float) -> str:
     return repr(float(value))
 
 
-def reason(rule: Rule, threshold: float) -> str:
-    return f"{rule.score}{rule.op}{fmt_threshold(threshold)}"
+def reason(rule: Rule, threshold: float | None = None) -> str:
+    """The drop class of a row failing ``rule`` (``threshold`` is a detail, not part of it)."""
+    return rule.cls
 
 
 def resolve_threshold(field: str, value: Any, giqa_percentiles: dict | None) -> float | None:
@@ -93,22 +105,81 @@ def resolve_threshold(field: str, value: Any, giqa_percentiles: dict | None) -> 
     raise UserError(f"{field}: expected a number, 'none' or 'ref:pN', got {value!r}")
 
 
-def evaluate(scores: dict[str, float], thresholds: dict[str, float | None]) -> list[str]:
-    """The rules a row fails, as drop-reason strings, in :data:`RULES` order."""
-    failed = []
+def is_threshold_spec(value: Any) -> bool:
+    """True for what a threshold may be set to: a number, null/none/off, or ``ref:pN``."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return True
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    if text.lower() in ("none", "null", "off", "") or _REF_PCT.match(text):
+        return True
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def resolve_thresholds(values: dict[str, Any], giqa_percentiles: dict | None,
+                       giqa: bool = True) -> tuple[dict[str, float | None], dict[str, str]]:
+    """``({rule: number or None}, {rule: "ref:pN" spec})`` for every rule of :data:`RULES` from the
+    configured ``values``; GIQA rules are off without a reference (``giqa`` False)."""
+    thresholds: dict[str, float | None] = {}
+    specs: dict[str, str] = {}
+    for f in RULES:
+        v = values.get(f)
+        if f.startswith("giqa") and not giqa:
+            thresholds[f] = None
+            continue
+        thresholds[f] = resolve_threshold(f, v, giqa_percentiles)
+        if isinstance(v, str):
+            specs[f] = v
+    return thresholds, specs
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed rule of one row: its drop class and the numbers behind it."""
+
+    rule: Rule
+    value: float
+    threshold: float
+
+    @property
+    def cls(self) -> str:
+        return self.rule.cls
+
+    def detail(self) -> dict[str, float]:
+        """Keyword details of the drop (``schema.drop(row, f.cls, **f.detail())``)."""
+        return {"value": round(float(self.value), 6), "threshold": float(self.threshold)}
+
+
+def failures(scores: dict[str, float], thresholds: dict[str, float | None]) -> list[Failure]:
+    """The rules a row's ``scores`` fail under ``thresholds``, in :data:`RULES` order. A rule whose
+    threshold is None or whose score is absent (or not finite) is not applied."""
+    out = []
     for field, rule in RULES.items():
         thr = thresholds.get(field)
         s = scores.get(rule.score)
-        if thr is None or s is None or (isinstance(s, float) and math.isnan(s)):
+        if thr is None or not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
             continue
         if (rule.op == "<" and s < thr) or (rule.op == ">" and s > thr):
-            failed.append(reason(rule, thr))
-    return failed
+            out.append(Failure(rule, float(s), float(thr)))
+    return out
+
+
+def evaluate(scores: dict[str, float], thresholds: dict[str, float | None]) -> list[str]:
+    """The rules a row fails, as drop classes (:attr:`Rule.cls`), in :data:`RULES` order."""
+    return [f.cls for f in failures(scores, thresholds)]
 
 
 def rule_of_reason(text: str) -> str | None:
+    """The rule (threshold field) a drop class or reason names: ``aesthetic_tgt below minimum`` (with or
+    without its ``(value=..., threshold=...)`` details) or the older ``aesthetic_tgt<4.5``."""
+    text = (text or "").strip()
     for field, rule in RULES.items():
-        if text.startswith(rule.score + rule.op):
+        if text == rule.cls or text.startswith(rule.cls + " (") or text.startswith(rule.score + rule.op):
             return field
     return None
 
@@ -249,130 +320,6 @@ def iter_output_rows(root: Path) -> Iterator[dict]:
 
 
 # -- reports ----------------------------------------------------------------------------------
+# The report streams the sidecars (bounded memory); it lives in .quality_report, re-exported here.
 
-REPORT_FILE = "filter_report.json"
-REPORT_DIR = "filter_report"
-
-
-def _draw_histogram(path: Path, name: str, kept: np.ndarray, rejected: np.ndarray, edges: np.ndarray,
-                    threshold: float | None, op: str | None) -> None:
-    """A stacked histogram (kept green, rejected red) with the threshold as a blue line, drawn with OpenCV."""
-    W, H, L, R, T, B = 720, 420, 60, 20, 40, 60
-    img = np.full((H, W, 3), 255, np.uint8)
-    hk, _ = np.histogram(kept, edges)
-    hr, _ = np.histogram(rejected, edges)
-    top = max(1, int((hk + hr).max()))
-    pw, ph = W - L - R, H - T - B
-    nb = len(edges) - 1
-    for i in range(nb):
-        x0 = L + int(i * pw / nb)
-        x1 = L + int((i + 1) * pw / nb) - 1
-        yk = int(hk[i] / top * ph)
-        yr = int(hr[i] / top * ph)
-        base = T + ph
-        if yk:
-            cv2.rectangle(img, (x0, base - yk), (x1, base), (60, 170, 60), -1)
-        if yr:
-            cv2.rectangle(img, (x0, base - yk - yr), (x1, base - yk), (60, 60, 210), -1)
-    cv2.line(img, (L, T + ph), (L + pw, T + ph), (0, 0, 0), 1)
-    cv2.line(img, (L, T), (L, T + ph), (0, 0, 0), 1)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    lo, hi = float(edges[0]), float(edges[-1])
-    for j in range(5):
-        v = lo + (hi - lo) * j / 4
-        x = L + int(pw * j / 4)
-        cv2.line(img, (x, T + ph), (x, T + ph + 5), (0, 0, 0), 1)
-        cv2.putText(img, f"{v:.3g}", (x - 18, T + ph + 22), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, str(top), (5, T + 10), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    title = f"{name}: kept {len(kept)} (green), rejected {len(rejected)} (red)"
-    if threshold is not None and hi > lo:
-        x = L + int(np.clip((threshold - lo) / (hi - lo), 0, 1) * pw)
-        cv2.line(img, (x, T), (x, T + ph), (200, 80, 0), 2)
-        title += f", cut {op} {threshold:.3g} (blue)"
-    cv2.putText(img, title, (L, 25), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "score", (L + pw // 2 - 20, H - 15), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    # OpenCV writes BGR: the colours above are BGR triples
-    cv2.imwrite(str(path), img)
-
-
-def build_report(rows: list[dict], bins: int = 30) -> dict:
-    """Per-score statistics (kept/rejected histograms, percentiles), drop counts per rule, thresholds."""
-    values: dict[str, list[tuple[float, bool]]] = defaultdict(list)
-    thresholds: Counter = Counter()
-    per_rule: Counter = Counter()
-    also_failed: Counter = Counter()
-    scored = filtered_out = 0
-    profiles: Counter = Counter()
-    for r in rows:
-        meta = r.get("meta") or {}
-        scores = meta.get("scores") or {}
-        flt = meta.get("filter") or {}
-        if flt:
-            scored += 1
-            profiles[flt.get("profile", "?")] += 1
-            thresholds[json.dumps(flt.get("thresholds", {}), sort_keys=True)] += 1
-            failed = flt.get("failed") or []
-            prior = flt.get("prior_drop")
-            for f in failed:
-                field = rule_of_reason(f) or f
-                if prior:
-                    also_failed[field] += 1
-                else:
-                    per_rule[field] += 1
-            if failed and not prior:
-                filtered_out += 1
-        for k, v in scores.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                values[k].append((float(v), bool(r.get("keep"))))
-    used = json.loads(thresholds.most_common(1)[0][0]) if thresholds else {}
-    report: dict[str, Any] = {
-        "rows": len(rows), "rows_scored": scored, "rows_dropped_by_filter": filtered_out,
-        "profiles": dict(profiles), "thresholds": used,
-        "threshold_sets": len(thresholds),
-        "drops_per_rule": dict(sorted(per_rule.items())),
-        "failed_rules_of_rows_dropped_earlier": dict(sorted(also_failed.items())),
-        "scores": {},
-    }
-    for name, vals in sorted(values.items()):
-        arr = np.array([v for v, _ in vals], np.float64)
-        keep = np.array([k for _, k in vals], bool)
-        lo, hi = float(arr.min()), float(arr.max())
-        if hi <= lo:
-            hi = lo + 1.0
-        edges = np.linspace(lo, hi, bins + 1)
-        hk, _ = np.histogram(arr[keep], edges)
-        hr, _ = np.histogram(arr[~keep], edges)
-        report["scores"][name] = {
-            "count": int(arr.size), "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()),
-            "percentiles": {f"p{q}": float(np.percentile(arr, q)) for q in (1, 5, 25, 50, 75, 95, 99)},
-            "histogram": {"edges": [float(e) for e in edges], "kept": hk.tolist(), "rejected": hr.tolist()},
-        }
-    return report
-
-
-def write_report(root: Path, rows: list[dict] | None = None, bins: int = 30) -> dict:
-    """Write ``filter_report.json`` and ``filter_report/<score>.png`` into the output folder."""
-    root = Path(root)
-    if rows is None:
-        rows = list(iter_output_rows(root))
-    rep = build_report(rows, bins)
-    d = root / REPORT_DIR
-    d.mkdir(exist_ok=True)
-    for old in d.glob("*.png"):
-        old.unlink()
-    thr_of_score = {rule.score: (rep["thresholds"].get(field), rule.op) for field, rule in RULES.items()}
-    for name, st in rep["scores"].items():
-        vals_k = [float((r["meta"].get("scores") or {})[name]) for r in rows
-                  if r.get("keep") and _finite((r["meta"].get("scores") or {}).get(name))]
-        vals_r = [float((r["meta"].get("scores") or {})[name]) for r in rows
-                  if not r.get("keep") and _finite((r["meta"].get("scores") or {}).get(name))]
-        thr, op = thr_of_score.get(name, (None, None))
-        png = d / f"{name}.png"
-        _draw_histogram(png, name, np.array(vals_k), np.array(vals_r), np.array(st["histogram"]["edges"]), thr, op)
-        st["png"] = f"{REPORT_DIR}/{png.name}"
-    (root / REPORT_FILE).write_text(json.dumps(rep, indent=1, sort_keys=True))
-    return rep
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+from .quality_report import REPORT_DIR, REPORT_FILE, build_report, write_report  # noqa: E402,F401

@@ -1,25 +1,30 @@
 """MagicBrush (the Hugging Face ``osunlp/MagicBrush`` parquet files, ``data/train-*.parquet``).
 
-Columns: ``img_id`` (the session), ``turn_index`` (1, 2, 3 ...), ``source_img``, ``mask_img``,
-``instruction``, ``target_img``; older files say ``input_img``/``output_img`` for the images: both
-are accepted. Each turn is one record; a multi-turn session keeps its order in ``meta``
-(``session``, ``turn_index``, ``session_turns``, ``previous_key``: the turn before, whose target is
-this turn's source). Records are sorted by (session, turn).
+Columns: ``img_id`` (the session: the MS-COCO image id), ``turn_index`` (1, 2, 3 ...),
+``source_img``, ``mask_img``, ``instruction``, ``target_img``; older files say
+``input_img``/``output_img`` for the images: both are accepted. Each turn is one record
+(``record_id = "<img_id>/<turn_index>"``), in file order; a multi-turn session keeps its order in
+``meta`` (``session``, ``turn_index``, ``session_turns``, ``turn_position``, ``previous_key``: the
+turn before, whose target is this turn's source), known from a first pass over the two id columns.
+Files are read one row group at a time, text columns only (the stage reads the image cells).
+
+``source.exclude_image_ids`` applies to ``img_id`` (MagicBrush edits COCO images: keep evaluation
+images out). A row whose ``img_id`` or ``turn_index`` is missing, of the wrong type or not finite
+is a dropped record naming the field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from pathlib import Path
+from typing import Any, Iterator
 
 from ..errors import ConfigError
-from ..schema import Row, drop, make_key, new_row
-from ._base import RecordSource, SourceConfig
+from ..schema import Row, make_key
+from ._base import BAD_FIELD, EXCLUDED, NOT_FINITE, RecordSource, SourceConfig
 from . import _edit
 
+DATASET = "magicbrush"
 SOURCE_COLUMNS = ("source_img", "input_img")
 TARGET_COLUMNS = ("target_img", "output_img")
 
@@ -30,11 +35,33 @@ class MagicBrushConfig(SourceConfig):
     use_mask: bool = True
 
 
-def _turn(v) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return 1 << 30
+def _session(v: Any) -> tuple[str | None, str | None]:
+    """(session id, fault class) of an ``img_id`` value."""
+    if isinstance(v, bool) or v is None:
+        return None, BAD_FIELD
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return None, NOT_FINITE
+        return (str(int(v)), None) if v.is_integer() else (None, BAD_FIELD)
+    if isinstance(v, int):
+        return str(v), None
+    if isinstance(v, str) and v.strip() and "/" not in v:
+        return v.strip(), None
+    return None, BAD_FIELD
+
+
+def _turn(v: Any) -> tuple[int | None, str | None]:
+    if isinstance(v, bool) or v is None:
+        return None, BAD_FIELD
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return None, NOT_FINITE
+        return (int(v), None) if v.is_integer() else (None, BAD_FIELD)
+    if isinstance(v, int):
+        return v, None
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v.strip()), None
+    return None, BAD_FIELD
 
 
 class MagicBrushSource(RecordSource):
@@ -44,49 +71,66 @@ class MagicBrushSource(RecordSource):
     def validate(self) -> None:
         if not self.config.parquet:
             raise ConfigError("source.parquet: required (MagicBrush parquet files or their folder)")
-        if not _edit.parquet_files(self.config.parquet):
+        files = _edit.parquet_files(self.config.parquet)
+        if not files:
             raise ConfigError(f"source.parquet: no parquet files match {self.config.parquet}")
+        self._columns = {}
+        for f, schema in _edit.check_parquet(files, "source.parquet").items():
+            names = schema.names
+            src = next((c for c in SOURCE_COLUMNS if c in names), None)
+            tgt = next((c for c in TARGET_COLUMNS if c in names), None)
+            if not src or not tgt or not {"instruction", "img_id", "turn_index"} <= set(names):
+                raise ConfigError(f"source.parquet: {f}: expected columns img_id, turn_index, instruction, "
+                                  f"source_img|input_img and target_img|output_img (found: {', '.join(names)})")
+            mask = "mask_img" if self.config.use_mask and "mask_img" in names else None
+            self._columns[f] = (src, tgt, mask, _edit.text_columns(schema))
 
     def records(self) -> Iterator[Row]:
-        for f in _edit.parquet_files(self.config.parquet):
-            try:
-                schema = pq.read_schema(f)
-            except (OSError, pa.ArrowException) as e:
-                row = new_row(key=make_key("magicbrush", f.name, "rec"), task="edit", dataset="magicbrush",
-                              meta={"file": str(f), "record_id": f.name})
-                yield drop(row, f"parquet file unreadable ({type(e).__name__}) (file={f})")
-                continue
-            names = schema.names
-            src_col = next((c for c in SOURCE_COLUMNS if c in names), None)
-            tgt_col = next((c for c in TARGET_COLUMNS if c in names), None)
-            if not src_col or not tgt_col or "instruction" not in names:
-                raise ConfigError(f"source.parquet: {f}: expected columns instruction, source_img|input_img and "
-                                  f"target_img|output_img (found: {', '.join(names)})")
-            mask_col = "mask_img" if self.config.use_mask and "mask_img" in names else None
-            text_cols = [n for n in names if not _edit.is_image_type(schema.field(n).type)]
-            recs = []
-            for i, rec in _edit.iter_parquet(f, text_cols):
-                if _edit.READ_ERROR in rec:
-                    yield _edit.read_error_record("magicbrush", f, i, rec[_edit.READ_ERROR])
-                else:
-                    recs.append((i, rec))
-            sessions: dict[str, list[int]] = {}
-            for i, rec in recs:
-                sessions.setdefault(str(rec.get("img_id")), []).append(_turn(rec.get("turn_index")))
-            for i, rec in sorted(recs, key=lambda ir: (str(ir[1].get("img_id")), _turn(ir[1].get("turn_index")), ir[0])):
-                session = str(rec.get("img_id"))
-                turn = _turn(rec.get("turn_index"))
-                rid = f"{session}/{rec.get('turn_index')}"
-                turns = sorted(sessions[session])
-                prev = [t for t in turns if t < turn]
-                ref = {"parquet": str(f), "row": i}
+        seen: set[str] = set()
+        for f, (src_col, tgt_col, mask_col, text_cols) in self._columns.items():
+            sessions = self._sessions(f)
+            stem = Path(f).stem
+            for i, rec, err in _edit.iter_parquet(f, text_cols, "source.parquet"):
+                if err is not None:
+                    yield _edit.unreadable_row(DATASET, f, i, err)
+                    continue
+                ref = {"parquet": f, "row": i}
+                session, s_fault = _session(rec.get("img_id"))
+                turn, t_fault = _turn(rec.get("turn_index"))
+                faults: list[tuple] = []
+                if s_fault:
+                    faults.append((s_fault, "img_id"))
+                if t_fault:
+                    faults.append((t_fault, "turn_index"))
+                rid = f"{session}/{turn}" if not faults else f"{stem}/{i}"
+                if rid in seen:
+                    faults.append((_edit.DUPLICATE_ID, "img_id"))
+                    rid = f"{rid}#{stem}/{i}"
+                seen.add(rid)
+                if session is not None and not s_fault and self.excluded(session):
+                    self.stats["excluded"] += 1
+                    faults.append((EXCLUDED, "img_id"))
+                turns = sessions.get(session, []) if not faults else []
+                prev = [t for t in turns if turn is not None and t < turn]
                 yield _edit.edit_record(
-                    "magicbrush", rid, rec.get("instruction"), src_ref={**ref, "column": src_col},
+                    DATASET, rid, rec.get("instruction"), src_ref={**ref, "column": src_col},
                     tgt_ref={**ref, "column": tgt_col}, mask_ref={**ref, "column": mask_col} if mask_col else None,
-                    file=str(f), parquet_row=i, session=session, turn_index=rec.get("turn_index"),
-                    session_turns=len(turns), turn_position=turns.index(turn) + 1 if turn in turns else None,
-                    previous_key=make_key("magicbrush", f"{session}/{prev[-1]}", "rec") if prev else None,
+                    file=f, parquet_row=i, faults=faults, session=session, turn_index=turn,
+                    session_turns=len(turns) or None, turn_position=turns.index(turn) + 1 if turn in turns else None,
+                    previous_key=make_key(DATASET, f"{session}/{prev[-1]}", "rec") if prev else None,
                 )
+
+    @staticmethod
+    def _sessions(f: str) -> dict[str, list[int]]:
+        """session -> its turn numbers (sorted, distinct), from the two id columns only."""
+        out: dict[str, set[int]] = {}
+        for _i, rec, err in _edit.iter_parquet(f, ["img_id", "turn_index"], "source.parquet", batch_rows=65536):
+            if err is None:
+                s, sf = _session(rec.get("img_id"))
+                t, tf = _turn(rec.get("turn_index"))
+                if not sf and not tf:
+                    out.setdefault(s, set()).add(t)
+        return {k: sorted(v) for k, v in out.items()}
 
 
 SOURCE = MagicBrushSource

@@ -8,7 +8,7 @@ stages. On disk (``DIR`` = ``--out``)::
     DIR/gallery.parquet     one row per patch, row i = gallery id i: key, dataset, image_id, region_id,
                             label, label_id, file, bbox [x,y,w,h], area_frac, crop [x,y,w,h],
                             tar, offset, size (the PNG's bytes in the tar), patch_w, patch_h
-    DIR/rejected.parquet    regions that did not enter the gallery: key, dataset, record_id, drop_reason
+    DIR/rejected.parquet    regions that did not enter the gallery: key, dataset, record_id, drop_class, drop_reason
     DIR/patches/NNNNNN.tar  <key>.png, RGBA: the region crop with ``context`` around it, alpha = mask
     DIR/embeddings.npy      float32 [N, D], L2-normalised, row i = gallery id i
     DIR/index.faiss         inner-product index over the embeddings (models/faiss_index.py)
@@ -202,14 +202,24 @@ class _TarShards:
 
 
 def iter_regions(cfg: GalleryConfig) -> Iterator[dict]:
+    """Every record of every source, in order: a file-group source (SA-1B, OpenImages) item by item
+    through its plan, a record source through its stream; ``source.limit`` applies."""
+    import itertools
+
+    from ..readers._base import FileGroupSource
     from ..stage import make_source
+    from ..storage import Location
 
     for i, spec in enumerate(cfg.sources):
         try:
             src = make_source(spec, cfg.seed)
         except ConfigError as e:
             raise ConfigError(f"sources[{i}]: {e}") from None
-        yield from src.iter_limited()
+        if isinstance(src, FileGroupSource):
+            for shard in src.plan(Location("."), 64):  # a file-group plan lists items only (no work folder)
+                yield from src.read(shard)
+        else:
+            yield from itertools.islice(src.records(), src.config.limit)
 
 
 def build_gallery(cfg: GalleryConfig, out: str | Path, *, progress: bool = True) -> dict:
@@ -243,7 +253,8 @@ def build_gallery(cfg: GalleryConfig, out: str | Path, *, progress: bool = True)
         meta = rec["meta"]
         base = {"key": rec["key"], "dataset": rec["dataset"], "record_id": str(meta.get("record_id"))}
         if not rec["keep"]:
-            rejected.append({**base, "drop_reason": rec["drop_reason"]})
+            rejected.append({**base, "drop_class": rec.get("drop_class") or rec["drop_reason"],
+                             "drop_reason": rec["drop_reason"]})
             continue
         try:
             f = meta["file"]
@@ -252,7 +263,7 @@ def build_gallery(cfg: GalleryConfig, out: str | Path, *, progress: bool = True)
                 cache[f] = decode(read_bytes(f, base["record_id"]), file=f, record=base["record_id"])
             patch, crop = region_patch(meta, cfg.patch, cache[f])
         except RecordError as e:
-            rejected.append({**base, "drop_reason": f"gallery: {e}"})
+            rejected.append({**base, "drop_class": f"gallery: {e.reason}", "drop_reason": f"gallery: {e}"})
             continue
         reg = meta["region"]
         tar, offset, size = shards.add(f"{rec['key']}.png", encode_rgba(patch))
@@ -272,7 +283,7 @@ def build_gallery(cfg: GalleryConfig, out: str | Path, *, progress: bool = True)
     np.save(root / EMBEDDINGS, emb)
     pq.write_table(pa.Table.from_pylist(rows), root / TABLE)
     rej_schema = pa.schema([("key", pa.string()), ("dataset", pa.string()), ("record_id", pa.string()),
-                            ("drop_reason", pa.string())])
+                            ("drop_class", pa.string()), ("drop_reason", pa.string())])
     pq.write_table(pa.Table.from_pylist(rejected, schema=rej_schema), root / REJECTED)
     index, info = build_index(emb, cfg.index)
     save_index(index, root / INDEX)
@@ -282,7 +293,7 @@ def build_gallery(cfg: GalleryConfig, out: str | Path, *, progress: bool = True)
 
     manifest = {
         "format": FORMAT, "name": cfg.name, "patches": len(rows), "rejected": len(rejected),
-        "rejected_reasons": dict(Counter(writer_mod.reason_class(r["drop_reason"]) for r in rejected)),
+        "rejected_reasons": dict(Counter(r["drop_class"] for r in rejected)),
         "datasets": dict(Counter(r["dataset"] for r in rows)),
         "labels": dict(Counter(str(r["label"]) for r in rows)),
         "embedder": {**embedder.describe(), "config": asdict(cfg.embedder)},

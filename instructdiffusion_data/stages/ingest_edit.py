@@ -3,15 +3,20 @@
 Resolves the image references a reader put in ``meta`` (files, parquet cells; inline bytes are
 already in the row), checks that source and target decode and have the same size, binarises the
 mask, re-encodes only where needed (``format: keep`` passes JPEG/PNG bytes through untouched), and
-applies a score filter: ``min_scores: {clip_sim_direction: 0.2, ...}`` drops a row whose
-``meta["scores"][name]`` is below the threshold with the reason ``clip_sim_direction<0.2``
-(InstructPix2Pix's CLIP scores; the paper trained on a filtered subset). Scores a row does not have
-are not filtered. A missing, corrupt or empty image, a size mismatch and a NaN or empty instruction
-drop the row with its reason.
+applies a score filter: ``min_scores: {clip_sim_dir: 0.2, ...}`` drops a row whose
+``meta["scores"][name]`` is below the threshold with the reason ``clip_sim_dir<0.2``
+(InstructPix2Pix's CLIP scores under their released names ``clip_sim_0``, ``clip_sim_1``,
+``clip_sim_dir``, ``clip_sim_image``; ``clip_sim_direction`` is accepted as an alias of
+``clip_sim_dir``; the paper trained on a filtered subset). A name no reader gives is a config error.
+A row without a configured score is not filtered and lists it in ``meta.filter_missing``; when no row
+of a batch has it, a warning says the threshold filters nothing. A missing, corrupt or empty image, a
+size mismatch and a NaN or empty instruction drop the row with its reason.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,9 +25,11 @@ import numpy as np
 
 from .. import imageio
 from ..errors import ConfigError, RecordError
-from ..readers._edit import ParquetCells, instruction_problem
+from ..readers._edit import IP2P_SCORES, SCORE_ALIASES, ParquetCells, instruction_problem, score_name
 from ..schema import Row, drop
 from ..stage import Stage, StageConfig
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("src", "tgt", "mask")
 
@@ -47,6 +54,18 @@ class IngestEditStage(Stage):
             raise ConfigError(f"stages.ingest_edit.max_side: must be >= 8 or null, got {c.max_side}")
         if not 1 <= c.quality <= 100:
             raise ConfigError(f"stages.ingest_edit.quality: must be in 1..100, got {c.quality}")
+        self._min: dict[str, float] = {}
+        for name, thr in (c.min_scores or {}).items():
+            key = score_name(str(name))
+            if key not in IP2P_SCORES:
+                raise ConfigError(f"stages.ingest_edit.min_scores.{name}: no reader gives this score (known: "
+                                  f"{', '.join(IP2P_SCORES)}; alias: {', '.join(SCORE_ALIASES)})")
+            if key in self._min:
+                raise ConfigError(f"stages.ingest_edit.min_scores.{name}: {key} is configured twice")
+            if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
+                raise ConfigError(f"stages.ingest_edit.min_scores.{name}: expected a finite number, got {thr!r}")
+            self._min[key] = float(thr)
+        self._warned: set[str] = set()
 
     def setup(self) -> None:
         self._cells = ParquetCells()
@@ -62,8 +81,15 @@ class IngestEditStage(Stage):
             try:
                 self._one(new)
             except RecordError as e:  # the row's own fault: dropped with its reason, the batch goes on
-                new = drop(dict(rows[i], meta=dict(rows[i]["meta"])), f"{self.name}: {e}")
+                new = drop(dict(rows[i], meta=dict(rows[i]["meta"])), f"{self.name}: {e.reason}", file=e.file,
+                           record=e.record, field=e.field)
             out[i] = new
+        for name in sorted(getattr(self, "_min", {})):
+            if rows and name not in self._warned and not any(
+                    name in {score_name(k) for k in ((r.get("meta") or {}).get("scores") or {})} for r in out):
+                self._warned.add(name)
+                log.warning("stages.ingest_edit.min_scores.%s: no row of this batch has meta.scores.%s; the "
+                            "threshold filters nothing here (rows list it in meta.filter_missing)", name, name)
         return out
 
     @staticmethod
@@ -124,13 +150,16 @@ class IngestEditStage(Stage):
             meta["scale"] = scale
         if resized:
             meta["target_resized"] = True
-        if c.min_scores:
-            scores = meta.get("scores") or {}
-            meta["filter"] = dict(c.min_scores)
-            for name, thr in sorted(c.min_scores.items()):
+        if self._min:
+            scores = {score_name(k): v for k, v in (meta.get("scores") or {}).items()}
+            meta["filter"] = dict(self._min)
+            missing = [name for name in sorted(self._min) if not isinstance(scores.get(name), (int, float))]
+            if missing:
+                meta["filter_missing"] = missing
+            for name, thr in sorted(self._min.items()):
                 v = scores.get(name)
                 if isinstance(v, (int, float)) and v < thr:
-                    drop(row, f"{name}<{thr:g}")
+                    drop(row, f"{name}<{thr:g}", record=rid, field=f"meta.scores.{name}", value=v)
 
     def _encode(self, original: bytes, rgb: np.ndarray, changed: bool) -> bytes:
         c = self.config
