@@ -82,7 +82,7 @@ class IngestEditStage(Stage):
                 self._one(new)
             except RecordError as e:  # the row's own fault: dropped with its reason, the batch goes on
                 new = drop(dict(rows[i], meta=dict(rows[i]["meta"])), f"{self.name}: {e.reason}", file=e.file,
-                           record=e.record, field=e.field)
+                           record=e.record, field=e.field, **getattr(e, "detail", {}))
             out[i] = new
         for name in sorted(getattr(self, "_min", {})):
             if rows and name not in self._warned and not any(
