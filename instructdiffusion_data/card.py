@@ -388,7 +388,8 @@ def read_output(root: Path, out_dir: Path, *, with_rejected: bool = False) -> Ou
                 if not p.is_file():
                     raise UserError(f"{p}: missing (listed in {where} as splits.{split}.shards[{i}])")
             if split == "rejected":
-                oc.rejected_tars.append(_join(gen_rel, tar))
+                if e.get("rows"):
+                    oc.rejected_tars.append(_join(gen_rel, tar))
                 oc.rejected_rows += int(e.get("rows") or 0)
                 oc.rejected_bytes += tar_path.stat().st_size
                 if not with_rejected:
@@ -404,8 +405,9 @@ def read_output(root: Path, out_dir: Path, *, with_rejected: bool = False) -> Ou
                 members.add("txt")
             members.add("json")
             if split == "train":
-                oc.train_tars.append(_join(gen_rel, tar))
-                oc.train_parquets.append(_join(gen_rel, pqf))
+                if table.num_rows:  # a shard whose rows were all dropped adds an empty tar: left out
+                    oc.train_tars.append(_join(gen_rel, tar))
+                    oc.train_parquets.append(_join(gen_rel, pqf))
                 oc.train_rows += table.num_rows
                 oc.train_bytes += tar_path.stat().st_size
                 for key, acc in (("task", oc.tasks), ("dataset", oc.datasets), ("licence", oc.licences)):
@@ -685,7 +687,7 @@ def build_card(root: str | os.PathLike, *, with_rejected: bool = False) -> CardR
     outs, skipped = [], []
     for d in find_outputs(root):
         oc = read_output(root, d, with_rejected=with_rejected)
-        if not oc.train_tars:
+        if not oc.train_rows:
             skipped.append((oc.rel or ".", "no kept rows"))
             continue
         outs.append(oc)
