@@ -420,7 +420,8 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
     # 3. execute: workers read, run the stages and write
     execute(specs)
 
-    # 4. manifest, with the accounting checked
+    # 4. manifest, with the accounting checked (no shard is in flight now: leftovers of killed attempts go)
+    writer.clean_attempts()
     split_index = source.split_index(loc, rps) if isinstance(source, RecordSource) else None
     summary.manifest = writer.write_manifest(
         config=cfgmod.to_dict(cfg),

@@ -315,8 +315,9 @@ class ShardWriter:
     def clean_attempts(self) -> int:
         """Remove temporary files of killed attempts (``*.tmp-<attempt>``: only this writer makes them)."""
         n = 0
-        for split in SPLITS:
-            d = self.loc / split
+        folders = [self.loc / split for split in SPLITS]
+        folders += [self.loc / ".plan" / d for d in (self.loc / ".plan").dirs()]
+        for d in folders:
             for nm in d.names():
                 if ".tmp-" in nm or nm.endswith(".tmp"):
                     _quiet_remove(d / nm)
