@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 UNKNOWN_CATEGORY = "annotation points at an unknown category id"
 KEYPOINT_COUNT = "wrong number of keypoint values"
 BAD_VISIBILITY = "keypoint visibility flag out of range"
+UNREADABLE_IMAGE = "image file unreadable"
 
 # Dataset joint identifiers (as their json files or docs spell them) -> instruction vocabulary.
 JOINT_NAMES: dict[str, str] = {
@@ -96,7 +97,7 @@ def image_size(path: str, record: str | None = None) -> tuple[int, int]:
     except FileNotFoundError:
         raise RecordError("image file missing", file=str(path), record=record) from None
     except (UnidentifiedImageError, OSError) as e:
-        raise RecordError("image file unreadable", file=str(path), record=record, field=type(e).__name__) from None
+        raise RecordError(UNREADABLE_IMAGE, file=str(path), record=record, field=type(e).__name__) from None
 
 
 def joints_bbox(joints: list[dict]) -> list[float] | None:
@@ -279,10 +280,10 @@ def _person(src: CocoStyleKeypoints, dataset: str, ann_file: str, images: ImageI
         return bad(BAD_FIELD, "images[].file_name", {"file_name": name})
     if problem:
         return bad(problem[1], f"images[].{problem[0]}", image=path)
-    if cats and ann.get("category_id") not in cats:
-        cid = ann.get("category_id")
+    cid = ann.get("category_id")
+    if cats and not (valid_id(cid) and cid in cats):
         return bad(UNKNOWN_CATEGORY, "category_id", {"category_id": cid if valid_id(cid) else None}, image=path)
-    names = cats.get(ann.get("category_id"), default_names) if cats else default_names
+    names = cats[cid] if cats else default_names
     kps = ann.get("keypoints")
     if not isinstance(kps, list):
         return bad(BAD_FIELD, "keypoints", image=path)

@@ -25,13 +25,12 @@ from ..errors import ConfigError, RecordError
 from ..schema import Row
 from ._base import BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, bad_record, image_path
 from ._coco import JsonStream, local_or_uri
-from ._keypoints import (BAD_VISIBILITY, KEYPOINT_COUNT, CocoKeypointsBase, CocoStyleKeypoints, clip_box,
+from ._keypoints import (BAD_VISIBILITY, KEYPOINT_COUNT, UNREADABLE_IMAGE, CocoKeypointsBase, CocoStyleKeypoints, clip_box,
                          image_size, joints_bbox, number_problem, person_row, readable)
 
 AIC_JOINTS = ["right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
               "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "head_top", "neck"]
 AIC_TO_COCO_V = {1: 2, 2: 1, 3: 0}
-UNREADABLE_IMAGE = "image file unreadable"
 
 
 @dataclass
@@ -122,7 +121,10 @@ class AICSource(CocoStyleKeypoints):
             w, h = image_size(file, image_id)
         except RecordError as e:
             for hn in humans:
-                yield bad(hn, NO_IMAGE_FILE if e.reason == NO_IMAGE_FILE else UNREADABLE_IMAGE, e.field, at=file)
+                if e.reason == NO_IMAGE_FILE:
+                    yield bad(hn, NO_IMAGE_FILE, "image_id", at=file)
+                else:
+                    yield bad(hn, UNREADABLE_IMAGE, "image_id", at=file, error=e.field)
             return
         people = []
         for hn in humans:

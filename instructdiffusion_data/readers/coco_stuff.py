@@ -41,6 +41,7 @@ from ._keypoints import UNKNOWN_CATEGORY
 OTHER_ID = 183
 NO_LABELMAP = "label map missing for image"
 NO_SEGMENTS = "no labelled segment"
+MB = 1 << 20  # unit of bucket_mb
 
 
 @dataclass
@@ -122,7 +123,7 @@ class CocoStuffSource(RecordSource):
 
         ids = sorted(images.pos, key=sort_key)
         size = sum((Location(p).facts() or (0, 0))[0] for p in cfg.annotations)
-        n_buckets = max(1, min(len(ids), math.ceil(size / (cfg.bucket_mb << 20))))
+        n_buckets = max(1, min(len(ids), math.ceil(size / (cfg.bucket_mb * MB))))
         bounds = [sort_key(ids[len(ids) * k // n_buckets]) for k in range(1, n_buckets)]
         with tempfile.TemporaryDirectory(prefix="idd-cocostuff-") as tmp:
             outs = [open(Path(tmp) / f"{b:05d}.pkl", "wb") for b in range(n_buckets)]

@@ -108,7 +108,10 @@ class MPIISource(RecordSource):
             w, h = image_size(file, img)
         except RecordError as e:
             for rid, (idx, _) in zip(rids, people):
-                yield bad(rid, idx, NO_IMAGE_FILE if e.reason == NO_IMAGE_FILE else e.reason, e.field, at=file)
+                if e.reason == NO_IMAGE_FILE:
+                    yield bad(rid, idx, NO_IMAGE_FILE, "image", at=file)
+                else:
+                    yield bad(rid, idx, e.reason, "image", at=file, error=e.field)
             return
         parsed: list = []
         boxes = []

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..config import check_path
 from ..errors import ConfigError
+from ..imageio import pixel_limit
 from ..schema import Row, drop
 from ..storage import exists, is_uri, join
 from ._base import (BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 DATASET = "phrasecut"
 SPLITS = ("train", "val", "test", "miniv")
 _SUBPIXEL_SHIFT = 3  # cv2.fillPoly fixed-point bits: polygon coordinates are floats in PhraseCut
+MAX_COORD = 1e6  # |coordinate| beyond this is no image's pixel (and would overflow the rasteriser)
 
 # Reason classes of this reader (the per-record values are details: area=, min=, eligible=, ...)
 NO_POLYGON = "no valid polygon"
@@ -55,6 +57,7 @@ TOO_SMALL = "region too small"
 TOO_LARGE = "region too large"
 AT_BORDER = "region cut by the image border"
 TOO_MANY = "too many regions on the image"
+TOO_LARGE_IMAGE = "image too large"  # the same class as imageio's limit on decoded images
 
 
 @dataclass
@@ -165,6 +168,10 @@ class PhraseCutSource(RecordSource):
             if v <= 0 or not float(v).is_integer():
                 return bad(BAD_FIELD, name, at=info, detail={"value": v}, image_id=image_id, image=file)
         w, h = int(w), int(h)
+        limit = pixel_limit()
+        if limit and w * h > limit:  # the selection rasterises the region at this size
+            return bad(TOO_LARGE_IMAGE, "width", at=info, detail={"width": w, "height": h, "limit": limit},
+                       image_id=image_id, image=file)
         phrase = task["phrase"]
         if not isinstance(phrase, str) or not phrase.strip():
             return bad(BAD_FIELD, "phrase", detail={"problem": "empty" if isinstance(phrase, str) else "not text"},
@@ -209,13 +216,14 @@ class PhraseCutSource(RecordSource):
         for row in rows:
             if not row["keep"]:
                 continue
-            reg, tid = row["meta"]["region"], row["meta"]["record_id"]
+            reg, tid, at = row["meta"]["region"], row["meta"]["record_id"], row["meta"]["annotation_file"]
             if reg["area_frac"] < c.min_area_frac:
-                drop(row, TOO_SMALL, record=tid, area=reg["area_frac"], min=c.min_area_frac)
+                drop(row, TOO_SMALL, file=at, record=tid, field="Polygons", area=reg["area_frac"], min=c.min_area_frac)
             elif reg["area_frac"] > c.max_area_frac:
-                drop(row, TOO_LARGE, record=tid, area=reg["area_frac"], max=c.max_area_frac)
+                drop(row, TOO_LARGE, file=at, record=tid, field="Polygons", area=reg["area_frac"], max=c.max_area_frac)
             elif reg["border_frac"] > c.max_border_frac:
-                drop(row, AT_BORDER, record=tid, border=reg["border_frac"], max=c.max_border_frac)
+                drop(row, AT_BORDER, file=at, record=tid, field="Polygons", border=reg["border_frac"],
+                     max=c.max_border_frac)
             else:
                 per_image[row["meta"]["image_id"]].append(row)
         if c.max_per_image is None:
@@ -225,8 +233,8 @@ class PhraseCutSource(RecordSource):
                 continue
             ranked = sorted(group, key=lambda r: _priority(self.seed, r["meta"]["record_id"]))
             for row in ranked[c.max_per_image:]:
-                drop(row, TOO_MANY, record=row["meta"]["record_id"], image=image_id, eligible=len(group),
-                     max=c.max_per_image)
+                drop(row, TOO_MANY, file=row["meta"]["annotation_file"], record=row["meta"]["record_id"],
+                     field="image_id", image=image_id, eligible=len(group), max=c.max_per_image)
 
 
 def _priority(seed: int, task_id: str) -> str:
@@ -260,6 +268,8 @@ def parse_polygons(raw: Any) -> tuple[list[list[list[list[float]]]], int, str | 
                     return [], 0, f"instance {ii} polygon {pi} has a point that is not [x, y] numbers: {pt!r}"
                 if not all(math.isfinite(v) for v in pt):
                     return [], 0, f"instance {ii} polygon {pi} has a non-finite point: {pt!r}"
+                if not all(abs(v) <= MAX_COORD for v in pt):
+                    return [], 0, f"instance {ii} polygon {pi} has a point far outside any image: {pt!r}"
                 pts.append([float(pt[0]), float(pt[1])])
             if len(pts) < 3 or abs(_shoelace(pts)) < 1e-6:
                 skipped += 1
