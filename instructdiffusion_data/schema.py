@@ -1,4 +1,4 @@
-"""The row schema every stage reads and writes (DESIGN.md, "One row").
+"""The row schema every stage reads and writes (docs/architecture.md, "The row").
 
 A batch travels between stages as a ``pyarrow.Table`` with exactly :data:`ARROW_SCHEMA`.
 Inside a stage it is a list of :class:`dict` rows whose ``meta`` is already parsed; the helpers
