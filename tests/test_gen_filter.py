@@ -304,3 +304,16 @@ def test_refiltered_rows_are_what_the_stage_would_write(tmp_path):
     assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 0
     cur = Path(current(root).path)
     assert {p.relative_to(cur).as_posix(): sha(p) for p in sorted(cur.glob("*/*.tar"))} == gen0
+
+
+def test_new_generation_keeps_the_shard_facts(tmp_path):
+    root = _build(tmp_path, n=6)
+    m0 = current(root).manifest
+    st0 = json.loads((root / "train" / "000000.stats.json").read_text())
+    assert idd(["filter", str(root), "--set", "aesthetic_tgt_min=0.0"]) == 0
+    gen = current(root)
+    st1 = json.loads((Path(gen.path) / "train" / "000000.stats.json").read_text())
+    for k in set(st0) - {"files", "rows", "tasks", "datasets", "drop_reasons", "verified", "bytes",
+                         "rows_without_image", "rows_without_image_examples"}:
+        assert st1.get(k) == st0[k], k
+    assert gen.manifest.get("records") == m0.get("records")

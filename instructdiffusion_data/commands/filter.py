@@ -240,7 +240,11 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
             for fh in fhs.values():
                 fh.close()
         if not dry_run:
-            writer.write_shard(int(name), rows)
+            info = _shard_info(src, entries)
+            if info:
+                writer.write_shard(int(name), rows, info)
+            else:
+                writer.write_shard(int(name), rows)
             faults.point("filter.shard")
             for split in SPLITS:
                 files_of[(split, name)] = _shard_files(target, split, name)
@@ -272,6 +276,24 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
         result["generation_path"] = str(gen.loc)
     result["from_generation"] = src.number
     return result
+
+
+# what a stats file says about one split (the writer recomputes these); everything else in it is a fact of
+# the shard (records, inputs, reader counters) and is carried over to the new generation
+_SPLIT_KEYS = {"shard", "split", "files", "rows", "tasks", "datasets", "drop_reasons", "verified", "bytes",
+               "rows_without_image", "rows_without_image_examples"}
+
+
+def _shard_info(src, entries: dict) -> dict:
+    """The shard facts of the source shard's stats (the same in both splits), for ``write_shard(info=)``."""
+    for split in sorted(entries):
+        loc = src.file(f"{split}/{entries[split]['parquet'].rsplit('/', 1)[-1].split('.')[0]}.stats.json")
+        try:
+            st = json.loads(loc.read_text())
+        except (OSError, ValueError):
+            continue
+        return {k: v for k, v in st.items() if k not in _SPLIT_KEYS}
+    return {}
 
 
 def _same(dest, root_loc) -> bool:
