@@ -22,13 +22,15 @@ def encode(fmt: str, seed: int, size: tuple[int, int] = (24, 16), mode: str = "R
 
 
 def row(dataset: str, image_id: int, variant: int = 0, *, fmt: str = "JPEG", mask: bool = False, keep: bool = True,
-        task: str = "keypoint", file_root: str = "{source.images}", provenance: dict | None = None) -> dict:
+        task: str = "keypoint", file_root: str = "{source.images}", provenance: dict | None = None,
+        **meta_extra) -> dict:
     from instructdiffusion_data.schema import drop, make_key, new_row
 
     rid = f"{image_id}_{variant}"
     meta = {"record_id": rid, "image_id": image_id, "file": f"{file_root}/{image_id:012d}.jpg", "variant": variant}
     if provenance:
         meta["provenance"] = provenance
+    meta.update(meta_extra)
     seed = image_id * 10 + variant
     r = new_row(key=make_key(dataset, rid, variant), task=task, dataset=dataset, instruction=f"do {rid}", meta=meta,
                 src=encode(fmt, seed), tgt=encode(fmt, seed + 1), mask=encode("PNG", seed, mode="L") if mask else None)

@@ -120,6 +120,16 @@ def test_match_kinds_dataset_and_output_filters(tmp_path):
     assert not any(p.name == "generations" for p in tmp_path.rglob("*"))  # dry runs write nothing
 
 
+def test_replacement_rows_match_the_image_their_patch_came_from(tmp_path):
+    write_output(tmp_path, "ieiw_replacement", "v1", [[
+        row("openimages", 7, task="edit_replace", file_root="{source.root}/validation",
+            reference={"image_id": "7a1ec4ff91c4911f", "file": "{source.root}/validation/7a1ec4ff91c4911f.jpg"}),
+        row("openimages", 8, task="edit_replace")]], roots={"source.root": "/data/openimages"})
+    for ident in ("image:7a1ec4ff91c4911f", "7a1ec4ff91c4911f.jpg", "/data/openimages/validation/7a1ec4ff91c4911f.jpg"):
+        res = takedown(tmp_path, [ident], dry_run=True)
+        assert [r["key"] for r in res["outputs"]["ieiw_replacement/v1"]["rows"]] == [row("openimages", 7)["key"]], ident
+
+
 def test_no_match_and_keep_images(tmp_path, capsys):
     outs = build(tmp_path)
     assert main(["takedown", str(tmp_path), "--source", "image:999"]) == 1

@@ -2,9 +2,10 @@
 
 For each output under ROOT (``ROOT/<name>/<version>``, or ROOT itself when it is an output) the rows of
 its current generation are matched against ID: records (the sidecar's ``source_id``, the meta's
-``record_id``, ``provenance.source_id``), images (``image_id``, ``provenance.image``) and the source
-files the row was made from (``file``, ``target_file``, ``mask_file``: as written with their ``{root}``
-token, resolved to the absolute path, by file name or by file name without extension). A bare ID
+``record_id``, ``provenance.source_id``), images (``image_id``, ``provenance.image``, and
+``reference.image_id``: the image an object-replacement row took its pasted patch from) and the source
+files the row was made from (``file``, ``target_file``, ``mask_file``, ``reference.file``: as written with
+their ``{root}`` token, resolved to the absolute path, by file name or by file name without extension). A bare ID
 matches any of them; ``record:ID``, ``image:ID`` and ``file:NAME`` match one kind only (a COCO image id
 and a RefCOCO ref id can be the same number); ``--dataset`` and ``--output`` narrow further. A matching row is moved to
 ``rejected`` with the reason class ``takedown`` (details: the requested id and the date) ahead of any
@@ -82,11 +83,13 @@ def row_keys(row: dict, roots: dict) -> set[str]:
     (``record:<id>``, ``image:<id>``, ``file:<name, stem or path>``)."""
     meta = row.get("meta") or {}
     prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+    ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}  # a pasted patch's source
     records = {row.get("source_id"), meta.get("record_id"), prov.get("source_id")}
-    images = {meta.get("image_id"), prov.get("image")}
+    images = {meta.get("image_id"), prov.get("image"), ref.get("image_id")}
     files: set[str] = set()
     for f in _PATH_FIELDS:
         files |= _path_keys(meta.get(f), roots)
+    files |= _path_keys(ref.get("file"), roots)
     keys: set[str] = set()
     for kind, vals in (("record", records), ("image", images), ("file", files)):
         for v in vals:
