@@ -34,7 +34,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -529,7 +528,7 @@ def body_for(outputs: list[OutputCard], skipped: list[tuple[str, str]], *, with_
              "(Geng et al., 2023, arXiv:2309.03895), written by the `instructdiffusion-data` engine "
              "(format `instructdiffusion-data/2`, see its `docs/shard-format.md`). Every config below is one output "
              "(one pipeline at one version, its current generation); its `train` split holds the kept rows.",
-             f"Card written {datetime.now(UTC).isoformat(timespec='seconds')} by `idd card`.", "",
+             "Written by `idd card` from the outputs' manifests and sidecars (the same outputs give the same card).", "",
              "## Configs", "",
              "| config | output | generation | kept rows | rejected rows | tasks | datasets | members |",
              "|---|---|---|---|---|---|---|---|"]
