@@ -141,7 +141,9 @@ def test_browse_filter_label_and_export(server, page):
     page.click("#reject")
     page.wait_for_selector("#label-history li")
     assert "e2e-auditor" in page.locator("#label-history li").first.inner_text()
-    db = server["outs"]["ieiw_removal/v1"] / "audit" / "labels.sqlite"
+    from instructdiffusion_data.audit.labels import labels_path
+
+    db = labels_path(server["outs"]["ieiw_removal/v1"])  # beside the output (docs/reliability.md)
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT auditor, key, verdict, comment FROM labels").fetchall()
     assert rows == [("e2e-auditor", key, "reject", "target looks washed out")]
