@@ -158,7 +158,7 @@ def test_full_resolution_smaller_images_and_templates(tmp_path):
     small, = run_stages_local([EnhancePairStage({"crop_size": 64})], [rec])
     assert small["keep"] and small["meta"]["crop"][2:] == [64, 50]
     strict, = run_stages_local([EnhancePairStage({"crop_size": 64, "allow_smaller": False})], [rec])
-    assert not strict["keep"] and "smaller than crop_size 64" in strict["drop_reason"]
+    assert not strict["keep"] and "smaller than crop_size" in strict["drop_reason"]
     for task in ("deblur", "denoise", "dewatermark"):
         assert len(set(load_templates(task))) >= 10
     with pytest.raises(ConfigError, match="crop_size"):
@@ -180,7 +180,7 @@ def test_bad_pairs_dropped_with_reason_and_batch_continues(tmp_path):
     out = {r["meta"]["record_id"]: r for r in run_stages_local([EnhancePairStage({"crop_size": 32})],
                                                                 [good, mism, corrupt, gone, half])}
     assert out["good"]["keep"]
-    assert "size mismatch: source 40x40 vs target 40x30" in out["mism"]["drop_reason"]
+    assert "size mismatch" in out["mism"]["drop_reason"] and "40x30" in out["mism"]["drop_reason"]
     assert "image is corrupt" in out["corrupt"]["drop_reason"]
     assert "image file missing" in out["gone"]["drop_reason"]
     assert out["half"]["drop_class"] == "missing pair half"  # dropped by the reader, passed through

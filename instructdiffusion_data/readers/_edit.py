@@ -53,6 +53,18 @@ def score_name(name: str) -> str:
     return SCORE_ALIASES.get(name, name)
 
 
+def unique_id(rid: str, seen: set[str], where: Any) -> tuple[str, bool]:
+    """``rid``, or ``rid#<where>`` when a record of this source already has it (keys must not repeat);
+    the second value says whether it was a repeat. ``seen`` is updated."""
+    dup = rid in seen
+    if dup:
+        rid = f"{rid}#{where}"
+        while rid in seen:
+            rid += "#"
+    seen.add(rid)
+    return rid, dup
+
+
 def is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 

@@ -81,15 +81,15 @@ class GIERSource(RecordSource):
         seen: set[str] = set()
         for idx, ent in enumerate(data):
             if not isinstance(ent, dict):
-                yield bad_record(DATASET, "edit", str(idx), BAD_FIELD, path, "entry", entry=idx)
+                rid, _dup = _edit.unique_id(str(idx), seen, idx)
+                yield bad_record(DATASET, "edit", rid, BAD_FIELD, path, "entry", entry=idx)
                 continue
             eid = ent.get("id")
             rid = str(eid) if isinstance(eid, (str, int)) and not isinstance(eid, bool) and str(eid).strip() else str(idx)
             faults: list[tuple] = []
-            if rid in seen:
+            rid, dup = _edit.unique_id(rid, seen, idx)
+            if dup:
                 faults.append((_edit.DUPLICATE_ID, "id"))
-                rid = f"{rid}#{idx}"
-            seen.add(rid)
             field_used = self.config.instruction_field
             text = ent.get(field_used)
             for fb in self.config.fallback_fields:

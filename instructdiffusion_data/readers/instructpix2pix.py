@@ -117,15 +117,16 @@ class IP2PFolderSource(FileGroupSource):
         data = load_json(seeds_file, "source.root")
         if not isinstance(data, list):
             raise ConfigError(f"source.root: {seeds_file}: expected [[prompt folder, [seeds]], ...]")
-        out = []
+        out: dict[str, list[str]] = {}
         for i, ent in enumerate(data):
             ok = (isinstance(ent, (list, tuple)) and len(ent) == 2 and isinstance(ent[0], str)
                   and image_path(root, ent[0]) is not None and "/" not in ent[0] and isinstance(ent[1], list)
                   and all(isinstance(s, (str, int)) and not isinstance(s, bool) and str(s).isdigit() for s in ent[1]))
             if not ok:
                 raise ConfigError(f"source.root: {seeds_file}: entry {i} is not [prompt folder, [seeds]] ({str(ent)[:80]})")
-            out.append((ent[0], [str(s) for s in ent[1]]))
-        return out
+            seeds = out.setdefault(ent[0], [])  # a folder listed twice: its seeds once each
+            seeds += [str(s) for s in ent[1] if str(s) not in seeds]
+        return list(out.items())
 
     def items(self) -> Iterator[list[str]]:
         root = self.config.root
@@ -223,15 +224,19 @@ class IP2PParquetSource(RecordSource):
 
     def records(self) -> Iterator[Row]:
         c = self.config
+        seen: set[str] = set()
         for f in _edit.parquet_files(c.parquet):
             schema = _edit.open_parquet(f, "source.parquet").schema_arrow
+            stem = posixpath.splitext(_pairs.parts(f)[-1])[0]
             for i, rec, err in _edit.iter_parquet(f, _edit.text_columns(schema), "source.parquet"):
+                rid, _dup = _edit.unique_id(f"{stem}/{i}", seen, f)  # two files of one name in two folders
                 if err is not None:
-                    yield _edit.unreadable_row(DATASET, f, i, err)
+                    row = _edit.unreadable_row(DATASET, f, i, err)
+                    yield row
                     continue
                 scores, faults = read_scores(rec)
                 yield _edit.edit_record(
-                    DATASET, f"{posixpath.splitext(_pairs.parts(f)[-1])[0]}/{i}", rec.get(c.instruction_column),
+                    DATASET, rid, rec.get(c.instruction_column),
                     src_ref={"parquet": f, "row": i, "column": c.source_column},
                     tgt_ref={"parquet": f, "row": i, "column": c.target_column}, file=f, parquet_row=i,
                     faults=faults, scores=scores, input_caption=_text(rec.get("original_prompt")),

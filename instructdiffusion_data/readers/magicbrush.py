@@ -92,7 +92,9 @@ class MagicBrushSource(RecordSource):
             stem = Path(f).stem
             for i, rec, err in _edit.iter_parquet(f, text_cols, "source.parquet"):
                 if err is not None:
-                    yield _edit.unreadable_row(DATASET, f, i, err)
+                    row = _edit.unreadable_row(DATASET, f, i, err)
+                    seen.add(row["meta"]["record_id"])
+                    yield row
                     continue
                 ref = {"parquet": f, "row": i}
                 session, s_fault = _session(rec.get("img_id"))
@@ -102,11 +104,9 @@ class MagicBrushSource(RecordSource):
                     faults.append((s_fault, "img_id"))
                 if t_fault:
                     faults.append((t_fault, "turn_index"))
-                rid = f"{session}/{turn}" if not faults else f"{stem}/{i}"
-                if rid in seen:
+                rid, dup = _edit.unique_id(f"{session}/{turn}" if not faults else f"{stem}/{i}", seen, f"{stem}/{i}")
+                if dup:
                     faults.append((_edit.DUPLICATE_ID, "img_id"))
-                    rid = f"{rid}#{stem}/{i}"
-                seen.add(rid)
                 if session is not None and not s_fault and self.excluded(session):
                     self.stats["excluded"] += 1
                     faults.append((EXCLUDED, "img_id"))

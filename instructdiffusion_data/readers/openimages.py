@@ -42,7 +42,7 @@ from ..schema import Row
 from ..storage import child_path, exists, is_uri, read_bytes
 from . import _regions
 from ._base import BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, NOT_FINITE, FileGroupSource, SourceConfig, image_path
-from ._edit import DUPLICATE_ID
+from ._edit import DUPLICATE_ID, unique_id
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +206,8 @@ class OpenImagesSource(FileGroupSource):
             self.stats["regions"] += 1
             box_id = row.get("BoxID")
             ok_box = isinstance(box_id, str) and box_id.strip() and "/" not in box_id
-            rid = f"{image_id}:{box_id}" if ok_box else f"{image_id}:line{line}"
-            row_fault = fault
-            if rid in seen:
-                rid = f"{rid}#line{line}"
-                row_fault = row_fault or (DUPLICATE_ID, "BoxID")
-            seen.add(rid)
+            rid, dup = unique_id(f"{image_id}:{box_id}" if ok_box else f"{image_id}:line{line}", seen, f"line{line}")
+            row_fault = fault or ((DUPLICATE_ID, "BoxID") if dup else None)
             if row_fault is None and not ok_box:
                 row_fault = (BAD_FIELD, "BoxID")
             reg = None

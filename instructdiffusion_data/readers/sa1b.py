@@ -36,7 +36,7 @@ from ..schema import Row
 from ..storage import Location, child_path, exists, read_bytes
 from . import _pairs, _regions
 from ._base import BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, NOT_FINITE, FileGroupSource, SourceConfig, finite, image_path
-from ._edit import DUPLICATE_ID
+from ._edit import DUPLICATE_ID, unique_id
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +179,8 @@ class Sa1bSource(FileGroupSource):
         for i, a in enumerate(anns):
             aid = a.get("id") if isinstance(a, dict) else None
             ok_id = isinstance(aid, (int, str)) and not isinstance(aid, bool) and str(aid).strip()
-            rid = f"{image_id}:{aid}" if ok_id else f"{image_id}:#{i}"
-            row_fault = fault
-            if rid in seen:
-                rid = f"{rid}#{i}"
-                row_fault = row_fault or (DUPLICATE_ID, "id")
-            seen.add(rid)
+            rid, dup = unique_id(f"{image_id}:{aid}" if ok_id else f"{image_id}:#{i}", seen, i)
+            row_fault = fault or ((DUPLICATE_ID, "id") if dup else None)
             if row_fault is None and not ok_id:
                 row_fault = (BAD_FIELD, "id")
             reg = None

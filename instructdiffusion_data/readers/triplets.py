@@ -184,11 +184,9 @@ class TripletsSource(RecordSource):
                                                   or isinstance(rid_value, (dict, list, bytes))):
                 faults.append((BAD_FIELD, c.id_column))
                 rid_value = None
-            rid = str(rid_value) if rid_value not in (None, "") else str(i)
-            if rid in seen:
+            rid, dup = _edit.unique_id(str(rid_value) if rid_value not in (None, "") else str(i), seen, i)
+            if dup:
                 faults.append((_edit.DUPLICATE_ID, c.id_column or "row"))
-                rid = f"{rid}#{i}"
-            seen.add(rid)
             src_ref, src_bytes, f_src = self._ref(rec, i, c.source_column, base) if not fault else ({}, None, None)
             tgt_ref, tgt_bytes, f_tgt = self._ref(rec, i, c.target_column, base) if not fault else ({}, None, None)
             mask_ref, mask_bytes, f_mask = self._ref(rec, i, c.mask_column, base) if not fault else (None, None, None)
