@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import math
 import re
+from array import array
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError
 from ..storage import is_uri, resolve
-from ._base import finite
+from ._base import finite, image_path
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ CHUNK = 1 << 20  # bytes read from the file at a time
 _SENTINELS = {"\x00idd:NaN": math.nan, "\x00idd:Infinity": math.inf, "\x00idd:-Infinity": -math.inf}
 _SENTINEL_OF = {b"NaN": b'"\\u0000idd:NaN"', b"Infinity": b'"\\u0000idd:Infinity"',
                 b"-Infinity": b'"\\u0000idd:-Infinity"'}
-# a chunk holding one of these needs the careful (token by token) pass; anything else passes through
-_CANDIDATE = re.compile(rb"NaN|Infinity|[eE]\+?[0-9]{3}|[0-9]{19}")
+# a chunk holding NaN or Infinity needs the careful (token by token) pass; anything else passes through.
+# Numbers overflowing a double or int64 are rarer still: a pass that meets one (yajl: "overflow") is
+# read again in careful mode, every chunk token by token, skipping the items already yielded.
+_FAST = (b"NaN", b"Infinity")
 _TOKEN = re.compile(rb'\\.|"|-?Infinity|NaN|-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?')
 _QUOTE = re.compile(rb'\\.|"')
 _INT64 = 1 << 63
@@ -52,8 +55,9 @@ class _Sanitizer:
     Chunks are cut after a ``,`` ``]`` or ``}`` so that no number or literal spans two chunks; the
     in-string state is carried across chunks."""
 
-    def __init__(self, raw: Any):
+    def __init__(self, raw: Any, careful: bool = False):
         self.raw = raw
+        self.careful = careful
         self.pending = b""
         self.eof = False
         self.in_string = False
@@ -88,7 +92,7 @@ class _Sanitizer:
             return self._clean(out)
 
     def _clean(self, chunk: bytes) -> bytes:
-        if not _CANDIDATE.search(chunk):
+        if not self.careful and not any(t in chunk for t in _FAST):
             if b"\\" not in chunk:
                 if chunk.count(b'"') & 1:
                     self.in_string = not self.in_string
@@ -147,6 +151,7 @@ class JsonStream:
         self.path = str(path)
         self.where = where
         self.nonstandard = 0  # tokens rewritten (NaN, Infinity, overflowing numbers), last pass
+        self.careful = False  # set once a pass met a number overflowing a double or int64
 
     def _open(self):
         if is_uri(self.path):
@@ -172,19 +177,31 @@ class JsonStream:
     def items(self, prefix: str) -> Iterator[Any]:
         import ijson
 
-        fh = self._open()
-        src = _Sanitizer(fh)
-        try:
-            for obj in ijson.items(src, prefix, use_float=True, buf_size=CHUNK):
-                if src.replaced:
-                    obj = restore(obj)
-                yield obj
-        except ijson.JSONError as e:
-            raise ConfigError(f"{self.where}: {self.path} is not valid JSON (near byte {src.offset}: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        finally:
-            self.nonstandard = src.replaced
-            fh.close()
+        done, careful = 0, self.careful
+        while True:
+            fh = self._open()
+            src = _Sanitizer(fh, careful=careful)
+            n = 0
+            try:
+                for obj in ijson.items(src, prefix, use_float=True, buf_size=CHUNK):
+                    n += 1
+                    if n <= done:  # a careful rereading: these were yielded already
+                        continue
+                    if src.replaced:
+                        obj = restore(obj)
+                    yield obj
+                return
+            except ijson.JSONError as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if not careful and "overflow" in msg:
+                    done, careful = n, True
+                    self.careful = True  # the next passes over this file start careful
+                    continue
+                raise ConfigError(f"{self.where}: {self.path} is not valid JSON (near byte {src.offset}: "
+                                  f"{msg})") from None
+            finally:
+                self.nonstandard = src.replaced
+                fh.close()
 
     def kind(self, key: str) -> str:
         """What the top-level member ``key`` holds: ``list``, ``object``, ``string``, ``number``,
@@ -193,7 +210,7 @@ class JsonStream:
         import ijson
 
         fh = self._open()
-        src = _Sanitizer(fh)
+        src = _Sanitizer(fh, careful=True)
         names = {"start_array": "list", "start_map": "object"}
         try:
             for prefix, event, _ in ijson.parse(src, buf_size=CHUNK):
@@ -255,16 +272,21 @@ def size_value(v: Any) -> tuple[float | None, str | None]:
 
 
 class ImageIndex:
-    """The ``images`` array of a COCO-style file as a compact index: image id -> position, and per
-    position one tuple ``(file_name, width, height, extra)`` (``extra`` is one value a reader asks for,
-    e.g. CrowdPose's ``crowdIndex``). Entries without a usable id are counted (``bad``) and cannot be
-    referred to; a bad ``file_name`` or size is kept as None plus a problem the record reports."""
+    """The ``images`` array of a COCO-style file as a compact, columnar index: image id -> position, and
+    per position the file name (a list of str), width and height (one float array) and one optional
+    number a reader asks for (``extra_key``, e.g. CrowdPose's ``crowdIndex``; a float array). No dict or
+    tuple per image: about 150 bytes an image. Entries without a usable id are counted (``bad``) and
+    cannot be referred to; a bad ``file_name`` or size is kept as None plus a problem (a sparse dict)
+    that the record reports."""
 
-    __slots__ = ("pos", "rows", "bad", "duplicates", "extra_key")
+    __slots__ = ("pos", "names", "sizes", "extras", "problems", "bad", "duplicates", "extra_key")
 
     def __init__(self, extra_key: str | None = None):
         self.pos: dict[Any, int] = {}
-        self.rows: list[tuple] = []
+        self.names: list[str | None] = []
+        self.sizes = array("d")  # width, height per image; NaN: absent
+        self.extras = array("d") if extra_key else None
+        self.problems: dict[int, tuple[str, str]] = {}
         self.bad = 0
         self.duplicates = 0
         self.extra_key = extra_key
@@ -275,25 +297,34 @@ class ImageIndex:
             return
         iid = img["id"]
         if iid in self.pos:
-            self.duplicates += 1  # the first entry wins, as a dict built in file order would not
+            self.duplicates += 1  # the first entry wins
             return
+        i = len(self.names)
         name = img.get("file_name")
         w, wp = size_value(img.get("width"))
         h, hp = size_value(img.get("height"))
-        problem = ("width", wp) if wp else ("height", hp) if hp else None
-        extra = img.get(self.extra_key) if self.extra_key else None
-        if extra is not None and not finite(extra):
-            extra = None
-        self.pos[iid] = len(self.rows)
-        self.rows.append((name if isinstance(name, str) else None, w, h, extra, problem))
+        if wp or hp:
+            self.problems[i] = ("width", wp) if wp else ("height", hp)
+        self.pos[iid] = i
+        self.names.append(name if isinstance(name, str) else None)
+        self.sizes.extend((math.nan if w is None else w, math.nan if h is None else h))
+        if self.extras is not None:
+            extra = img.get(self.extra_key)
+            self.extras.append(float(extra) if finite(extra) else math.nan)
 
     def get(self, image_id: Any) -> tuple | None:
-        """``(file_name, width, height, extra, problem)`` or None for an unknown id."""
+        """``(file_name, width, height, extra, problem)`` (None for what is absent) or None for an
+        unknown id."""
         i = self.pos.get(image_id) if valid_id(image_id) else None
-        return None if i is None else self.rows[i]
+        if i is None:
+            return None
+        w, h = self.sizes[2 * i], self.sizes[2 * i + 1]
+        extra = self.extras[i] if self.extras is not None else math.nan
+        return (self.names[i], None if math.isnan(w) else w, None if math.isnan(h) else h,
+                None if math.isnan(extra) else extra, self.problems.get(i))
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.names)
 
     def load(self, stream: JsonStream, prefix: str = "images") -> "ImageIndex":
         n = 0
@@ -303,6 +334,48 @@ class ImageIndex:
         if n == 0:
             stream.require_list(prefix)
         return self
+
+
+class Boxes:
+    """Boxes grouped by image position, compact: one float array of all boxes and a linked list
+    through them (an int array), no object per image or per box. ``add`` in file order; ``get``
+    returns an image's boxes in that order."""
+
+    __slots__ = ("head", "boxes", "next")
+
+    def __init__(self, n_images: int):
+        self.head = array("i", [-1]) * n_images
+        self.boxes = array("d")
+        self.next = array("i")
+
+    def add(self, pos: int, box: list[float]) -> None:
+        self.next.append(self.head[pos])
+        self.head[pos] = len(self.next) - 1
+        self.boxes.extend(box)
+
+    def get(self, pos: int) -> list[list[float]]:
+        out, k = [], self.head[pos]
+        while k >= 0:
+            out.append(self.boxes[4 * k: 4 * k + 4].tolist())
+            k = self.next[k]
+        out.reverse()
+        return out
+
+
+class ImageFolder:
+    """``image_path(root, name)`` for many names under one folder: for a local folder and a plain file
+    name (no folder part) the folder is resolved once, not once per image (a realpath per record costs
+    more than the rest of a record); anything else goes through :func:`~._base.image_path`."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.base = None if is_uri(root) else str(Path(root).resolve())
+
+    def path(self, name: Any) -> str | None:
+        if (self.base is not None and isinstance(name, str) and name not in ("", ".", "..")
+                and "/" not in name and "\\" not in name and "\x00" not in name):
+            return f"{self.base}/{name}"
+        return image_path(self.root, name)
 
 
 def local_or_uri(path: str) -> str:

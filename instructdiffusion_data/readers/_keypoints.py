@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
-from array import array
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..errors import ConfigError, RecordError
 from ..schema import Row
 from ._base import (BAD_FIELD, CROWD, EXCLUDED, NO_JOINTS, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
-                    bad_record, image_path, record_row)
-from ._coco import ImageIndex, JsonStream, local_or_uri, valid_id
+                    bad_record, record_row)
+from ._coco import Boxes, ImageFolder, ImageIndex, JsonStream, local_or_uri, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +117,18 @@ def clip_box(box: list[float], w: float | None, h: float | None) -> list[float]:
     return [round(x0, 2), round(y0, 2), round(max(0.0, x1 - x0), 2), round(max(0.0, y1 - y0), 2)]
 
 
+_NUMBER_TYPES = {int, float}
+
+
 def number_problem(values: Any, n: int | None = None) -> str | None:
     """None when ``values`` is a list (of ``n`` items) of real finite numbers; else the reason class
     (``NOT_FINITE`` for NaN/Infinity, ``BAD_FIELD`` for anything else)."""
     if not isinstance(values, list) or (n is not None and len(values) != n):
+        return BAD_FIELD
+    try:
+        if set(map(type, values)) <= _NUMBER_TYPES and math.isfinite(math.fsum(values)):
+            return None  # the common case, without a Python loop over the values
+    except OverflowError:  # an int beyond a double (a file read by Python's json)
         return BAD_FIELD
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -202,6 +209,7 @@ def _box(v: Any) -> list[float] | None:
 def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
     cfg = src.config
     dataset = src.dataset
+    folder = ImageFolder(cfg.images)
     ann_file = local_or_uri(cfg.annotations)
     stats = src.stats
 
@@ -227,7 +235,7 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
     default_names = [readable(k) for k in src.joint_ids]
 
     # pass 3: the person boxes of every image (non-crowd annotations with a valid box), compact
-    people: dict[int, array] = {}
+    people = Boxes(len(images))
     n_anns = 0
     for i, ann in enumerate(stream.items("annotations.item")):
         n_anns += 1
@@ -237,7 +245,7 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
         box = _box(ann.get("bbox"))
         if pos is None or box is None:
             continue
-        people.setdefault(pos, array("d")).extend(box)
+        people.add(pos, box)
     if n_anns == 0:
         stream.require_list("annotations")
     if stream.nonstandard:
@@ -246,11 +254,11 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
     # pass 4: one record per annotation, in file order
     for i, ann in enumerate(stream.items("annotations.item")):
         stats["annotations"] += 1
-        yield _person(src, dataset, ann_file, images, cats, default_names, people, ann, i)
+        yield _person(src, dataset, ann_file, images, folder, cats, default_names, people, ann, i)
 
 
-def _person(src: CocoStyleKeypoints, dataset: str, ann_file: str, images: ImageIndex, cats: dict,
-            default_names: list[str], people: dict, ann: Any, i: int) -> Row:
+def _person(src: CocoStyleKeypoints, dataset: str, ann_file: str, images: ImageIndex, folder: ImageFolder,
+            cats: dict, default_names: list[str], people: Boxes, ann: Any, i: int) -> Row:
     iid, aid, rid = _ann_ids(ann, i)
 
     def bad(reason: str, field: str | None, detail: dict | None = None, **meta: Any) -> Row:
@@ -275,7 +283,7 @@ def _person(src: CocoStyleKeypoints, dataset: str, ann_file: str, images: ImageI
     if img is None:
         return bad(UNKNOWN_IMAGE, "image_id")
     name, w, h, img_extra, problem = img
-    path = image_path(src.config.images, name)
+    path = folder.path(name)
     if path is None:
         return bad(BAD_FIELD, "images[].file_name", {"file_name": name})
     if problem:
@@ -308,8 +316,7 @@ def _person(src: CocoStyleKeypoints, dataset: str, ann_file: str, images: ImageI
     else:
         jb = joints_bbox(joints)
         bbox = clip_box(jb if jb else [0, 0, w or 0, h or 0], w, h)
-    flat = people.get(images.pos[iid])
-    boxes = [clip_box(flat[k: k + 4], w, h) for k in range(0, len(flat), 4)] if flat is not None else []
+    boxes = [clip_box(b, w, h) for b in people.get(images.pos[iid])]
     extra = {"annotation_file": ann_file, "image_id": iid, "annotation_id": aid, "iscrowd": int(bool(crowd))}
     if src.image_set:
         extra["image_set"] = src.image_set

@@ -33,8 +33,8 @@ from ..config import check_path, rng
 from ..errors import ConfigError
 from ..schema import Row
 from ..storage import Location, child_path
-from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, image_path, record_row
-from ._coco import (ImageIndex, JsonStream, clean_name, cocostuff_labels, local_or_uri, segment_payload, sort_key,
+from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, record_row
+from ._coco import (ImageFolder, ImageIndex, JsonStream, clean_name, cocostuff_labels, local_or_uri, segment_payload, sort_key,
                     valid_id)
 from ._keypoints import UNKNOWN_CATEGORY
 
@@ -170,6 +170,7 @@ class CocoStuffSource(RecordSource):
 
     def _bucket(self, path: Path, images: ImageIndex, files: list[str]) -> Iterator[Row]:
         cfg = self.config
+        folder = ImageFolder(cfg.images)
         groups: dict[Any, list[tuple]] = defaultdict(list)
         with open(path, "rb") as fh:
             while True:
@@ -193,7 +194,7 @@ class CocoStuffSource(RecordSource):
                                  image_id=iid)
                 continue
             name, w, h, _, problem = img
-            path_ = image_path(cfg.images, name)
+            path_ = folder.path(name)
             if path_ is None:
                 yield bad_record(cfg.dataset, "semantic_seg", iid, BAD_FIELD, first_file, "images[].file_name",
                                  detail={"file_name": name}, image_id=iid)

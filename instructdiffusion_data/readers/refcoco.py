@@ -28,9 +28,8 @@ from ..config import check_path
 from ..errors import ConfigError
 from ..schema import Row
 from ..storage import read_bytes
-from ._base import (BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, image_path,
-                    record_row)
-from ._coco import ImageIndex, JsonStream, local_or_uri, segment_payload, valid_id
+from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, record_row
+from ._coco import ImageFolder, ImageIndex, JsonStream, local_or_uri, segment_payload, valid_id
 
 UNKNOWN_ANNOTATION = "ref points at an unknown annotation id"
 NO_SENTENCE = "ref has no sentence"
@@ -117,13 +116,15 @@ class RefSource(RecordSource):
         if n == 0:
             inst.require_list("annotations")
         refs_file, inst_file = local_or_uri(cfg.refs), local_or_uri(cfg.instances)
+        folder = ImageFolder(cfg.images)
         for i, ref in enumerate(self.iter_refs()):
             self.stats["refs"] += 1
-            row = self._ref(ref, i, images, anns, refs_file, inst_file)
+            row = self._ref(ref, i, images, folder, anns, refs_file, inst_file)
             if row is not None:
                 yield row
 
-    def _ref(self, ref: Any, i: int, images: ImageIndex, anns: dict, refs_file: str, inst_file: str) -> Row | None:
+    def _ref(self, ref: Any, i: int, images: ImageIndex, folder: ImageFolder, anns: dict, refs_file: str,
+             inst_file: str) -> Row | None:
         cfg = self.config
         ds = cfg.dataset
         if not isinstance(ref, dict):
@@ -153,7 +154,7 @@ class RefSource(RecordSource):
         if img is None:
             return bad(UNKNOWN_IMAGE, refs_file, "image_id")
         name, w, h, _, problem = img
-        path = image_path(cfg.images, name)
+        path = folder.path(name)
         if path is None:
             return bad(BAD_FIELD, inst_file, "images[].file_name", {"file_name": name})
         if problem:
