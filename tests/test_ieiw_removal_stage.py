@@ -1,5 +1,6 @@
 """inpaint_remove stage: pairs, keys, masks, pixels, removal check, instructions."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,10 @@ def test_size_mismatch_is_dropped(records):
     rec = dict(_kept(records)[0])
     rec["meta"] = dict(rec["meta"], width=rec["meta"]["width"] + 1)
     out = run_stages_local([InpaintRemoveStage({})], [rec])
-    assert "but the annotations say" in out[0]["drop_reason"]
+    assert out[0]["drop_class"] == "inpaint_remove: image size differs from the annotations"
+    detail = json.loads(out[0]["drop_detail"][0])
+    w, h = rec["meta"]["width"], rec["meta"]["height"]
+    assert detail["annotations"] == f"{w}x{h}" and detail["image"] == f"{w - 1}x{h}"
 
 
 def test_config_validation(tmp_path, monkeypatch):
@@ -187,11 +191,12 @@ def test_removal_check_rules():
     mask[5:10, 5:15] = 255
     tgt = src.copy()
     tgt[mask > 0] = 255 - src[mask > 0]
-    ok, reason, diff = removal_check(src, tgt, mask, 2.0)
+    ok, reason, _, diff = removal_check(src, tgt, mask, 2.0)
     assert ok and reason == "" and diff == pytest.approx(np.abs(tgt[mask > 0].astype(int) - src[mask > 0]).mean())
     bad = tgt.copy()
     bad[0, 0, 1] ^= 1  # one channel of one pixel outside the mask
-    ok, reason, _ = removal_check(src, bad, mask, 2.0)
-    assert not ok and reason == "removal check failed: 1 pixels changed outside the mask"
-    ok, reason, diff = removal_check(src, src, mask, 2.0)
-    assert not ok and diff == 0.0 and "region unchanged" in reason
+    ok, reason, detail, _ = removal_check(src, bad, mask, 2.0)
+    assert not ok and reason == "removal check failed: pixels changed outside the mask" and detail == {"pixels": 1}
+    ok, reason, detail, diff = removal_check(src, src, mask, 2.0)
+    assert not ok and diff == 0.0 and reason == "removal check failed: region unchanged"
+    assert detail == {"mean_diff": 0.0, "min": 2.0}

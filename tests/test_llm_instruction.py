@@ -157,7 +157,8 @@ def test_failed_endpoint_drops_with_reason_or_uses_template(tmp_path):
         srv.state.fail_next = [503] * 20
         cfg = {"llm": _llm(srv, tmp_path, max_retries=1, concurrency=1)}
         out = run_stages_local([LLMInstruction(cfg)], _rows(["dog"]))[0]
-        assert not out["keep"] and out["drop_reason"] == "llm_instruction: llm request failed after 2 attempts: HTTP 503"
+        assert not out["keep"] and out["drop_class"] == "llm_instruction: llm request failed"
+        assert out["drop_reason"] == "llm_instruction: llm request failed (attempts=2, error=HTTP 503)"
         out = run_stages_local([LLMInstruction({**cfg, "on_error": "template"})], _rows(["dog"]))[0]
         assert out["keep"] and "dog" in out["instruction"]
         assert out["meta"]["instruction_provenance"]["fallback"].startswith("llm request failed")

@@ -165,3 +165,52 @@ def test_task_pipelines_on_demo_data_over_ray(demo_root, tmp_path, ray_local):
         for row in pq.read_table(pq_path).to_pylist():
             meta = json.loads(row["meta"])
             assert max(meta["size"]) <= 512 and meta["verified"]
+
+
+# Words that count the marked joints: a template must put each inside {n:singular|plural}.
+_COUNTING = ("circle", "circles", "dot", "dots", "marks", "marker", "markers", "each", "are")
+
+
+def test_keypoint_templates_agree_in_number_with_the_joints_drawn():
+    """Issue 15 item 6: one joint must never read "... and cover each with a round mark"."""
+    import re
+    import string
+
+    from instructdiffusion_data.instructions import Number, fill, load_templates
+
+    templates = load_templates("keypoint")
+    for t in templates:
+        # outside {n:...}, no word that counts the joints ("Circle {items}" and "Encircle" are verbs: fine)
+        plain = "".join(lit for lit, _, _, _ in string.Formatter().parse(t))
+        words = re.findall(r"[a-z]+", plain.lower())
+        assert not [w for w in words[1:] if w in _COUNTING], t
+        one = fill(t, items="the nose in red", person="the person", n=Number(1))
+        three = fill(t, items="the nose in red, the left knee in blue and the right hip in green",
+                     person="the person", n=Number(3))
+        assert not re.search(r"\b(circles|dots|markers|each|are)\b", one), one
+        assert not re.search(r"\b(a|an) (small |opaque |solid |filled |round |colored )*(circle|dot|marker)\b", three)
+        assert not re.search(r"\bcover it\b|\bis by\b", three), three
+    assert any("{n:" in t for t in templates)
+
+
+def test_one_joint_gets_a_singular_instruction(tmp_path):
+    img = textured()
+    p = tmp_path / "a.png"
+    p.write_bytes(imageio.encode_png(img))
+    joints = [{"name": "nose", "x": 20.0, "y": 20.0, "v": 2}, {"name": "left knee", "x": 60.0, "y": 40.0, "v": 2}]
+    one = RenderKeypoints({"variants_per_record": 40, "min_joints": 1, "max_joints": 1})
+    two = RenderKeypoints({"variants_per_record": 40, "min_joints": 2, "max_joints": 2, "radius_frac": 0.02})
+    singular = [r["instruction"] for r in table_to_rows(one(rows_to_table([kp_record(p, joints)])))]
+    plural = [r["instruction"] for r in table_to_rows(two(rows_to_table([kp_record(p, joints)])))]
+    assert singular and not any(w in s for s in singular for w in (" circles", " dots", " each ", " are "))
+    assert any(" circles" in s or " dots" in s or " markers" in s for s in plural)
+    assert not any(" a small circle" in s or " a solid dot" in s for s in plural)
+
+
+def test_a_malformed_number_template_is_a_config_error(tmp_path):
+    from instructdiffusion_data.errors import ConfigError
+    from instructdiffusion_data.instructions import load_templates
+
+    (tmp_path / "keypoint.txt").write_text("# header\nMark {items} with {n:dots}.\n")
+    with pytest.raises(ConfigError, match=r"keypoint.txt:2: .*singular and a plural"):
+        load_templates("keypoint", tmp_path)

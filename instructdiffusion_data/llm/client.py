@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import rng
 from .cache import BudgetExhausted, CachedResponse, SqliteCache, request_key
 
 log = logging.getLogger(__name__)
@@ -46,23 +47,34 @@ class LLMConfig:
     base_url: str | None = None  # e.g. https://api.openai.com/v1, http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp)
     model: str = "gpt-4o-mini"
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
-    temperature: float = 0.7
-    max_tokens: int = 128  # per answer
+    temperature: float = field(default=0.7, metadata=rng(0, 2))
+    max_tokens: int = field(default=128, metadata=rng(1))  # per answer
     json_mode: bool = True  # send response_format={"type": "json_object"}
-    timeout_s: float = 30.0  # per request
-    max_retries: int = 5  # retries after the first attempt, on 429 / 5xx / timeout / connection error
-    backoff_base_s: float = 0.5  # first retry waits about this long, doubling each time
-    backoff_max_s: float = 30.0
-    concurrency: int = 4  # requests in flight at once (per worker)
+    timeout_s: float = field(default=30.0, metadata=rng(0.001))  # per request
+    # retries after the first attempt, on 429 / 5xx / timeout / connection error
+    max_retries: int = field(default=5, metadata=rng(0))
+    backoff_base_s: float = field(default=0.5, metadata=rng(0))  # first retry waits about this long, doubling each time
+    backoff_max_s: float = field(default=30.0, metadata=rng(0))
+    concurrency: int = field(default=4, metadata=rng(1))  # requests in flight at once (per worker)
     cache_path: str | None = "cache/llm.sqlite"  # None: in-memory cache (this process only)
-    max_requests: int | None = None  # budget: paid requests in total under budget_scope
-    max_total_tokens: int | None = None  # budget: prompt + completion tokens in total under budget_scope
+    # budget: paid requests in total under budget_scope (0: none may be bought, the cache still answers)
+    max_requests: int | None = field(default=None, metadata=rng(0))
+    # budget: prompt + completion tokens in total under budget_scope
+    max_total_tokens: int | None = field(default=None, metadata=rng(0))
     budget_scope: str = "default"  # ledger entry the budget is counted in (shared through the cache file)
     extra_body: dict = field(default_factory=dict)  # server-specific options (e.g. vLLM guided decoding)
 
 
 class LLMError(Exception):
-    """A request failed for good (non-retryable status, or retries exhausted)."""
+    """A request failed for good (non-retryable status, or retries exhausted). ``reason`` is the drop
+    class (``llm request failed`` / ``llm request rejected``), ``detail`` the attempts and the error."""
+
+    def __init__(self, reason: str, **detail):
+        self.reason = reason
+        self.detail = detail
+        attempts, error = detail.get("attempts"), detail.get("error")
+        text = f"{reason} after {attempts} attempts" if attempts else reason
+        super().__init__(f"{text}: {error}" if error else text)
 
 
 @dataclass
@@ -183,7 +195,7 @@ class LLMClient:
                 # ValueError: a body that is not JSON at all (a proxy's error page): retried like a 5xx
                 if attempt > cfg.max_retries:
                     self._count(errors=1)
-                    raise LLMError(f"llm request failed after {attempt} attempts: {_describe(e)}") from None
+                    raise LLMError("llm request failed", attempts=attempt, error=_describe(e)) from None
                 delay = self._backoff(attempt, e)
                 log.info("llm: %s, retry %d/%d in %.2fs", _describe(e), attempt, cfg.max_retries, delay)
                 self._count(retries=1)
@@ -193,8 +205,8 @@ class LLMClient:
                 if e.status_code not in RETRY_STATUSES or attempt > cfg.max_retries:
                     self._count(errors=1)
                     if e.status_code in RETRY_STATUSES:
-                        raise LLMError(f"llm request failed after {attempt} attempts: {_describe(e)}") from None
-                    raise LLMError(f"llm request rejected: {_describe(e)}") from None
+                        raise LLMError("llm request failed", attempts=attempt, error=_describe(e)) from None
+                    raise LLMError("llm request rejected", error=_describe(e)) from None
                 delay = self._backoff(attempt, e)
                 log.info("llm: %s, retry %d/%d in %.2fs", _describe(e), attempt, cfg.max_retries, delay)
                 self._count(retries=1)

@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..instructions import NUMBER, template_problem
 from .client import BudgetExhausted, LLMClient, LLMError
 from .validate import REFUSALS
 
@@ -77,7 +78,10 @@ class ExpandResult:
 def expansion_messages(task: str, originals: list[str], k: int) -> list[dict]:
     names = sorted(set().union(*(placeholders(t) or frozenset() for t in originals)))
     listing = "\n".join(f"- {t}" for t in originals)
-    keep = ", ".join("{" + n + "}" for n in names) or "(none)"
+    keep = ", ".join("{" + n + "}" for n in names if n != NUMBER) or "(none)"
+    if NUMBER in names:
+        keep += ("; {n:singular|plural} picks the words that count the marked things: keep that form, with "
+                 "both a singular and a plural text, e.g. {n:a circle|circles}")
     return [
         {"role": "system", "content": "You rewrite instruction templates for an image-editing and vision dataset. "
                                       "Answer only with a JSON object of the form {\"templates\": [\"...\", ...]}."},
@@ -96,7 +100,7 @@ def check_candidate(text: str, allowed: set[frozenset[str]], kept: list[str], ma
     if not t:
         return "empty"
     names = placeholders(t)
-    if names is None:
+    if names is None or template_problem(t):
         return "broken placeholder"
     if names not in allowed:
         return "placeholders changed"

@@ -2,8 +2,8 @@
 
 :func:`parse_instruction` reads the JSON answer (``{"instruction": "..."}``; a Markdown code fence
 around it is tolerated); :func:`check_instruction` applies the rules and returns the reason of the
-first failure or ``None``. Reasons are short and fixed (the per-row detail goes in parentheses, which
-the writer strips when it counts drop reasons).
+first failure or ``None``. A reason is a :class:`Problem`: a string holding the fixed drop class
+(``instruction too short``), with the per-row values (the instruction's excerpt, counts) in ``detail``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,25 @@ def _snip(text: str, n: int = 80) -> str:
     return re.sub(r"[()]", " ", text or "")[:n]
 
 
+class Problem(str):
+    """Why an instruction is rejected: the string is the drop class (the same for every row with this
+    fault), ``detail`` the row's values, passed to ``schema.drop`` as keyword details."""
+
+    detail: dict
+
+    def __new__(cls, reason: str, **detail):
+        obj = super().__new__(cls, reason)
+        obj.detail = {k: v for k, v in detail.items() if v is not None}
+        return obj
+
+
 class InvalidResponse(ValueError):
-    """The answer cannot be used; ``str(exc)`` is the drop reason."""
+    """The answer cannot be used; ``reason`` is the drop class, ``detail`` the answer's excerpt."""
+
+    def __init__(self, reason: str, **detail):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(reason)
 
 
 @dataclass
@@ -56,13 +73,13 @@ def parse_instruction(text: str, field: str = "instruction") -> str:
     try:
         data = json.loads(body)
     except json.JSONDecodeError:
-        raise InvalidResponse(f"llm answer not JSON (answer={_snip(text)!r})") from None
+        raise InvalidResponse("llm answer not JSON", answer=_snip(text)) from None
     if isinstance(data, dict):
         value = data.get(field)
     else:
         value = None
     if not isinstance(value, str):
-        raise InvalidResponse(f"llm answer has no '{field}' string (answer={_snip(text)!r})")
+        raise InvalidResponse(f"llm answer has no '{field}' string", answer=_snip(text))
     return " ".join(value.split())
 
 
@@ -88,7 +105,8 @@ def mentions(text: str, phrase: str) -> bool:
     return bool(want & have)
 
 
-def check_instruction(text: str, objects: list[str] | tuple[str, ...] = (), limits: Limits | None = None) -> str | None:
+def check_instruction(text: str, objects: list[str] | tuple[str, ...] = (),
+                      limits: Limits | None = None) -> Problem | None:
     """The reason ``text`` is not a usable instruction, or ``None`` when it passes.
 
     Rules: non-empty; length within ``limits`` (characters and words); no leftover ``{placeholder}``;
@@ -98,18 +116,19 @@ def check_instruction(text: str, objects: list[str] | tuple[str, ...] = (), limi
     lim = limits or Limits()
     t = (text or "").strip()
     if not t:
-        return "instruction empty"
+        return Problem("instruction empty")
     if PLACEHOLDER.search(t):
-        return f"instruction has a leftover placeholder (instruction={_snip(t)!r})"
+        return Problem("instruction has a leftover placeholder", instruction=_snip(t))
     low = t.lower()
     if any(p in low.replace("\u2019", "'") for p in REFUSALS):
-        return f"instruction is a refusal (instruction={_snip(t)!r})"
+        return Problem("instruction is a refusal", instruction=_snip(t))
     n_words = len(t.split())
     if len(t) < lim.min_chars or n_words < lim.min_words:
-        return f"instruction too short (instruction={_snip(t)!r})"
+        return Problem("instruction too short", instruction=_snip(t), chars=len(t), words=n_words)
     if len(t) > lim.max_chars or n_words > lim.max_words:
-        return f"instruction too long (chars={len(t)}, words={n_words})"
+        return Problem("instruction too long", chars=len(t), words=n_words)
     objs = [o for o in objects if o and content_words(o)]
     if objs and not any(mentions(t, o) for o in objs):
-        return f"instruction does not mention the edited object (object={_snip(objs[0], 40)!r}, instruction={_snip(t)!r})"
+        return Problem("instruction does not mention the edited object", object=_snip(objs[0], 40),
+                       instruction=_snip(t))
     return None

@@ -1,9 +1,9 @@
 """Weight-free image quality: a documented no-reference score and features for GIQA.
 
-This is the ``weightfree`` profile of the quality filter (DESIGN.md, "Models and weights"): no network,
-no download, real measurements. Every measurement runs on the image brought down to a working size
-(longer side at most ``work_side`` px, default 512; smaller images are not upsampled, which would
-invent blur), so that big images cost the same.
+This is the ``weightfree`` profile of the quality filter (docs/quality_filter.md, "Profiles and
+models"): no network, no download, real measurements. Every measurement runs on the image brought
+down to a working size (longer side at most ``work_side`` px, default 512; smaller images are not
+upsampled, which would invent blur), so that big images cost the same.
 
 Measurements (each mapped to a sub-score in [0, 1], 1 = good):
 
@@ -117,7 +117,7 @@ def _blockiness(gray: np.ndarray) -> float:
 def measure(rgb: np.ndarray, work_side: int = 512) -> Measurements:
     """All classical measurements of one RGB uint8 image (at least 3x3 pixels)."""
     if min(rgb.shape[:2]) < 3:
-        raise RecordError(f"image too small to score ({rgb.shape[0]}x{rgb.shape[1]})")
+        raise RecordError("image too small to score", size=f"{rgb.shape[1]}x{rgb.shape[0]}", minimum="3x3")
     img = working_image(np.ascontiguousarray(rgb), work_side)
     gray8 = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     gray = gray8.astype(np.float32)

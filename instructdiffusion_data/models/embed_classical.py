@@ -18,23 +18,26 @@ is a cosine similarity in [0, 1]. Dimension: 128 + 144 = 272 with the defaults.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
 
+from ..config import rng
+
 
 @dataclass
 class ClassicalEmbedderConfig:
-    size: int = 64
-    h_bins: int = 8
-    s_bins: int = 4
-    v_bins: int = 4
-    orient_bins: int = 9
-    grid: int = 4
-    grey_saturation: int = 40  # pixels less saturated than this (0-255) all fall in hue bin 0
-    colour_weight: float = 1.0
-    gradient_weight: float = 1.0
+    size: int = field(default=64, metadata=rng(8))  # side the patch is resized to
+    h_bins: int = field(default=8, metadata=rng(1))
+    s_bins: int = field(default=4, metadata=rng(1))
+    v_bins: int = field(default=4, metadata=rng(1))
+    orient_bins: int = field(default=9, metadata=rng(1))
+    grid: int = field(default=4, metadata=rng(1))
+    # pixels less saturated than this (0-255) all fall in hue bin 0
+    grey_saturation: int = field(default=40, metadata=rng(0, 255))
+    colour_weight: float = field(default=1.0, metadata=rng(0))
+    gradient_weight: float = field(default=1.0, metadata=rng(0))
 
 
 class ClassicalEmbedder:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from ..config import rng
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class IndexConfig:
     type: Literal["auto", "flat", "ivfpq"] = "auto"
-    auto_flat_max: int = 50_000  # auto: exact search up to this many vectors
-    nlist: int = 0  # IVF lists; 0 = 4 * sqrt(N); at most (training vectors) / 39, faiss' minimum per list
-    pq_m: int = 32  # PQ sub-quantisers; the largest divisor of the dimension <= pq_m is used
-    pq_bits: int = 8
-    train_sample: int = 100_000  # vectors sampled (seeded) to train IVF-PQ
-    nprobe: int = 16
-    refine: int = 0  # > 0: exact re-ranking of k * refine IVF-PQ candidates (stores raw vectors)
+    auto_flat_max: int = field(default=50_000, metadata=rng(0))  # auto: exact search up to this many vectors
+    # IVF lists; 0 = 4 * sqrt(N); at most (training vectors) / 39, faiss' minimum per list
+    nlist: int = field(default=0, metadata=rng(0))
+    # PQ sub-quantisers; the largest divisor of the dimension <= pq_m is used
+    pq_m: int = field(default=32, metadata=rng(1))
+    pq_bits: int = field(default=8, metadata=rng(1, 16))
+    train_sample: int = field(default=100_000, metadata=rng(1))  # vectors sampled (seeded) to train IVF-PQ
+    nprobe: int = field(default=16, metadata=rng(1))  # IVF lists searched per query
+    # > 0: exact re-ranking of k * refine IVF-PQ candidates (stores raw vectors)
+    refine: int = field(default=0, metadata=rng(0))
     gpu: Literal["auto", "never", "always"] = "auto"
     seed: int = 0
 

@@ -4,7 +4,7 @@ diffusers 0.42 moved the pipeline to ``diffusers.pipelines.deprecated.paint_by_e
 ``from_pretrained`` no longer loads the published checkpoint ``Fantasy-Studio/Paint-by-Example``:
 ``model_index.json`` declares ``"image_encoder": ["paint_by_example", "PaintByExampleImageEncoder"]``
 and ``diffusers.pipelines`` has no ``paint_by_example`` attribute any more, so the library name
-resolves to nothing (NOTES-dependencies.md). :func:`load_pipeline` therefore reads
+resolves to nothing (docs/ieiw_replacement.md, PaintByExample). :func:`load_pipeline` therefore reads
 ``model_index.json`` itself and loads each component from its sub-folder with the class's own
 ``from_pretrained``, mapping the library names of the real layout
 (``paint_by_example`` -> the deprecated module, ``stable_diffusion`` -> diffusers' module,

@@ -22,9 +22,10 @@ from .palette import PALETTE, names as palette_names
 class RenderConfig(StageConfig):
     # independent draws per source record (the variant index is part of the key)
     variants_per_record: int = field(default=1, metadata=rng(1))
-    max_side: int = 512  # images are written with their longer side at most this (never upscaled)
+    # images are written with their longer side at most this (never upscaled)
+    max_side: int = field(default=512, metadata=rng(16))
     tgt_format: Literal["jpg", "png"] = "jpg"
-    jpeg_quality: int = 95  # for targets, and for sources that had to be resized
+    jpeg_quality: int = field(default=95, metadata=rng(1, 100))  # for targets, and for sources that had to be resized
     verify: bool = True  # recover what was drawn from the written bytes and drop samples that fail
     colors: list[str] | None = None  # palette subset (default: the whole palette, >= 9 named colours)
     batch_size: int = 8
@@ -32,10 +33,13 @@ class RenderConfig(StageConfig):
 
 @dataclass
 class MaskRenderConfig(RenderConfig):
-    alpha: float = 0.5  # mask opacity (the paper: 0.5)
-    min_iou: float = 0.98  # verification: recovered vs ground-truth mask at the written resolution
-    min_contrast: float = 48.0  # a blend is visible only where |colour - pixel| >= this
-    colors_tried: int = 4  # colours tried for one sample before settling for the most visible one
+    alpha: float = field(default=0.5, metadata=rng(0.05, 1))  # mask opacity (the paper: 0.5)
+    # verification: recovered vs ground-truth mask IoU at the written resolution, at least
+    min_iou: float = field(default=0.98, metadata=rng(0, 1))
+    # a blend is visible only where |colour - pixel| (RGB distance, 0-442) >= this
+    min_contrast: float = field(default=48.0, metadata=rng(0, 442))
+    # colours tried for one sample before settling for the most visible one
+    colors_tried: int = field(default=4, metadata=rng(1))
     templates: str | None = None  # template set name (default: the task name)
     extra: dict = field(default_factory=dict)
 
@@ -120,7 +124,7 @@ def mask_row(parent: Row, src: Source, mask: np.ndarray, color: str, cfg: MaskRe
         row["meta"]["verify"] = {"iou": round(iou, 5), "determinable": round(seen, 4)}
         row["meta"]["verified"] = bool(iou >= cfg.min_iou)
         if not row["meta"]["verified"]:
-            drop(row, f"verification failed: recovered mask IoU below {cfg.min_iou}")
+            drop(row, "verification failed: recovered mask IoU too low", iou=round(iou, 5), min_iou=cfg.min_iou)
     return row
 
 

@@ -37,7 +37,8 @@ def polygons_to_mask(polygons: list, h: int, w: int, *, record: str | None = Non
 def rle_to_mask(rle: dict, h: int, w: int, *, record: str | None = None) -> np.ndarray:
     size = rle.get("size")
     if not size or list(size) != [h, w]:
-        raise RecordError(f"RLE size {size} differs from image size {[h, w]}", record=record, field="segmentation.size")
+        raise RecordError("RLE size differs from image size", record=record, field="segmentation.size",
+                          rle_size=size, image_size=[h, w])
     counts = rle.get("counts")
     if isinstance(counts, list):  # uncompressed RLE (iscrowd annotations)
         rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
@@ -58,8 +59,8 @@ def segment_to_mask(seg: dict, h: int, w: int, *, record: str | None = None, lab
             if labelmaps is not None:
                 labelmaps[seg["labelmap"]] = lm
         if lm.shape != (h, w):
-            raise RecordError(f"label map size {list(lm.shape)} differs from image size {[h, w]}",
-                              file=seg["labelmap"], record=record)
+            raise RecordError("label map size differs from image size", file=seg["labelmap"], record=record,
+                              labelmap_size=f"{lm.shape[1]}x{lm.shape[0]}", image_size=f"{w}x{h}")
         return lm == seg["value"]
     raise RecordError("segment has no rle, polygons or labelmap", record=record, field="segmentation")
 

@@ -7,9 +7,9 @@ Writes ``meta["captions"]`` = ``{target: text}`` for the configured ``targets``:
   ``meta["region"]["bbox"]`` / ``meta["bbox"]`` (``[x, y, w, h]`` in the coordinates of
   ``meta["width"]`` x ``meta["height"]``; scaled to the decoded image);
 - ``tgt`` and ``tgt_region``: the same on ``row["tgt"]`` (the edited image);
-- ``reference``: the reference patch of a replacement, ``meta["reference"]`` = ``{"patch_png_b64":
-  RGBA PNG, base64 (alpha = object mask)}`` or ``{"file": image path, "bbox": [x, y, w, h] (optional)}``,
-  plus ``"label"`` (the ``retrieve_reference`` stage writes these);
+- ``reference``: the reference patch of a replacement, ``meta["reference"]`` as ``retrieve_reference``
+  writes it and :class:`..contracts.ReferencePatch` reads it: ``patch_png_b64`` (RGBA PNG, base64,
+  alpha = object mask), else ``file`` cropped to ``bbox`` ``[x, y, w, h]``, plus ``label``;
 
 and ``meta["caption_provenance"]`` = ``{"backend", "model", "sources": {target: how}}``.
 
@@ -17,7 +17,7 @@ Backends:
 
 - ``blip2``: BLIP-2 (:mod:`instructdiffusion_data.models.blip2`; hub id or local path in ``model``;
   ``num_gpus``/``concurrency`` make it a Ray actor pool; fp16/bf16 on GPU). An empty caption drops
-  the row (``caption: empty caption for src_region``).
+  the row (class ``caption: empty caption``, detail ``target=src_region``).
 - ``annotations``: weight-free, from what the dataset states: the object is PhraseCut's
   ``meta["phrase"]``, ``meta["src_label"]``, OpenImages' ``meta["region"]["label"]`` or
   ``meta["category"]``; the replacement is ``meta["ref_label"]`` or ``meta["reference"]["label"]``.
@@ -32,12 +32,15 @@ Interface used by the ``llm_instruction`` stage (and the replacement pipeline): 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from ..config import rng
+from ..contracts import ReferencePatch, record_drop
 from ..errors import ConfigError, RecordError
 from ..imageio import decode, decode_gray, read_bytes, resize_mask
 from ..llm.prompts import label_text, strip_article
@@ -58,13 +61,14 @@ class CaptionConfig(StageConfig):
     local_files_only: bool = False
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # GPU only; fp32 on CPU
-    caption_batch_size: int = 16  # images per generate() call
-    max_new_tokens: int = 30
-    min_new_tokens: int = 0
-    num_beams: int = 1
+    caption_batch_size: int = field(default=16, metadata=rng(1))  # images per generate() call
+    max_new_tokens: int = field(default=30, metadata=rng(1))
+    min_new_tokens: int = field(default=0, metadata=rng(0))
+    num_beams: int = field(default=1, metadata=rng(1))
     prompt: str | None = None  # e.g. "a photo of"
     # regions
-    pad_frac: float = 0.1  # context around a region crop, fraction of its size per side
+    # context around a region crop, fraction of its size per side
+    pad_frac: float = field(default=0.1, metadata=rng(0, 2))
     region_background: Literal["keep", "grey"] = "keep"  # grey: blank out what lies outside the mask
     batch_size: int = 16
 
@@ -86,8 +90,11 @@ def object_label(meta: dict) -> tuple[str | None, str]:
 
 
 def reference_label(meta: dict) -> tuple[str | None, str]:
-    ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}
-    for value, how in ((meta.get("ref_label"), "ref_label"), (ref.get("label"), "reference.label")):
+    try:
+        ref = ReferencePatch.from_meta(meta)
+    except RecordError:
+        ref = None
+    for value, how in ((meta.get("ref_label"), "ref_label"), (ref.label if ref else None, "reference.label")):
         if _clean(value):
             return label_text(strip_article(_clean(value))), how
     return None, "unavailable"
@@ -130,22 +137,30 @@ class CaptionStage(Stage):
         bad = [t for t in c.targets if t not in TARGETS]
         if bad or not c.targets:
             raise ConfigError(f"stages({self.name}).targets: expected some of {list(TARGETS)}, got {c.targets!r}")
-        if not 0 <= c.pad_frac <= 2:
-            raise ConfigError(f"stages({self.name}).pad_frac: expected 0..2, got {c.pad_frac}")
+        if c.min_new_tokens > c.max_new_tokens:
+            raise ConfigError(f"stages({self.name}).min_new_tokens: must not exceed max_new_tokens "
+                              f"({c.max_new_tokens}), got {c.min_new_tokens}")
         if c.backend == "blip2":
             from pathlib import Path
 
             from ..config import check_path
 
-            local = Path(c.model).expanduser()
             if c.model.startswith(("/", "./", "../", "~")):
-                check_path(str(local), f"stages({self.name}).model", kind="dir")
-            if local.is_dir():
-                c.model = str(local.resolve())  # resolved on the driver: Ray workers may run elsewhere
+                check_path(str(Path(c.model).expanduser()), f"stages({self.name}).model", kind="dir")
         if c.backend == "blip2" and not (c.concurrency or c.num_gpus):
             log.warning("stages(%s): backend blip2 without concurrency or num_gpus runs as Ray tasks that load "
                         "the model for every batch; set concurrency (CPU) or num_gpus (GPU) for an actor pool",
                         self.name)
+
+    def __init__(self, config=None, *, seed: int = 0):
+        super().__init__(config, seed=seed)
+        from pathlib import Path
+
+        local = Path(self.config.model).expanduser()
+        if self.config.backend == "blip2" and local.is_dir():
+            # a local model folder, resolved on the driver (Ray workers may run elsewhere): a resolved copy
+            # of the config, the caller's config is left as it was
+            self.config = dataclasses.replace(self.config, model=str(local.resolve()))
 
     def setup(self) -> None:
         self.captioner = None
@@ -170,21 +185,25 @@ class CaptionStage(Stage):
     def _blip2(self, rows: list[Row]) -> list[Row]:
         crops: list[np.ndarray] = []
         owners: list[tuple[int, str]] = []
-        failed: dict[int, str] = {}
+        failed: dict[int, Exception] = {}
         for i, row in enumerate(rows):
             try:
                 for t, img in self.images(row).items():
                     crops.append(img)
                     owners.append((i, t))
             except (RecordError, ValueError) as e:
-                failed[i] = f"{self.name}: {e}"
+                failed[i] = e
         texts = self.captioner.caption(crops) if crops else []
         found: dict[int, dict] = {}
         for (i, t), text in zip(owners, texts):
             found.setdefault(i, {})[t] = text
         for i, row in enumerate(rows):
             if i in failed:
-                drop(row, failed[i])
+                e = failed[i]
+                if isinstance(e, RecordError):
+                    record_drop(row, self.name, e)
+                else:
+                    drop(row, f"{self.name}: cannot cut the image to caption", error=str(e)[:300])
                 continue
             caps = found.get(i, {})
             row["meta"]["captions"] = {**(row["meta"].get("captions") or {}), **caps}
@@ -192,7 +211,7 @@ class CaptionStage(Stage):
                                                  "sources": {t: "blip2" for t in caps}}
             empty = [t for t in self.config.targets if t in caps and not caps[t]]
             if empty:
-                drop(row, f"{self.name}: empty caption for {empty[0]}")
+                drop(row, f"{self.name}: empty caption", target=empty[0])
         return rows
 
     def images(self, row: Row) -> dict[str, np.ndarray]:
@@ -228,32 +247,14 @@ class CaptionStage(Stage):
         return out
 
     def reference_patch(self, meta: dict, rid: str) -> np.ndarray:
-        """The reference patch: ``meta.reference.patch_png_b64`` (RGBA, alpha = object mask; with
-        ``region_background: grey`` the pixels outside the object are grey), else the region
-        ``bbox`` of the image ``meta.reference.file``."""
-        ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else None
-        if ref and ref.get("patch_png_b64"):
-            import base64
-
-            import cv2
-
-            raw = base64.b64decode(ref["patch_png_b64"])
-            arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
-            if arr is None:
-                raise RecordError("reference patch PNG is corrupt (meta.reference.patch_png_b64)", record=rid)
-            if arr.ndim == 2:
-                arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGRA)
-            rgb = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB)
-            if arr.shape[2] == 4 and self.config.region_background == "grey":
-                rgb[arr[..., 3] == 0] = 128
-            return rgb
-        if not ref or not ref.get("file"):
-            raise RecordError("no reference patch to caption (meta.reference.patch_png_b64 or .file)", record=rid)
-        from ..models.blip2 import crop_region
-
-        img = decode(read_bytes(ref["file"], rid), file=ref["file"], record=rid)
-        box = ref.get("bbox")
-        return crop_region(img, box=box, pad_frac=0.0) if box else img
+        """The reference patch (:class:`..contracts.ReferencePatch`): the embedded RGBA patch (with
+        ``region_background: grey`` the pixels outside the object are grey), else the ``bbox`` of the
+        reference's ``file``."""
+        ref = ReferencePatch.from_meta(meta, record=rid)
+        if ref is None or not ref.has_pixels:
+            raise RecordError("no reference patch to caption", record=rid, field="reference")
+        grey = self.config.region_background == "grey"
+        return ref.rgb((128, 128, 128) if grey else None, record=rid, alpha_min=1)
 
     def region(self, row: Row, shape: tuple[int, int]) -> tuple[list | None, np.ndarray | None]:
         """(box, mask) of the edited region in an image of ``shape`` (h, w)."""
@@ -267,8 +268,7 @@ class CaptionStage(Stage):
         region = meta.get("region") if isinstance(meta.get("region"), dict) else {}
         box = region.get("bbox") or meta.get("bbox")
         if not box or len(box) != 4:
-            raise RecordError("no region to caption (no mask, meta.region.bbox or meta.bbox)",
-                              record=str(meta.get("record_id")))
+            raise RecordError("no region to caption", record=str(meta.get("record_id")), field="mask")
         sx = w / float(meta.get("width") or w)
         sy = h / float(meta.get("height") or h)
         return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], None

@@ -17,9 +17,10 @@ import numpy as np
 
 from .. import imageio
 from ..config import rng
-from ..errors import ConfigError, RecordError
+from ..contracts import record_drop
+from ..errors import RecordError
 from ..instructions import choose, load_templates
-from ..schema import Row, drop, make_key
+from ..schema import Row, make_key
 from ..stage import Stage, StageConfig, child
 
 TASKS = ("deblur", "denoise", "dewatermark")
@@ -27,13 +28,15 @@ TASKS = ("deblur", "denoise", "dewatermark")
 
 @dataclass
 class EnhancePairConfig(StageConfig):
-    crop_size: int | None = 256  # side of the square training crop; null = full resolution
+    # side of the square training crop; null = full resolution
+    crop_size: int | None = field(default=256, metadata=rng(8))
     # random crops per pair (each its own row); 1 when crop_size is null
     crops_per_pair: int = field(default=1, metadata=rng(1))
     allow_smaller: bool = True  # an image smaller than crop_size gives the largest crop that fits; false drops it
-    max_side: int | None = None  # downscale both halves first so the longer side is at most this (null: never)
+    # downscale both halves first so the longer side is at most this (null: never)
+    max_side: int | None = field(default=None, metadata=rng(8))
     format: Literal["png", "jpg"] = "png"  # encoding of src/tgt (png: lossless, what restoration targets need)
-    quality: int = 95  # JPEG quality when format is jpg
+    quality: int = field(default=95, metadata=rng(1, 100))  # JPEG quality when format is jpg
     templates_dir: str | None = None  # folder of <task>.txt templates (default: configs/instructions)
 
 
@@ -46,12 +49,6 @@ class EnhancePairStage(Stage):
 
     def validate(self) -> None:
         c = self.config
-        if c.crop_size is not None and c.crop_size < 8:
-            raise ConfigError(f"stages.enhance_pair.crop_size: must be >= 8 or null, got {c.crop_size}")
-        if c.crops_per_pair < 1:
-            raise ConfigError(f"stages.enhance_pair.crops_per_pair: must be >= 1, got {c.crops_per_pair}")
-        if c.max_side is not None and c.max_side < 8:
-            raise ConfigError(f"stages.enhance_pair.max_side: must be >= 8 or null, got {c.max_side}")
         for task in TASKS:  # fail before any work when a template file is missing
             load_templates(task, c.templates_dir)
 
@@ -61,13 +58,13 @@ class EnhancePairStage(Stage):
             try:
                 out.extend(self._one(row))
             except RecordError as e:  # the row's own fault: dropped with its reason, the batch goes on
-                out.append(drop(child(row), f"{self.name}: {e}"))
+                out.append(record_drop(child(row), self.name, e))
         return out
 
     def _load(self, meta: dict, field: str, rid: str) -> tuple[np.ndarray, bytes]:
         path = meta.get(field)
         if not path:
-            raise RecordError(f"missing pair half: no {field}", record=rid)
+            raise RecordError("missing pair half", record=rid, field=field)
         data = imageio.read_bytes(path, rid)
         return imageio.decode(data, file=path, record=rid), data
 
@@ -77,19 +74,19 @@ class EnhancePairStage(Stage):
         rid = str(meta.get("record_id"))
         task = row["task"]
         if task not in TASKS:
-            raise RecordError(f"task {task!r} is not an enhancement task ({', '.join(TASKS)})", record=rid)
+            raise RecordError("not an enhancement task", record=rid, field="task", task=task)
         src, _ = self._load(meta, "file", rid)
         tgt, _ = self._load(meta, "target_file", rid)
         if src.shape != tgt.shape:
-            raise RecordError(f"size mismatch: source {src.shape[1]}x{src.shape[0]} vs target {tgt.shape[1]}x{tgt.shape[0]}",
-                              file=meta.get("file"), record=rid)
+            raise RecordError("size mismatch between source and target", file=meta.get("file"), record=rid,
+                              source=f"{src.shape[1]}x{src.shape[0]}", target=f"{tgt.shape[1]}x{tgt.shape[0]}")
         mask = None
         if meta.get("mask_file"):
             mdata = imageio.read_bytes(meta["mask_file"], rid)
             mask = imageio.decode_gray(mdata, file=meta["mask_file"], record=rid)
             if mask.shape[:2] != src.shape[:2]:
-                raise RecordError(f"size mismatch: mask {mask.shape[1]}x{mask.shape[0]} vs image {src.shape[1]}x{src.shape[0]}",
-                                  file=meta["mask_file"], record=rid)
+                raise RecordError("size mismatch between mask and image", file=meta["mask_file"], record=rid,
+                                  mask=f"{mask.shape[1]}x{mask.shape[0]}", image=f"{src.shape[1]}x{src.shape[0]}")
         h0, w0 = src.shape[:2]
         scale = imageio.fit_scale(h0, w0, c.max_side)
         if scale != 1.0:
@@ -102,7 +99,8 @@ class EnhancePairStage(Stage):
         else:
             cw, ch = min(c.crop_size, w), min(c.crop_size, h)
             if (cw < c.crop_size or ch < c.crop_size) and not c.allow_smaller:
-                raise RecordError(f"image {w}x{h} smaller than crop_size {c.crop_size}", file=meta.get("file"), record=rid)
+                raise RecordError("image smaller than crop_size", file=meta.get("file"), record=rid,
+                                  size=f"{w}x{h}", crop_size=c.crop_size)
             crops = []
             for i in range(c.crops_per_pair):
                 rng = self.rng(row["key"], "crop", i)

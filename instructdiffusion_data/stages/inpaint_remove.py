@@ -28,15 +28,18 @@ loading the model once in :meth:`setup`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, RecordError
+from ..config import rng
+from ..contracts import record_drop
+from ..errors import RecordError
 from ..imageio import decode, encode, encode_png, fit_scale, read_bytes, resize
 from ..instructions import choose, load_templates
 from ..models.inpaint import make_inpainter, resolve_lama_path
@@ -52,17 +55,20 @@ log = logging.getLogger(__name__)
 class InpaintRemoveConfig(StageConfig):
     backend: Literal["opencv", "lama"] = "opencv"
     opencv_method: Literal["telea", "ns"] = "telea"
-    opencv_radius: int = 5  # neighbourhood of cv2.inpaint, pixels
+    opencv_radius: int = field(default=5, metadata=rng(1))  # neighbourhood of cv2.inpaint, pixels
     lama_model: str | None = None  # big-lama TorchScript file; None: $LAMA_MODEL
     device: str = "auto"  # lama: "auto" (cuda when available), "cuda", "cuda:1", "cpu"
-    lama_batch: int = 8  # images per lama forward (same padded size)
+    lama_batch: int = field(default=8, metadata=rng(1))  # images per lama forward (same padded size)
     half: bool = False  # lama on CUDA in float16
-    dilate_px: int = 5  # mask margin in output pixels
-    dilate_frac: float = 0.0  # extra margin as a fraction of the region's equivalent diameter
-    max_side: int | None = 512  # scale images down so the longer side is at most this; None: original size
+    dilate_px: int = field(default=5, metadata=rng(0))  # mask margin in output pixels
+    # extra margin as a fraction of the region's equivalent diameter
+    dilate_frac: float = field(default=0.0, metadata=rng(0, 1))
+    # scale images down so the longer side is at most this; None: original size
+    max_side: int | None = field(default=512, metadata=rng(16))
     image_format: Literal["jpg", "png"] = "jpg"
-    jpeg_quality: int = 95
-    min_inside_diff: float = 2.0  # removal check: mean |tgt - src| inside the mask must reach this
+    jpeg_quality: int = field(default=95, metadata=rng(1, 100))
+    # removal check: mean |tgt - src| (0-255) inside the mask must reach this
+    min_inside_diff: float = field(default=2.0, metadata=rng(0, 255))
     templates_dir: str | None = None  # default configs/instructions (edit_remove.txt, edit_add.txt)
     dataset: str = "phrasecut"  # dataset name used in keys
 
@@ -76,18 +82,18 @@ class InpaintRemoveStage(Stage):
 
     def validate(self) -> None:
         c = self.config
-        if c.dilate_px < 0 or c.dilate_frac < 0:
-            raise ConfigError(f"{self.name}.dilate_px/dilate_frac: must be >= 0, got {c.dilate_px}, {c.dilate_frac}")
-        if c.max_side is not None and c.max_side < 16:
-            raise ConfigError(f"{self.name}.max_side: must be >= 16 or null, got {c.max_side}")
-        if not 1 <= c.jpeg_quality <= 100:
-            raise ConfigError(f"{self.name}.jpeg_quality: must be in 1..100, got {c.jpeg_quality}")
         if c.backend == "lama":
-            # fail before any work when the weights are missing; the path is resolved here, on the
-            # driver, so that Ray actors (which may not share the driver's environment) get it explicitly
-            c.lama_model = str(resolve_lama_path(c.lama_model).resolve())
+            resolve_lama_path(c.lama_model)  # fail before any work when the weights are missing
         for task in ("edit_remove", "edit_add"):
             load_templates(task, c.templates_dir)
+
+    def __init__(self, config=None, *, seed: int = 0):
+        super().__init__(config, seed=seed)
+        if self.config.backend == "lama":
+            # the weights' path resolved on the driver, so that Ray actors (which may not share the
+            # driver's environment) get it explicitly: a resolved copy, the caller's config is left as it was
+            self.config = dataclasses.replace(self.config,
+                                              lama_model=str(resolve_lama_path(self.config.lama_model).resolve()))
 
     def setup(self) -> None:
         c = self.config
@@ -101,12 +107,13 @@ class InpaintRemoveStage(Stage):
         m = row["meta"]
         rid = m.get("record_id")
         if "polygons" not in m or "file" not in m:
-            raise RecordError("record has no polygons/file (not a phrasecut-style record)", record=rid)
+            raise RecordError("record has no polygons or file (not a phrasecut-style record)", record=rid,
+                              field="polygons" if "polygons" not in m else "file")
         img = decode(read_bytes(m["file"], rid), file=m["file"], record=rid)
         h, w = img.shape[:2]
         if (m.get("width"), m.get("height")) not in ((w, h), (None, None)):
-            raise RecordError(f"image is {w}x{h} but the annotations say {m.get('width')}x{m.get('height')}",
-                              file=m["file"], record=rid)
+            raise RecordError("image size differs from the annotations", file=m["file"], record=rid,
+                              image=f"{w}x{h}", annotations=f"{m.get('width')}x{m.get('height')}")
         scale = fit_scale(h, w, self.config.max_side)
         img = resize(img, scale)
         oh, ow = img.shape[:2]
@@ -126,7 +133,7 @@ class InpaintRemoveStage(Stage):
             try:
                 loaded.append((r, *self._load(r)))
             except RecordError as e:
-                out.append(drop(r, f"{self.name}: {e}"))
+                out.append(record_drop(r, self.name, e))
         if not loaded:
             return out
         filled = self.inpainter.inpaint([x[1] for x in loaded], [x[2] for x in loaded])
@@ -138,7 +145,7 @@ class InpaintRemoveStage(Stage):
         c = self.config
         tgt = img.copy()
         np.copyto(tgt, inp, where=(mask > 0)[..., None])
-        ok, reason, diff = removal_check(img, tgt, mask, c.min_inside_diff)
+        ok, reason, detail, diff = removal_check(img, tgt, mask, c.min_inside_diff)
 
         src_b = encode(img, c.image_format, c.jpeg_quality)
         tgt_b = encode(tgt, c.image_format, c.jpeg_quality)
@@ -163,27 +170,29 @@ class InpaintRemoveStage(Stage):
             row = child(r, key=make_key(c.dataset, rid, variant), task=task, src=s, tgt=t, mask=mask_b,
                         instruction=text, meta=meta)
             if not ok:
-                drop(row, f"{self.name}: {reason}")
+                drop(row, f"{self.name}: {reason}", **detail)
             rows.append(row)
         return rows
 
 
-def removal_check(src: np.ndarray, tgt: np.ndarray, mask: np.ndarray, min_inside_diff: float) -> tuple[bool, str, float]:
-    """(passed, reason, mean abs difference inside the mask). Outside the mask the pixels must be
-    identical; inside they must differ on average by at least ``min_inside_diff``."""
+def removal_check(src: np.ndarray, tgt: np.ndarray, mask: np.ndarray,
+                  min_inside_diff: float) -> tuple[bool, str, dict, float]:
+    """(passed, reason class, its details, mean abs difference inside the mask). Outside the mask the
+    pixels must be identical; inside they must differ on average by at least ``min_inside_diff``."""
     if src.shape != tgt.shape:
-        return False, f"removal check failed: target shape {tgt.shape} != source {src.shape}", 0.0
+        return False, "removal check failed: target size differs from source", {
+            "target": list(tgt.shape), "source": list(src.shape)}, 0.0
     m = np.where(mask > 0, 255, 0).astype(np.uint8)
     d = cv2.absdiff(src, tgt)
     dmax = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
     outside_changed = cv2.countNonZero(cv2.bitwise_and(dmax, cv2.bitwise_not(m)))
     diff = float(np.mean(cv2.mean(d, mask=m)[:3])) if cv2.countNonZero(m) else 0.0
     if outside_changed:
-        return False, f"removal check failed: {outside_changed} pixels changed outside the mask", diff
+        return False, "removal check failed: pixels changed outside the mask", {"pixels": int(outside_changed)}, diff
     if diff < min_inside_diff:
-        return False, (f"removal check failed: region unchanged (mean diff={diff:.2f}, "
-                       f"min={min_inside_diff:g})"), diff
-    return True, "", diff
+        return False, "removal check failed: region unchanged", {"mean_diff": round(diff, 2),
+                                                                 "min": min_inside_diff}, diff
+    return True, "", {}, diff
 
 
 STAGE = InpaintRemoveStage

@@ -24,8 +24,8 @@ seeded generator: the same row always gets the same text; a row that already car
 from an earlier template stage keeps it (``keep_existing``, provenance ``"by": "upstream"``). With an endpoint, every row is asked of the
 LLM (cached, retried, budgeted: :mod:`instructdiffusion_data.llm`) and the answer validated; a row
 whose answer fails validation is asked again with another seed (``validation_retries``, default 1;
-each ask is a cached request) and then dropped with the reason (``llm_instruction: instruction does not
-mention the edited object``). When the budget is spent, the remaining rows are dropped with
+each ask is a cached request) and then dropped with the reason's class (``llm_instruction: instruction
+does not mention the edited object``; the answer's excerpt is a detail). When the budget is spent, the remaining rows are dropped with
 ``llm budget exhausted`` (default; a rerun with a larger budget and ``--overwrite`` re-asks only
 those, the rest come from the cache) or, with ``on_budget_exhausted: template``, keep a template
 instruction marked as such.
@@ -33,12 +33,15 @@ instruction marked as such.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..errors import ConfigError
+from ..config import rng
+from ..contracts import ReferencePatch
+from ..errors import ConfigError, RecordError
 from ..llm import (
     BudgetExhausted,
     EditSpec,
@@ -46,6 +49,7 @@ from ..llm import (
     Limits,
     LLMClient,
     LLMConfig,
+    LLMError,
     check_instruction,
     instruction_messages,
     parse_instruction,
@@ -53,6 +57,7 @@ from ..llm import (
     template_instruction,
 )
 from ..llm.prompts import EDIT_TASKS, label_text
+from ..llm.validate import Problem
 from ..schema import Row, drop
 from ..stage import Stage, StageConfig
 
@@ -66,12 +71,13 @@ class LLMInstructionConfig(StageConfig):
     templates_dir: str | None = None  # default: configs/instructions of the checkout (IDD_CONFIG_DIR)
     on_budget_exhausted: Literal["drop", "template"] = "drop"
     on_error: Literal["drop", "template"] = "drop"  # an LLM call that failed for good (after retries)
-    min_chars: int = 8
-    max_chars: int = 200
-    min_words: int = 2
-    max_words: int = 30
+    min_chars: int = field(default=8, metadata=rng(1))  # an instruction has at least this many characters
+    max_chars: int = field(default=200, metadata=rng(1))
+    min_words: int = field(default=2, metadata=rng(1))
+    max_words: int = field(default=30, metadata=rng(1))
     per_row_seed: bool = True  # send a seed derived from the row key (diversity across identical inputs)
-    validation_retries: int = 1  # an answer failing validation is asked again (new seed) this many times
+    # an answer failing validation is asked again (new seed) this many times
+    validation_retries: int = field(default=1, metadata=rng(0))
     keep_existing: bool = True  # template path: a row that already has an instruction (e.g. from the
     # removal stage, same templates) keeps it and is marked {"path": "template", "by": "upstream"}
 
@@ -93,20 +99,24 @@ def edit_spec(row: Row) -> EditSpec:
     meta = row.get("meta") or {}
     caps = meta.get("captions") if isinstance(meta.get("captions"), dict) else {}
     region = meta.get("region") if isinstance(meta.get("region"), dict) else {}
-    ref = meta.get("reference") if isinstance(meta.get("reference"), dict) else {}
+    try:
+        ref = ReferencePatch.from_meta(meta)
+    except RecordError:
+        ref = None
     prov = meta.get("caption_provenance") if isinstance(meta.get("caption_provenance"), dict) else {}
     pixels = prov.get("backend") == "blip2"  # captions of the pixels describe more than a class name
     labels = (meta.get("object"), meta.get("src_label"), meta.get("phrase"), _label(region.get("label")))
     obj = _first(caps.get("src_region"), *labels) if pixels else _first(*labels[:3], caps.get("src_region"), labels[3])
     if obj is None:
-        raise ValueError("no edited object in meta (expected phrase, src_label, object or captions.src_region)")
+        raise ValueError("no edited object in meta: expected phrase, src_label, object or captions.src_region")
     target = None
     if row["task"] == "edit_replace":
-        ref_labels = (_label(meta.get("ref_label")), _label(ref.get("label")))
+        ref_labels = (_label(meta.get("ref_label")), _label(ref.label if ref else None))
         ref_caps = (caps.get("reference"), caps.get("tgt_region"))
         target = _first(*ref_caps, *ref_labels) if pixels else _first(ref_labels[0], *ref_caps, ref_labels[1])
         if target is None:
-            raise ValueError("no replacement target in meta (expected ref_label, captions.reference or captions.tgt_region)")
+            raise ValueError("no replacement target in meta: expected ref_label, captions.reference or "
+                             "captions.tgt_region")
     return EditSpec(task=row["task"], obj=obj, target_obj=target, source_caption=_first(caps.get("src")),
                     target_caption=_first(caps.get("tgt")))
 
@@ -119,20 +129,22 @@ class LLMInstruction(Stage):
         c = self.config
         if c.min_chars > c.max_chars or c.min_words > c.max_words:
             raise ConfigError(f"stages({self.name}): min_chars/min_words must not exceed max_chars/max_words")
-        if c.validation_retries < 0:
-            raise ConfigError(f"stages({self.name}).validation_retries: must be >= 0")
-        if c.llm.base_url and c.llm.concurrency < 1:
-            raise ConfigError(f"stages({self.name}).llm.concurrency: must be >= 1")
         if c.llm.base_url and not os.environ.get(c.llm.api_key_env):
             log.warning("%s: $%s is not set; requests go to %s without an API key (fine for a local vLLM or "
                         "llama.cpp server, a 401 for every row elsewhere)", self.name, c.llm.api_key_env, c.llm.base_url)
-        if c.llm.cache_path:
-            # resolved on the driver: Ray workers may run in another working directory
-            c.llm.cache_path = os.path.abspath(os.path.expanduser(c.llm.cache_path))
         if c.templates_dir:
             from ..config import check_path
 
             check_path(c.templates_dir, f"stages({self.name}).templates_dir", kind="dir")
+
+    def __init__(self, config=None, *, seed: int = 0):
+        super().__init__(config, seed=seed)
+        c = self.config
+        if c.llm.cache_path:
+            # resolved on the driver (Ray workers may run in another working directory): a resolved copy,
+            # the caller's config is left as it was
+            llm = dataclasses.replace(c.llm, cache_path=os.path.abspath(os.path.expanduser(c.llm.cache_path)))
+            self.config = dataclasses.replace(c, llm=llm)
 
     def setup(self) -> None:
         self.client = LLMClient(self.config.llm, seed=self.seed) if self.config.llm.base_url else None
@@ -161,7 +173,7 @@ class LLMInstruction(Stage):
             try:
                 spec = edit_spec(row)
             except ValueError as e:
-                out.append(drop(row, f"{self.name}: {e}"))
+                out.append(drop(row, f"{self.name}: {e}"))  # fixed texts naming the meta fields looked at
                 continue
             if self.client is None:
                 if self.config.keep_existing and row.get("instruction"):
@@ -199,8 +211,10 @@ class LLMInstruction(Stage):
                 if isinstance(res, Exception):
                     if c.on_error == "template":
                         self._template(row, spec, fallback=str(res))
+                    elif isinstance(res, LLMError):
+                        drop(row, f"{self.name}: {res.reason}", **res.detail)
                     else:
-                        drop(row, f"{self.name}: {res}")
+                        drop(row, f"{self.name}: error {type(res).__name__}", error=str(res)[:300])
                     continue
                 used = tokens.setdefault(row["key"], [0, 0])
                 used[0] += res.prompt_tokens
@@ -212,7 +226,7 @@ class LLMInstruction(Stage):
                     text = parse_instruction(res.text)
                     reason = check_instruction(text, spec.objects(), self.limits)
                 except InvalidResponse as e:
-                    text, reason = res.text, str(e)
+                    text, reason = res.text, Problem(e.reason, **e.detail)
                 if reason:
                     failed.append((row, spec, reason))
                     row["meta"]["instruction_rejected"] = text
@@ -224,7 +238,7 @@ class LLMInstruction(Stage):
                 break
             if round_ == c.validation_retries:
                 for row, _, reason in failed:
-                    drop(row, f"{self.name}: {reason}")
+                    drop(row, f"{self.name}: {reason}", **getattr(reason, "detail", {}))
         s = self.client.stats
         log.info("%s: %d rows; requests %d (retries %d), cache hits %d, tokens %d+%d, budget refused %d",
                  self.name, len(todo), s["requests"], s["retries"], s["cache_hits"], s["prompt_tokens"],

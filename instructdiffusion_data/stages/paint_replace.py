@@ -25,16 +25,17 @@ that follow in the pipeline write them from ``meta["region"]["label"]`` and
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
 import numpy as np
 
+from ..config import rng
+from ..contracts import ReferencePatch
 from ..errors import ConfigError, RecordError
 from ..imageio import decode, encode, encode_png, read_bytes
 from ..replace.blend import PoissonParams, poisson_replace
-from ..replace.gallery import decode_rgba, read_patch
 from ..replace.regions import region_mask
 from ..schema import Row, make_key
 from ..stage import Stage, StageConfig
@@ -46,24 +47,24 @@ log = logging.getLogger(__name__)
 class PaintReplaceConfig(StageConfig):
     backend: Literal["poisson", "paint_by_example"] = "poisson"
     # poisson
-    fit: float = 1.0
-    dilate: int = 3
-    inpaint_radius: int = 5
+    fit: float = field(default=1.0, metadata=rng(0.05, 4))  # reference scaled to the region's box times this
+    dilate: int = field(default=3, metadata=rng(0))  # px grown around the source region before it is inpainted
+    inpaint_radius: int = field(default=5, metadata=rng(1))
     clone: Literal["normal", "mixed"] = "normal"
-    ring: float = 0.08  # clone mask = object grown by this fraction of its size
+    ring: float = field(default=0.08, metadata=rng(0, 1))  # clone mask = object grown by this fraction of its size
     # paint_by_example
     model: str = "Fantasy-Studio/Paint-by-Example"
     local_files_only: bool = False
     device: str | None = None  # None: cuda when available
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    steps: int = 50
-    guidance_scale: float = 5.0
-    resolution: int = 512
-    mask_dilate: int = 8  # px grown around the region before PaintByExample repaints it
+    steps: int = field(default=50, metadata=rng(1))
+    guidance_scale: float = field(default=5.0, metadata=rng(0))
+    resolution: int = field(default=512, metadata=rng(8))  # a multiple of 8
+    mask_dilate: int = field(default=8, metadata=rng(0))  # px grown around the region before PaintByExample repaints it
     paste_back: bool = True
     # output
     tgt_format: Literal["jpg", "png"] = "jpg"
-    jpeg_quality: int = 95
+    jpeg_quality: int = field(default=95, metadata=rng(1, 100))
     batch_size: int = 8
 
 
@@ -73,8 +74,8 @@ class PaintReplaceStage(Stage):
 
     def validate(self) -> None:
         c = self.config
-        if c.backend == "paint_by_example" and (c.steps < 1 or c.resolution % 8):
-            raise ConfigError(f"stages({self.name}): steps must be >= 1 and resolution a multiple of 8")
+        if c.backend == "paint_by_example" and c.resolution % 8:
+            raise ConfigError(f"stages({self.name}).resolution: must be a multiple of 8, got {c.resolution}")
 
     def setup(self) -> None:
         self.editor = None
@@ -90,16 +91,13 @@ class PaintReplaceStage(Stage):
     def _inputs(self, row: Row) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
         m = row["meta"]
         rid = str(m.get("record_id"))
-        ref = m.get("reference")
-        if not isinstance(ref, dict) or "patch" not in ref:
-            raise RecordError("no reference (run retrieve_reference first)", record=rid)
+        ref = ReferencePatch.from_meta(m, record=rid)
+        if ref is None or ref.patch is None:  # retrieve_reference writes it
+            raise RecordError("no reference patch in the gallery", record=rid, field="reference.patch")
         src_bytes = read_bytes(m["file"], rid)
         src = decode(src_bytes, file=m["file"], record=rid)
         region = region_mask(m["region"], src.shape[0], src.shape[1])
-        from pathlib import Path
-
-        patch = decode_rgba(read_patch(Path(ref["gallery"]), ref["patch"]["tar"], ref["patch"]["offset"],
-                                       ref["patch"]["size"], self._handles))
+        patch = ref.gallery_rgba(self._handles, record=rid)
         return src_bytes, src, region, patch
 
     def process(self, rows: list[Row]) -> list[Row]:

@@ -185,7 +185,8 @@ class QualityFilter(Stage):
 
     # -- the work -------------------------------------------------------------------------------
     def _in_scope(self, row: Row) -> bool:
-        return (self.config.tasks is None or row.get("task") in self.config.tasks) and bool(row.get("tgt") or row.get("src"))
+        c = self.config
+        return (c.tasks is None or row.get("task") in c.tasks) and bool(row.get("tgt") or row.get("src"))
 
     def process(self, rows: list[Row]) -> list[Row]:
         items = [Item(r, *(decode(r[role], record=r["key"]) if r.get(role) else None for role in ("src", "tgt")))

@@ -1,19 +1,23 @@
 """Keypoint targets (paper 3.1, 4.1): per sample 1-5 random labelled joints of one person, each
 circled in a random named colour; the instruction names joints, colours and the person.
 
-Works for every reader emitting the keypoint record payload (COCO, MPII, CrowdPose, AIC):
-``meta.joints`` [{name, x, y, v}] in file pixels, ``meta.bbox`` of the person, ``meta.people``.
+Works for every reader emitting the keypoint record payload (COCO, MPII, CrowdPose, AIC), read through
+:class:`..contracts.PersonKeypoints`: ``meta.joints`` [{name, x, y, v}] in file pixels, ``meta.bbox`` of
+the person, ``meta.people``. What was drawn goes to ``meta.drawn`` (:class:`..contracts.DrawnJoint`).
+Templates agree in number with the joints drawn (``{n:a circle|circles}``, :class:`..instructions.Number`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import imageio
+from ..config import rng
+from ..contracts import DrawnJoint, PersonKeypoints
 from ..errors import ConfigError
-from ..instructions import choose
+from ..instructions import Number, choose
 from ..render import keypoints as K
 from ..render.common import RenderConfig, RenderStage, Source, encode_target
 from ..render.palette import PALETTE, names as palette_names
@@ -25,12 +29,15 @@ ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "
 
 @dataclass
 class RenderKeypointsConfig(RenderConfig):
-    min_joints: int = 1
-    max_joints: int = 5
-    radius_frac: float = 0.01  # circle radius as a fraction of the longer side of the written image
-    min_radius: int = 3
-    min_visibility: int = 1  # 1: labelled joints, occluded included (COCO v=1); 2: visible only
-    max_centre_error: float = 1.5  # px, verification of the recovered circle centres
+    min_joints: int = field(default=1, metadata=rng(1))  # joints drawn per sample, at least
+    max_joints: int = field(default=5, metadata=rng(1))  # and at most
+    # circle radius as a fraction of the longer side of the written image
+    radius_frac: float = field(default=0.01, metadata=rng(0, 0.25))
+    min_radius: int = field(default=3, metadata=rng(1))  # px
+    # 1: labelled joints, occluded included (COCO v=1); 2: visible only
+    min_visibility: int = field(default=1, metadata=rng(1, 2))
+    # px, verification: a recovered circle centre farther than this from its joint fails the sample
+    max_centre_error: float = field(default=1.5, metadata=rng(0))
     templates: str = "keypoint"
 
 
@@ -74,9 +81,9 @@ class RenderKeypoints(RenderStage):
         rid = meta.get("record_id")
         h, w = src.rgb.shape[:2]
         radius = K.radius_for(h, w, cfg.radius_frac, cfg.min_radius)
-        joints = [dict(j, x=j["x"] * src.scale, y=j["y"] * src.scale) for j in meta["joints"]]
-        bbox = meta.get("bbox")
-        person = describe_person(bbox, meta.get("people"))
+        kp = PersonKeypoints.from_meta(meta, record=rid)
+        joints = [j.scaled(src.scale).to_meta() for j in kp.joints]
+        person = describe_person(kp.bbox, kp.people)
         palette = {n: PALETTE[n] for n in palette_names(cfg.colors)}
         base = {k: v for k, v in meta.items() if k not in ("joints", "people")}
         rows = []
@@ -96,9 +103,9 @@ class RenderKeypoints(RenderStage):
             rgbs = [palette[c] for c in colours]
             tgt_bytes = encode_target(K.draw(src.rgb, pts, rgbs, radius), cfg)
             items = [f"the {joints[i]['name']} in {c}" for i, c in zip(chosen, colours)]
-            t_idx, text = choose(templates, rng, items=join_items(items), person=person)
-            drawn = [{"joint": joints[i]["name"], "x": round(joints[i]["x"], 3), "y": round(joints[i]["y"], 3),
-                      "v": joints[i]["v"], "color": c, "rgb": list(palette[c])} for i, c in zip(chosen, colours)]
+            t_idx, text = choose(templates, rng, items=join_items(items), person=person, n=Number(len(chosen)))
+            drawn = [DrawnJoint(joints[i]["name"], joints[i]["x"], joints[i]["y"], joints[i]["v"], c,
+                                list(palette[c])).to_meta() for i, c in zip(chosen, colours)]
             row.update(tgt=tgt_bytes, instruction=text)
             row["meta"].update(drawn=drawn, radius=radius, person=person, template=t_idx)
             if cfg.verify:
@@ -107,7 +114,8 @@ class RenderKeypoints(RenderStage):
                 row["meta"]["verify"] = {"max_centre_error": round(worst, 3) if np.isfinite(worst) else None}
                 row["meta"]["verified"] = bool(worst <= cfg.max_centre_error)
                 if not row["meta"]["verified"]:
-                    drop(row, f"verification failed: circle centre off by more than {cfg.max_centre_error}px")
+                    drop(row, "verification failed: circle centre off",
+                         centre_error=row["meta"]["verify"]["max_centre_error"], max_centre_error=cfg.max_centre_error)
             rows.append(row)
         return rows
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from ..contracts import union_mask
 from ..instructions import choose
 from ..render import masks as M
 from ..render.common import MaskRenderConfig, RenderStage, Source, mask_row, object_phrase, pick_mask_color
@@ -34,9 +33,7 @@ class RenderRefseg(RenderStage):
         rid = meta.get("record_id")
         h, w = src.rgb.shape[:2]
         h0, w0 = src.orig_size
-        full = np.zeros((h0, w0), bool)
-        for seg in meta.get("targets") or []:
-            full |= M.segment_to_mask(seg, h0, w0, record=rid)
+        full = union_mask(meta.get("targets") or [], h0, w0, record=rid, where="targets")
         mask = M.resize_bool(full, (h, w))
         sentences = meta["sentences"]
         base = {k: v for k, v in meta.items() if k not in ("targets", "sentences")}

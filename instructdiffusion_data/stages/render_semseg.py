@@ -8,10 +8,12 @@ form) or ``meta.labelmap`` + ``label_offset`` (pixel-map form: pixel value + off
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import rng
+from ..contracts import Segment
 from ..errors import ConfigError, RecordError
 from ..instructions import choose
 from ..readers._coco import clean_name, cocostuff_labels
@@ -24,8 +26,10 @@ VOID = 255
 
 @dataclass
 class RenderSemsegConfig(MaskRenderConfig):
-    absent_ratio: float = 0.2  # share of samples naming a category that is not in the image
-    min_area_frac: float = 0.001  # categories covering less of the image are not chosen as present
+    # share of samples naming a category that is not in the image
+    absent_ratio: float = field(default=0.2, metadata=rng(0, 1))
+    # categories covering less of the image than this share are not chosen as present
+    min_area_frac: float = field(default=0.001, metadata=rng(0, 1))
     vocabulary: str = "cocostuff"  # category names for absent draws (the bundled COCO-Stuff list)
 
 
@@ -35,8 +39,6 @@ class RenderSemseg(RenderStage):
     task = "semantic_seg"
 
     def validate(self) -> None:
-        if not 0.0 <= self.config.absent_ratio <= 1.0:
-            raise ConfigError(f"{self.name}.absent_ratio: must be within [0, 1], got {self.config.absent_ratio}")
         if self.config.vocabulary != "cocostuff":
             raise ConfigError(f"{self.name}.vocabulary: unknown vocabulary {self.config.vocabulary!r} (cocostuff)")
         super().validate()
@@ -48,21 +50,24 @@ class RenderSemseg(RenderStage):
         if meta.get("labelmap"):
             lm = M.read_labelmap(meta["labelmap"], record=rid)
             if lm.shape != (h0, w0):
-                raise RecordError(f"label map size {list(lm.shape)} differs from image size {[h0, w0]}",
-                                  file=meta["labelmap"], record=rid)
+                raise RecordError("label map size differs from image size", file=meta["labelmap"], record=rid,
+                                  labelmap_size=f"{lm.shape[1]}x{lm.shape[0]}", image_size=f"{w0}x{h0}")
             off = int(meta.get("label_offset", 1))
             for val in np.unique(lm):
                 if val == VOID:
                     continue
                 cid = int(val) + off
                 if cid not in labels or cid == 183:
-                    raise RecordError(f"unknown category id {cid} (pixel value {int(val)})", file=meta["labelmap"],
-                                      record=rid, field="pixel")
+                    raise RecordError("unknown category id in label map", file=meta["labelmap"], record=rid,
+                                      field="pixel", category_id=cid, pixel=int(val))
                 masks[clean_name(labels[cid])] = lm == val
             return masks
-        for seg in meta.get("segments", []):
-            m = M.segment_to_mask(seg, h0, w0, record=rid)
-            name = seg["name"]
+        for i, raw in enumerate(meta.get("segments", [])):
+            seg = Segment.from_meta(raw, rid, f"segments[{i}]")
+            if not isinstance(seg.name, str):
+                raise RecordError("segment has no category name", record=rid, field=f"segments[{i}].name")
+            m = seg.mask(h0, w0, record=rid)
+            name = seg.name
             masks[name] = masks[name] | m if name in masks else m
         return masks
 

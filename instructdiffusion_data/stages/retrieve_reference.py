@@ -28,17 +28,17 @@ similarity], ...] (the k kept, best first), "excluded": {"same_image", "near_dup
 
 from __future__ import annotations
 
-import base64
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
 import numpy as np
 
-from ..config import check_path
+from ..config import check_path, rng
+from ..contracts import PatchLocation, ReferencePatch
 from ..errors import ConfigError, RecordError
-from ..replace.gallery import Gallery, encode_rgba, make_embedder, region_patch
+from ..replace.gallery import Gallery, make_embedder, region_patch
 from ..schema import Row, drop
 from ..stage import Stage, StageConfig
 
@@ -48,15 +48,17 @@ log = logging.getLogger(__name__)
 @dataclass
 class RetrieveReferenceConfig(StageConfig):
     gallery: str = "shards/ieiw_gallery"  # folder written by `idd gallery build`
-    k: int = 5  # candidates kept after exclusions; the reference is drawn among them
-    search_k: int = 64  # neighbours fetched from the index before exclusions
-    dup_threshold: float = 0.985  # similarity above which a patch counts as a near-duplicate
-    min_similarity: float = -1.0
+    k: int = field(default=5, metadata=rng(1))  # candidates kept after exclusions; the reference is drawn among them
+    search_k: int = field(default=64, metadata=rng(1))  # neighbours fetched from the index before exclusions
+    # cosine similarity above which a patch counts as a near-duplicate of the query
+    dup_threshold: float = field(default=0.985, metadata=rng(-1, 1))
+    min_similarity: float = field(default=-1.0, metadata=rng(-1, 1))  # candidates less similar are excluded
     label_rule: Literal["any", "different"] = "any"  # different: never replace an object by its own class
     require_label: bool = False  # only labelled patches (weight-free profile: the instruction needs a name)
     choose: Literal["uniform", "weighted"] = "uniform"
-    nprobe: int | None = None  # IVF-PQ galleries: override the saved nprobe
-    embed_patch_max_side: int = 128  # copy of the reference patch in meta, base64 PNG; 0 = location only
+    nprobe: int | None = field(default=None, metadata=rng(1))  # IVF-PQ galleries: override the saved nprobe
+    # copy of the reference patch in meta, base64 PNG; 0 = location only
+    embed_patch_max_side: int = field(default=128, metadata=rng(0))
     batch_size: int = 64
 
 
@@ -83,8 +85,8 @@ class RetrieveReferenceStage(Stage):
     def validate(self) -> None:
         c = self.config
         check_path(c.gallery, f"stages({self.name}).gallery", kind="dir")
-        if c.k < 1 or c.search_k < c.k:
-            raise ConfigError(f"stages({self.name}): need 1 <= k <= search_k, got k={c.k} search_k={c.search_k}")
+        if c.search_k < c.k:
+            raise ConfigError(f"stages({self.name}).search_k: must be >= k ({c.k}), got {c.search_k}")
 
     def setup(self) -> None:
         self.gallery = open_gallery(self.config.gallery, self.config.nprobe)
@@ -162,7 +164,8 @@ class RetrieveReferenceStage(Stage):
                               "query": q_how, "embedder": g.manifest["embedder"].get("type"),
                               "index": g.manifest["index"].get("factory"), "label_rule": c.label_rule}
             if not cands:
-                out.append(drop(r, f"{self.name}: no reference after exclusions (record={m.get('record_id')})"))
+                out.append(drop(r, f"{self.name}: no reference after exclusions", record=m.get("record_id"),
+                                **{f"excluded_{k}": v for k, v in excluded.items() if v}))
                 continue
             rng = self.rng(r["key"])
             if c.choose == "weighted":
@@ -171,19 +174,20 @@ class RetrieveReferenceStage(Stage):
             else:
                 pick = int(rng.integers(len(cands)))
             gid, sim = cands[pick]
-            m["reference"] = self._reference(gid, sim, pick)
-            m["ref_label"] = m["reference"]["label"]
+            ref = self._reference(gid, sim, pick)
+            m["reference"] = ref.to_meta()
+            m["ref_label"] = ref.label
             out.append(r)
         return out
 
-    def _reference(self, gid: int, sim: float, rank: int) -> dict:
+    def _reference(self, gid: int, sim: float, rank: int) -> ReferencePatch:
         g = self.gallery
         t = g.table[gid]
-        ref = {"gallery": str(g.root), "gallery_id": gid, "key": t["key"], "dataset": t["dataset"],
-               "image_id": t["image_id"], "region_id": t["region_id"], "label": t["label"],
-               "label_id": t["label_id"], "file": t["file"], "bbox": list(t["bbox"]), "crop": list(t["crop"]),
-               "patch": {"tar": t["tar"], "offset": int(t["offset"]), "size": int(t["size"])},
-               "similarity": round(sim, 6), "rank": rank}
+        ref = ReferencePatch(
+            gallery=str(g.root), gallery_id=gid, key=t["key"], dataset=t["dataset"], image_id=t["image_id"],
+            region_id=t["region_id"], label=t["label"], label_id=t["label_id"], file=t["file"],
+            bbox=list(t["bbox"]), crop=list(t["crop"]),
+            patch=PatchLocation(t["tar"], int(t["offset"]), int(t["size"])), similarity=round(sim, 6), rank=rank)
         side = self.config.embed_patch_max_side
         if side > 0:
             patch = g.patch(gid)
@@ -191,7 +195,7 @@ class RetrieveReferenceStage(Stage):
             if scale < 1.0:
                 patch = cv2.resize(patch, (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale))),
                                    interpolation=cv2.INTER_AREA)
-            ref["patch_png_b64"] = base64.b64encode(encode_rgba(patch)).decode("ascii")
+            ref.patch_png_b64 = ReferencePatch.encode_patch(patch)
         return ref
 
 
