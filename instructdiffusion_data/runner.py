@@ -558,8 +558,14 @@ class WriteShard:
         info = next((json.loads(r["_sinfo"]) for r in rows if r.get("_rec") == 0 and r.get("_sinfo")), {})
         info["records"] = nrec
         info["inputs"] = relativize(info.get("inputs") or {}, self.roots)
+        from .card import provenance_for
+
         for r in rows:
-            r["meta"] = relativize(r.get("meta") or {}, self.roots)
+            m = r.get("meta") or {}
+            if r.get("dataset") and m.get("record_id") is not None:  # licence + source id per row
+                m["provenance"] = {**provenance_for(r["dataset"], m["record_id"], image=m.get("image_id")),
+                                   **(m.get("provenance") or {})}
+            r["meta"] = relativize(m, self.roots)
             if r.get("drop_detail"):
                 r["drop_detail"] = [relativize_text(d, self.roots) for d in r["drop_detail"]]
             if r.get("drop_reason"):

@@ -13,7 +13,8 @@ IDD = [sys.executable, "-m", "instructdiffusion_data.cli"]
 
 
 def test_schema_has_design_columns():
-    assert COLUMNS == ("key", "task", "dataset", "src", "tgt", "instruction", "mask", "meta", "keep", "drop_reason")
+    assert COLUMNS == ("key", "task", "dataset", "src", "tgt", "instruction", "mask", "meta", "keep", "drop_reason",
+                       "drop_class", "drop_detail")
     assert set(COLUMNS) <= set(ARROW_SCHEMA.names)
 
 
