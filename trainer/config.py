@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from instructdiffusion_data.config import apply_overrides, build, load_yaml
+from instructdiffusion_data.config import apply_overrides, build, load_yaml, rng
 
 from .data import DataConfig
 
@@ -22,24 +22,24 @@ class ModelConfig:
     unet: str | None = None  # optional separate UNet (hub id/folder), e.g. the stage-1 EMA UNet
     local_files_only: bool = False  # never touch the network (also honoured via HF_HUB_OFFLINE=1)
     create_tiny_if_missing: bool = False  # pretrained is a folder that does not exist: write a tiny random model
-    tiny_sample_size: int = 64  # image size the tiny model is built for
+    tiny_sample_size: int = field(default=64, metadata=rng(8))  # image size the tiny model is built for
     gradient_checkpointing: bool = False
     use_ema: bool = True
-    ema_decay: float = 0.9999  # paper: 0.9999; 0.99 for the alignment fine-tune
+    ema_decay: float = field(default=0.9999, metadata=rng(0, 1))  # paper: 0.9999; 0.99 for the alignment fine-tune
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # None: the scheduler's own
 
 
 @dataclass
 class OptimConfig:
-    learning_rate: float = 1e-4
+    learning_rate: float = field(default=1e-4, metadata=rng(0))
     scale_lr: bool = False  # multiply by batch size * accumulation * processes
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = field(default=0.9, metadata=rng(0, 1))
+    adam_beta2: float = field(default=0.999, metadata=rng(0, 1))
+    adam_weight_decay: float = field(default=1e-2, metadata=rng(0))
+    adam_epsilon: float = field(default=1e-8, metadata=rng(0))
     lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
-    lr_warmup_steps: int = 500
-    max_grad_norm: float = 1.0  # 0: no clipping
+    lr_warmup_steps: int = field(default=500, metadata=rng(0))
+    max_grad_norm: float = field(default=1.0, metadata=rng(0))  # 0: no clipping
 
 
 @dataclass
@@ -47,37 +47,38 @@ class DropoutConfig:
     """Conditioning dropout for classifier-free guidance (InstructPix2Pix): per sample, drop the text
     only, the source image only, or both, with these probabilities."""
 
-    text_only: float = 0.05
-    image_only: float = 0.05
-    both: float = 0.05
+    text_only: float = field(default=0.05, metadata=rng(0, 1))  # probabilities
+    image_only: float = field(default=0.05, metadata=rng(0, 1))
+    both: float = field(default=0.05, metadata=rng(0, 1))
 
 
 @dataclass
 class ValidationConfig:
-    every_steps: int = 1000  # 0: never (but see at_end)
+    every_steps: int = field(default=1000, metadata=rng(0))  # 0: never (but see at_end)
     at_end: bool = True
-    num_samples: int = 4  # fixed (source, instruction) pairs from the shards
-    num_inference_steps: int = 20
-    guidance_scale: float = 7.5  # text guidance
-    image_guidance_scale: float = 1.5
+    num_samples: int = field(default=4, metadata=rng(0))  # fixed (source, instruction) pairs from the shards
+    num_inference_steps: int = field(default=20, metadata=rng(1))
+    guidance_scale: float = field(default=7.5, metadata=rng(0))  # text guidance
+    image_guidance_scale: float = field(default=1.5, metadata=rng(0))
     seed: int = 0
 
 
 @dataclass
 class TrainConfig:
     output_dir: str
-    max_train_steps: int
+    max_train_steps: int = field(metadata=rng(1))
     name: str = "instructdiffusion"
     seed: int = 0
-    train_batch_size: int = 4  # per device
-    gradient_accumulation_steps: int = 1
+    train_batch_size: int = field(default=4, metadata=rng(1))  # per device
+    gradient_accumulation_steps: int = field(default=1, metadata=rng(1))
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     allow_tf32: bool = True
-    cpu_threads: int | None = None  # torch intra-op threads (None: torch's default); 1 helps tiny CPU runs
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int = 3  # keep the last K checkpoints
+    # torch intra-op threads (None: torch's default); 1 helps tiny CPU runs
+    cpu_threads: int | None = field(default=None, metadata=rng(1))
+    checkpointing_steps: int = field(default=500, metadata=rng(0))  # 0: no checkpoints
+    checkpoints_total_limit: int = field(default=3, metadata=rng(0))  # keep the last K checkpoints (0: all)
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
-    log_every_steps: int = 10
+    log_every_steps: int = field(default=10, metadata=rng(1))
     report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     save_final_model: bool = True  # write <output_dir>/final (EMA UNet in the SD layout + pipeline pieces)
     model: ModelConfig = field(default_factory=ModelConfig)
