@@ -66,12 +66,12 @@ MAX_PIXELS_ENV = "IDD_MAX_PIXELS"
 class ImageTooLarge(RecordError):
     """An image whose header declares more pixels than the limit; raised before any pixel is decoded.
 
-    ``reason`` is ``image too large``; the message adds ``WIDTHxHEIGHT``, the limit, file and record in one
-    trailing parenthesis (so the drop-reason class stays ``image too large``)."""
+    ``reason`` (the drop class) is ``image too large``; ``width``, ``height`` and ``max_pixels`` are keyword
+    details of the drop; the message reads ``image too large (WxH = N pixels > limit L pixels, ...)``."""
 
     def __init__(self, width: int | None, height: int | None, limit: int, *, file: str | None = None,
                  record: str | None = None):
-        super().__init__("image too large", file=file, record=record)
+        super().__init__("image too large", file=file, record=record, width=width, height=height, max_pixels=limit)
         self.width, self.height, self.limit = width, height, limit
         size = f"{width}x{height} = {width * height} pixels" if width and height else "more pixels"
         detail = [f"{size} > limit {limit} pixels, {MAX_PIXELS_ENV}"]

@@ -166,7 +166,9 @@ def test_pipeline_rejects_the_huge_image_with_its_reason(tmp_path):
     assert len(rejected) == 1
     row = rejected[0]
     assert row["drop_reason"].startswith("decode: image too large") and "file=/data/1.jpg" in row["drop_reason"]
-    assert row.get("drop_class", "decode: image too large") == "decode: image too large"
+    assert row["drop_class"] == "decode: image too large"
+    detail = json.loads(row["drop_detail"][0])
+    assert (detail["width"], detail["height"], detail["max_pixels"]) == (30000, 30000, 64000000)
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["splits"]["train"]["rows"] == 2
     assert manifest["splits"]["rejected"]["drop_reasons"] == {"decode: image too large": 1}
