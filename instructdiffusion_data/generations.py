@@ -54,7 +54,8 @@ _GEN_NAME = re.compile(r"^\d{4,}$")
 _TMP = r"(?:\.tmp(?:-[0-9a-z]+)?)?"  # the writer's temporary names: ".tmp", ".tmp-<attempt>"
 _ENGINE_FILE = re.compile(
     rf"^(?:\.idd-generation\.json|manifest\.json{_TMP}|filter_report\.json{_TMP}|"
-    rf"filter_report/[A-Za-z0-9_.-]+\.png|(?:train|rejected)/\d{{6}}\.(?:tar|parquet|stats\.json){_TMP})$")
+    rf"filter_report/[A-Za-z0-9_.-]+\.png|(?:train|rejected)/\d{{6}}\.(?:tar|parquet|stats\.json){_TMP}|"
+    rf"(?:(?:train|rejected)/)?\.(?:manifest\.json|\d{{6}}\.stats\.json)\.tmp-\d+)$")  # write_atomic's
 
 
 def as_location(root: str | os.PathLike | Location) -> Location:
@@ -296,12 +297,13 @@ def new_generation(root: str | os.PathLike | Location, *, note: dict | None = No
     return Generation(root, n, loc, committed=sorted(committed))
 
 
-def write_atomic(loc: Location, text: str) -> None:
-    """Write a small file whole: temporary name, fsync and rename on a local disk; one PUT on an object
-    store."""
+def write_atomic(loc: Location, text: str, tmp_dir: Location | None = None) -> None:
+    """Write a small file whole: temporary name (beside it, or in ``tmp_dir`` on the same disk), fsync and
+    rename on a local disk; one PUT on an object store."""
     if loc.local:
         path = Path(loc.path)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = (Path(tmp_dir.path) if tmp_dir is not None else path.parent) / f".{path.name}.tmp-{os.getpid()}"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -330,7 +332,8 @@ def commit(root: str | os.PathLike | Location, gen: Generation, *, point: str = 
     doc = {"format": POINTER_FORMAT, "generation": gen.number, "path": gen.rel, "committed": committed,
            "previous": ptr["generation"] if ptr else 0,
            "switched": datetime.now(UTC).isoformat(timespec="seconds"), **(extra or {})}
-    write_atomic(root / POINTER, json.dumps(doc, indent=1, sort_keys=True))
+    # the temporary pointer lives in generations/ (removed with it), never as a stray file at the root
+    write_atomic(root / POINTER, json.dumps(doc, indent=1, sort_keys=True), tmp_dir=root / GENERATIONS)
     faults.point(point)
     gen.committed = committed
     return doc

