@@ -1,14 +1,19 @@
-"""Benchmark: keypoint + semantic segmentation pipelines end to end on local Ray, against the JPEG
-codec limit of this machine measured in the same run, and peak memory at two output sizes.
+"""Benchmark: keypoint + semantic segmentation pipelines on local Ray, steady-state throughput against
+the JPEG codec limit of this machine measured in the same run, and where the time goes.
 
-    .venv/bin/python bench/bench_tasks.py                # ~5,000 and ~20,000 samples at 512 px
-    .venv/bin/python bench/bench_tasks.py --images 100   # quicker
+    .venv/bin/python bench/bench_tasks.py                  # ~20,000 samples at 512 px
+    .venv/bin/python bench/bench_tasks.py --samples 5000   # quicker
 
 Codec limit: per sample, decode the source JPEG and encode a 512 px target (simplejpeg, quality 95),
 in as many processes as Ray gets CPUs. The pipeline does that and more (resize, drawing, the
-verification decode, mask PNGs, tar and parquet writing), so the ratio says how close to the
-physical limit of a CPU stage it gets. Peak memory is the resident set of the whole process tree
-(driver, raylet, workers) as PSS, sampled every 250 ms; it must not grow with the number of samples.
+verification, mask PNGs, tar and parquet writing), so the ratio says how close to the physical limit
+of a CPU stage it gets. Steady state: shards are committed by workers; the rate is the rows of every
+shard but the first ones over the time from the first commit to the last (Ray start-up, the split of
+the annotation file and the first shard's warm-up are reported apart). The generated scenes are
+replicated in the annotation files (new image and annotation ids, same image files) to reach the
+sample count without generating thousands of images; every record is still decoded and drawn.
+Then one shard of each pipeline runs in-process under cProfile, and the time is split into decode,
+draw, verify, encode, write and other.
 """
 
 from __future__ import annotations
@@ -73,21 +78,103 @@ def pipeline_configs(data: Path, variants: int, records_per_shard: int = 64,
     ]
 
 
+def replicate_coco(data: Path, times: int) -> None:
+    """Repeat every image (new ids, same file) and its annotations ``times`` times in the keypoint,
+    instances and stuff annotation files."""
+    for rel in ("coco/annotations/person_keypoints_train2017.json", "coco/annotations/instances_train2017.json",
+                "cocostuff/annotations/stuff_train2017.json"):
+        f = data / rel
+        doc = json.loads(f.read_text())
+        imgs, anns = doc["images"], doc["annotations"]
+        id_step = max(i["id"] for i in imgs) + 1
+        ann_step = max([a["id"] for a in anns] or [0]) + 1
+        doc["images"] = [dict(i, id=i["id"] + k * id_step) for k in range(times) for i in imgs]
+        doc["annotations"] = [dict(a, id=a["id"] + k * ann_step, image_id=a["image_id"] + k * id_step)
+                              for k in range(times) for a in anns]
+        f.write_text(json.dumps(doc))
+
+
 CHILD = r"""
 import json, sys, time, os
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+t_start = time.perf_counter()
 from instructdiffusion_data.config import build, PipelineConfig
 from instructdiffusion_data.runner import init_ray, run
 cfgs = [build(PipelineConfig, c) for c in json.loads(sys.argv[1])]
+t0 = time.perf_counter()
 init_ray(cfgs[0].ray)
 import ray
 ray.data.DataContext.get_current().enable_progress_bars = False
-rows, t0 = 0, time.perf_counter()
+ray_s = time.perf_counter() - t0
+rows, splits, t0 = 0, [], time.perf_counter()
 for c in cfgs:
     s = run(c, out=sys.argv[2], use_ray=True)
     rows += sum(v["rows"] for v in s.manifest["splits"].values())
-print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}))
+    splits.append(s.split)
+print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "ray_start_s": ray_s, "splits": splits}))
 """
+
+
+def steady_rate(out: Path, skip: int = 2) -> tuple[float, int, float]:
+    """(rows/s, rows, seconds) over the shards committed after the first ``skip`` of each output, from
+    the commit times of their stats files."""
+    total_rows, span = 0, 0.0
+    for out_dir in sorted(p for p in out.glob("*/*") if (p / "train").is_dir()):
+        shards = []
+        for st in (out_dir / "train").glob("*.stats.json"):
+            rej = out_dir / "rejected" / st.name
+            rows = json.loads(st.read_text())["rows"] + json.loads(rej.read_text())["rows"]
+            shards.append((max(st.stat().st_mtime, rej.stat().st_mtime), rows))
+        shards.sort()
+        if len(shards) <= skip:
+            continue
+        total_rows += sum(r for _, r in shards[skip:])
+        span += shards[-1][0] - shards[skip - 1][0]
+    return total_rows / max(span, 1e-9), total_rows, span
+
+
+def profile_one_shard(configs: list[dict], out: Path) -> dict:
+    """Run one shard of each pipeline in-process (no Ray) under cProfile; seconds per phase."""
+    import cProfile
+    import pstats
+
+    from instructdiffusion_data.config import PipelineConfig, build
+    from instructdiffusion_data.runner import run
+
+    import shutil
+
+    prof = cProfile.Profile()
+    for c in configs:
+        c = dict(c, source=dict(c["source"], limit=c["writer"]["records_per_shard"]), name=c["name"] + "_prof")
+        cfg = build(PipelineConfig, c)
+        run(cfg, out=str(out), use_ray=False)  # splits the annotation file (not profiled) and writes the shard
+        root = out / cfg.name / cfg.version
+        for split in ("train", "rejected"):
+            shutil.rmtree(root / split)
+        prof.enable()
+        run(cfg, out=str(out), use_ray=False)  # the same shard again from its record file: read, stages, write
+        prof.disable()
+    stats = pstats.Stats(prof)
+    phases = {"decode": 0.0, "draw": 0.0, "verify": 0.0, "encode": 0.0, "write": 0.0, "read+split": 0.0}
+    total = 0.0
+    for (file, _, func), (_, _, tt, _, _) in stats.stats.items():  # tottime: self time, counted once
+        total += tt
+        f = f"{file}:{func}"
+        if "simplejpeg" in f and "decode" in func or "decode" in func and ("imageio" in file or "cv2" in f):
+            phases["decode"] += tt
+        elif "encode" in func or "imencode" in func or "png" in func.lower() and "write" not in func:
+            phases["encode"] += tt
+        elif "verif" in f or "recover" in func or "iou" in func.lower():
+            phases["verify"] += tt
+        elif "render" in file or "draw" in func or "circle" in func or "blend" in func or "masks.py" in file:
+            phases["draw"] += tt
+        elif "writer.py" in file or "tarfile" in file or "parquet" in file or "write" in func:
+            phases["write"] += tt
+        elif "readers" in file or "ijson" in file or "json" in file:
+            phases["read+split"] += tt
+    phases["other"] = max(0.0, total - sum(phases.values()))
+    phases["total"] = total
+    return phases
 
 
 def run_measured(configs: list[dict], out: str) -> dict:
@@ -121,9 +208,9 @@ def run_measured(configs: list[dict], out: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=480, help="demo scenes to generate (default 480: ~5,000 samples)")
-    ap.add_argument("--variants", type=int, default=4, help="variants per record of the small run")
-    ap.add_argument("--scale", type=int, default=4, help="the large run has this many times more samples")
+    ap.add_argument("--images", type=int, default=240, help="demo scenes to generate")
+    ap.add_argument("--samples", type=int, default=20000, help="approximate samples to produce")
+    ap.add_argument("--variants", type=int, default=2, help="variants per record")
     ap.add_argument("--data", default=None, help="reuse generated demo data")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -135,19 +222,26 @@ def main() -> None:
             log.info("generating %d demo scenes ...", args.images)
             generate_all(data, n=args.images, seed=1, only=["coco"])
         files = sorted(str(p) for p in (data / "coco/train2017").glob("*.jpg"))
-        small = run_measured(pipeline_configs(data, args.variants), str(Path(tmp) / "small"))
-        sps = small["rows"] / small["seconds"]
-        codec = codec_limit(files, max(2000, small["rows"] // 2), procs=2)
-        # 4x the samples with the same shard size in rows (shards are the unit the driver holds in memory)
-        large = run_measured(pipeline_configs(data, args.variants * args.scale, max(1, 64 // args.scale)),
-                             str(Path(tmp) / "large"))
+        # samples per image and variant, measured on the generated data, sets the replication
+        probe = run_measured(pipeline_configs(data, 1), str(Path(tmp) / "probe"))
+        times = max(1, round(args.samples / max(1, probe["rows"] * args.variants)))
+        if times > 1:
+            replicate_coco(data, times)
+        res = run_measured(pipeline_configs(data, args.variants), str(Path(tmp) / "run"))
+        rate, steady_rows, span = steady_rate(Path(tmp) / "run")
+        codec = codec_limit(files, 4000, procs=2)
+        phases = profile_one_shard(pipeline_configs(data, args.variants), Path(tmp) / "prof")
     print(f"machine: {os.cpu_count()} CPUs; Ray num_cpus=2; 512 px; JPEG q95 (simplejpeg)")
-    print(f"pipeline (keypoints + semseg): {small['rows']} samples in {small['seconds']:.1f}s = {sps:.1f} samples/s")
+    print(f"pipelines (keypoints + semseg): {res['rows']} samples in {res['seconds']:.1f}s end to end "
+          f"(Ray start-up {res['ray_start_s']:.1f}s apart; splits: "
+          + ", ".join(f"{s.get('seconds', 0):.1f}s" for s in res["splits"]) + ")")
+    print(f"steady state: {steady_rows} samples in {span:.1f}s = {rate:.1f} samples/s")
     print(f"JPEG codec limit (decode src + encode tgt, 2 procs): {codec:.1f} samples/s")
-    print(f"ratio pipeline / codec limit: {sps / codec:.2f}")
-    print(f"large run: {large['rows']} samples in {large['seconds']:.1f}s = {large['rows'] / large['seconds']:.1f} samples/s")
-    print(f"peak memory (PSS of the process tree): {small['rows']} samples {small['peak_pss_mb']:.0f} MB; "
-          f"{large['rows']} samples {large['peak_pss_mb']:.0f} MB; ratio {large['peak_pss_mb'] / small['peak_pss_mb']:.2f}")
+    print(f"ratio steady state / codec limit: {rate / codec:.2f} (goal >= 0.6)")
+    print(f"peak memory (PSS of the process tree): {res['peak_pss_mb']:.0f} MB")
+    tot = phases.pop("total")
+    print("where the time goes (one shard per pipeline in-process, cProfile self time): " + ", ".join(
+        f"{k} {100 * v / tot:.0f}%" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])))
 
 
 if __name__ == "__main__":

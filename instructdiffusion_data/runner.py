@@ -574,7 +574,10 @@ class WriteShard:
         try:
             stats = writer.write_shard(shard, rows, info)
         except OSError as e:
-            return {"shard": shard, "ok": False, "error": f"{e.strerror or e}: {e.filename or self.root}"}
+            from .cli import describe_os_error
+
+            return {"shard": shard, "ok": False,
+                    "error": describe_os_error(e, [self.root]) or f"{e.strerror or e}: {e.filename or self.root}"}
         except Exception as e:  # noqa: BLE001 - reported per shard; the other shards commit
             log.exception("writing shard %s failed", shard_name(shard))
             return {"shard": shard, "ok": False, "error": f"{type(e).__name__}: {e}"}

@@ -227,12 +227,40 @@ def table_to_rows(table: pa.Table) -> list[Row]:
     return rows
 
 
+NON_FINITE_META = "non-finite number in meta"
+
+
+def _finite_only(obj: Any) -> Any:
+    """``obj`` with every NaN/Infinity replaced by None (numpy values converted first)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_only(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_only(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    try:
+        conv = _json_default(obj)
+    except TypeError:
+        return obj
+    return obj if conv is obj else _finite_only(conv)
+
+
 def rows_to_table(rows: Iterable[Row]) -> pa.Table:
+    """Rows as a table of :data:`ARROW_SCHEMA`. A row whose meta holds NaN/Infinity (not JSON) is kept
+    but dropped, with the offending key path as detail and the numbers written as null: one bad
+    number never fails a whole batch or shard."""
     out = []
     for r in rows:
         d = dict(r)
         if not isinstance(d.get("meta"), str):
-            d["meta"] = dumps_meta(d.get("meta") or {})
+            try:
+                d["meta"] = dumps_meta(d.get("meta") or {})
+            except ValueError as e:
+                path = _nonfinite_path(d.get("meta") or {}, "meta")
+                d["meta"] = dumps_meta(_finite_only(d.get("meta") or {}))
+                drop(d, NON_FINITE_META, path=path[0] if path else None, error=str(e)[:200])
         if d.get("keep") is None:
             d["keep"] = True
         out.append({c: d.get(c) for c in ARROW_SCHEMA.names})

@@ -75,3 +75,14 @@ def test_config_errors_are_one_line_before_any_work(tmp_path, yaml_text, expecte
     assert expected in lines[0]
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nan_in_meta_drops_that_row_not_the_batch():
+    from instructdiffusion_data.schema import new_row, rows_to_table, table_to_rows
+
+    rows = table_to_rows(rows_to_table([new_row(key="a", meta={"scores": {"x": float("nan")}}),
+                                        new_row(key="b", meta={"y": 1})]))
+    a, b = rows
+    assert a["keep"] is False and a["drop_class"] == "non-finite number in meta"
+    assert a["meta"] == {"scores": {"x": None}} and '"path": "meta.scores.x"' in a["drop_detail"][0]
+    assert b["keep"] is True and b["meta"] == {"y": 1}
