@@ -60,7 +60,7 @@ def bench_pipeline(n: int, seed: int, backend_method: str) -> None:
         from instructdiffusion_data.runner import build, run_stages_local
 
         source, stages = build(cfg)
-        records = list(source.iter_limited())
+        records = list(source.iter_records())
         removal = [st for st in stages if st.name == "inpaint_remove"]
         t0, c0 = time.perf_counter(), time.process_time()
         stage_rows = run_stages_local(removal, records)

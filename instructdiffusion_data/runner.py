@@ -420,6 +420,11 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
     # 3. execute: workers read, run the stages and write
     execute(specs)
 
+    if summary.shards_written and (loc / "CURRENT.json").exists():
+        log.warning("%s has been re-filtered (CURRENT.json names a later generation): the %d shards written now are "
+                    "in generation 0 only; run idd filter again to carry them into a new generation", root,
+                    summary.shards_written)
+
     # 4. manifest, with the accounting checked (no shard is in flight now: leftovers of killed attempts go)
     writer.clean_attempts()
     split_index = source.split_index(loc, rps) if isinstance(source, RecordSource) else None

@@ -136,6 +136,22 @@ class Source(abc.ABC):
     def read(self, spec: ShardSpec) -> Iterator[Row]:
         """The records of one shard (runs on a worker)."""
 
+    def iter_records(self) -> Iterator[Row]:
+        """Every record in plan order, in this process (tools, tests and benchmarks: never the engine's
+        path, which splits and reads per shard on workers). ``source.limit`` applies."""
+        if isinstance(self, RecordSource):
+            for n, rec in enumerate(self.records()):
+                if self.config.limit is not None and n >= self.config.limit:
+                    return
+                yield rec
+        elif isinstance(self, FileGroupSource):
+            for n, item in enumerate(self.items()):
+                if self.config.limit is not None and n >= self.config.limit:
+                    return
+                yield from self.read(ShardSpec(index=0, fingerprint="", label="", items=[[str(p) for p in item]]))
+        else:
+            raise TypeError(f"{type(self).__name__}: a source is a RecordSource or a FileGroupSource")
+
     # -- helpers for readers ----------------------------------------------------------------------
     def excluded(self, image_id: Any) -> bool:
         """True when ``source.exclude_image_ids`` lists this image id (compared as text)."""
