@@ -580,3 +580,85 @@ def test_fuzzed_file_through_idd_run(tmp_path):
     assert m["records"] == len(doc["annotations"])
     assert m["source_stats"]["nonstandard_numbers"] == 1 and m["source_stats"]["annotations"] == 7
     assert math.isfinite(m["splits"]["train"]["rows"])
+
+
+# -- source.exclude_image_ids in every reader -----------------------------------------------------------
+
+def _excluded_and_kept(rows, is_excluded):
+    for r in rows:
+        if is_excluded(r):
+            assert r["drop_class"] == _base.EXCLUDED, (r["meta"]["record_id"], r["drop_class"])
+            assert json.loads(r["drop_detail"][0])["field"]
+        else:
+            assert r["drop_class"] != _base.EXCLUDED
+    assert any(is_excluded(r) for r in rows) and not all(is_excluded(r) for r in rows)
+
+
+@pytest.mark.parametrize("fmt", ["lines", "json", "single"])
+def test_exclude_image_ids_in_every_reader(tmp_path, fmt):
+    def ids_file(ids):
+        f = tmp_path / f"exclude-{len(list(tmp_path.iterdir()))}.txt"
+        if fmt == "json":
+            f.write_text(json.dumps(list(ids)))
+        elif fmt == "single":
+            f.write_text(f"{ids[0]}\n")  # one id alone: still a list of one (not a JSON number)
+        else:
+            f.write_text("# eval images\n" + "\n".join(map(str, ids)) + "\n")
+        return str(f)
+
+    (tmp_path / "img").mkdir()
+    # COCO-style keypoints (COCO, CrowdPose, AIC converted)
+    for cls, joints in ((CocoKeypointsSource, COCO_JOINTS), (CrowdPoseSource, CROWDPOSE_JOINTS), (AICSource, AIC_JOINTS)):
+        f = tmp_path / f"{cls.name}.json"
+        f.write_text(json.dumps(coco_kp_doc(joints)))
+        rows = list(cls({"annotations": str(f), "images": str(tmp_path / "img"), "exclude_image_ids": ids_file([1])}).records())
+        _excluded_and_kept(rows, lambda r: r["meta"]["record_id"].startswith("1_"))
+    # AIC original
+    img(tmp_path / "imgs" / f"{AIC_ID}.jpg", 80, 60)
+    img(tmp_path / "imgs" / f"{'b' * 40}.jpg", 80, 60)
+    (tmp_path / "aic.json").write_text(json.dumps(aic_doc()))
+    rows = list(AICSource({"annotations": str(tmp_path / "aic.json"), "images": str(tmp_path / "imgs"),
+                           "exclude_image_ids": ids_file([AIC_ID])}).records())
+    _excluded_and_kept(rows, lambda r: r["meta"]["record_id"].startswith(AIC_ID))
+    # MPII (image ids are the image file names)
+    img(tmp_path / "images" / "a.jpg", 80, 60)
+    img(tmp_path / "images" / "b.jpg", 80, 60)
+    (tmp_path / "mpii.json").write_text(json.dumps(mpii_doc()))
+    rows = list(MPIISource({"annotations": str(tmp_path / "mpii.json"), "images": str(tmp_path / "images"),
+                            "exclude_image_ids": ids_file(["a.jpg"])}).records())
+    _excluded_and_kept(rows, lambda r: r["meta"]["record_id"].startswith("a.jpg_"))
+    # COCO-Stuff, json and pixel maps
+    (tmp_path / "stuff.json").write_text(json.dumps(stuff_doc()))
+    rows = list(CocoStuffSource({"images": str(tmp_path / "img"), "annotations": [str(tmp_path / "stuff.json")],
+                                 "exclude_image_ids": ids_file([2])}).records())
+    _excluded_and_kept(rows, lambda r: r["meta"]["record_id"] == "2")
+    (tmp_path / "pm").mkdir()
+    for i in (1, 2):
+        img(tmp_path / "coco" / f"{i:012d}.jpg", 8, 8)
+        (tmp_path / "pm" / f"{i:012d}.png").write_bytes(b"png")
+    rows = list(CocoStuffSource({"images": str(tmp_path / "coco"), "pixelmaps": str(tmp_path / "pm"),
+                                 "exclude_image_ids": ids_file([2])}).records())
+    _excluded_and_kept(rows, lambda r: r["meta"]["record_id"] == "000000000002")
+    # RefCOCO (refs(unc).p) and gRefCOCO: one more image so that something stays
+    refs, inst = ref_files()
+    inst["images"].append({"id": 10, "file_name": "COCO_train2014_000000000010.jpg", "width": 30, "height": 20})
+    refs.append(dict(refs[0], ref_id=7, image_id=10))
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (tmp_path / "instances.json").write_text(json.dumps(inst))
+    (tmp_path / "grefs(unc).json").write_text(json.dumps([dict(r, ann_id=[r["ann_id"]]) for r in refs]))
+    for cls, name in ((RefCocoSource, "refs(unc).p"), (GRefCocoSource, "grefs(unc).json")):
+        rows = list(cls({"refs": str(tmp_path / name), "instances": str(tmp_path / "instances.json"),
+                         "images": str(tmp_path / "img"), "exclude_image_ids": ids_file([9])}).records())
+        _excluded_and_kept(rows, lambda r: r["meta"]["image_id"] == 9)
+    # PhraseCut (Visual Genome image ids)
+    root = tmp_path / "pc"
+    img(root / "images" / "9.jpg", 100, 80)
+    img(root / "images" / "10.jpg", 100, 80)
+    tasks, images = pc_files()
+    tasks.append(dict(tasks[0], task_id="10__0", image_id=10))
+    images.append(dict(images[0], image_id=10))
+    (root / "refer_val.json").write_text(json.dumps(tasks))
+    (root / "image_data_split.json").write_text(json.dumps(images))
+    rows = list(pc.PhraseCutSource({"root": str(root), "splits": ["val"], "max_border_frac": 1.0,
+                                    "exclude_image_ids": ids_file([9])}).records())
+    _excluded_and_kept(rows, lambda r: r["meta"]["record_id"].startswith("9__"))

@@ -161,9 +161,10 @@ class Source(abc.ABC):
             text = read_bytes(self.config.exclude_image_ids).decode("utf-8")
             try:
                 ids = json.loads(text)
-                ids = ids if isinstance(ids, list) else []
             except json.JSONDecodeError:
-                ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+                ids = None
+            if not isinstance(ids, list):  # one id per line (a file holding one id is also a JSON number)
+                ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
             self._excluded = {str(i) for i in ids}
         return str(image_id) in self._excluded
 
