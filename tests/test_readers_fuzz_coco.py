@@ -662,3 +662,24 @@ def test_exclude_image_ids_in_every_reader(tmp_path, fmt):
     rows = list(pc.PhraseCutSource({"root": str(root), "splits": ["val"], "max_border_frac": 1.0,
                                     "exclude_image_ids": ids_file([9])}).records())
     _excluded_and_kept(rows, lambda r: r["meta"]["record_id"].startswith("9__"))
+
+
+def test_ref_file_structure_faults(tmp_path):
+    (tmp_path / "img").mkdir()
+    refs, inst = ref_files()
+    (tmp_path / "instances.json").write_text(json.dumps(inst))
+    cfg = {"instances": str(tmp_path / "instances.json"), "images": str(tmp_path / "img")}
+    (tmp_path / "refs(umd).p").write_bytes(pickle.dumps({"refs": refs}, protocol=2))
+    with pytest.raises(ConfigError, match=r"source.refs: .*refs\(umd\).p holds dict, expected a list of refs"):
+        list(RefCocoSource({**cfg, "refs": str(tmp_path / "refs(umd).p")}).records())
+    (tmp_path / "refs(google).p").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ConfigError, match=r"source.refs: .*refs\(google\).p is not a refs pickle"):
+        list(RefCocoSource({**cfg, "refs": str(tmp_path / "refs(google).p")}).records())
+    (tmp_path / "grefs(unc).json").write_text(json.dumps({"refs": refs}))
+    with pytest.raises(ConfigError, match="must hold a list of refs"):
+        list(GRefCocoSource({**cfg, "refs": str(tmp_path / "grefs(unc).json")}).records())
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (tmp_path / "instances.json").write_text(json.dumps({"images": inst["images"], "annotations": {}}))
+    with pytest.raises(ConfigError, match="source.instances: .*field 'annotations' holds an object") as e:
+        list(RefCocoSource({**cfg, "refs": str(tmp_path / "refs(unc).p")}).records())
+    assert "\n" not in str(e.value)

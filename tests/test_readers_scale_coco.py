@@ -87,3 +87,44 @@ def test_images_after_annotations_stream_the_same(tmp_path):
     strip = [{k: v for k, v in r["meta"].items() if k not in ("annotation_file",)} for r in a]
     assert strip == [{k: v for k, v in r["meta"].items() if k not in ("annotation_file",)} for r in b]
     assert [r["key"] for r in a] == [r["key"] for r in b] and len(a) == 300
+
+
+def write_stuff(path, n_anns: int, seed: int = 0) -> None:
+    """A COCO-Stuff-like file: about 1 kB per annotation (a compressed RLE string), 8 per image."""
+    rng = random.Random(seed)
+    n_images = max(1, n_anns // 8)
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    with open(path, "w") as fh:
+        fh.write('{"images": [' + ",".join(json.dumps({"id": i, "file_name": f"{i:012d}.jpg", "width": 640,
+                                                       "height": 480}) for i in range(1, n_images + 1)))
+        fh.write('], "annotations": [')
+        for a in range(n_anns):
+            counts = "".join(rng.choice(letters) for _ in range(900))
+            fh.write(("," if a else "") + json.dumps(
+                {"id": a, "image_id": rng.randint(1, n_images), "category_id": 92 + a % 90, "iscrowd": 0,
+                 "segmentation": {"size": [480, 640], "counts": counts}, "area": 1.0, "bbox": [0, 0, 1, 1]}))
+        fh.write('], "categories": []}')
+
+
+def test_coco_stuff_memory_bounded_by_one_bucket(tmp_path):
+    """COCO-Stuff needs every annotation of an image together; the reader groups them through on-disk
+    buckets of ``bucket_mb``: memory is one bucket plus the image index, not the file."""
+    from instructdiffusion_data.readers.coco_stuff import CocoStuffSource
+
+    peaks = {}
+    for n in (1000, 10000):
+        f = tmp_path / f"stuff_{n}.json"
+        write_stuff(f, n)
+        src = CocoStuffSource({"images": str(tmp_path), "annotations": [str(f)], "bucket_mb": 1})
+        tracemalloc.start()
+        try:
+            images = sum(1 for _ in src.records())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert images == n // 8 and src.stats["annotations"] == n
+        peaks[n] = (f.stat().st_size, peak)
+    (s_small, p_small), (s_big, p_big) = peaks[1000], peaks[10000]
+    print(f"COCO-Stuff peak: {p_small / 1e6:.1f} MB ({s_small / 1e6:.1f} MB file) -> {p_big / 1e6:.1f} MB "
+          f"({s_big / 1e6:.1f} MB file)")
+    assert p_big / p_small < 2.0 and p_big < 0.75 * s_big
