@@ -109,7 +109,7 @@ def test_part2_pipelines_run_from_configs(tmp_path, monkeypatch):
     # the demo's bad input on purpose is counted per reason and kept in rejected/
     assert reasons["keypoints_mpii"] == {"image file missing": 1}
     assert reasons["deblur_gopro"] == {"missing pair half": 1}
-    assert reasons["deblur_reds"] == {"enhance_pair: size mismatch: source 320x180 vs target 160x90": 1}
+    assert reasons["deblur_reds"] == {"enhance_pair: size mismatch between source and target": 1}  # sizes: details
     assert reasons["dewatermark_clwd"] == {"missing pair half": 1}
     assert reasons["edit_instructpix2pix"] == {"clip_sim_dir<0.2": 1, "instruction is empty": 2}
     assert reasons["edit_magicbrush"] == {"ingest_edit: image is corrupt or not an image": 1}
