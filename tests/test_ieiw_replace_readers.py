@@ -46,7 +46,7 @@ def _sa1b_folder(tmp_path):
                      "crop_box": [0.0, 0.0, float(w), float(h)]})
     anns.append({"id": 999, "area": 5})  # no segmentation: a broken annotation
     d = tmp_path / "sa_000000"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "sa_7.jpg").write_bytes(encode_jpeg(img))
     (d / "sa_7.json").write_text(json.dumps({"image": {"image_id": 7, "width": w, "height": h, "file_name": "sa_7.jpg"},
                                              "annotations": anns}))
@@ -93,6 +93,7 @@ def test_sa1b_per_image_cap_keeps_the_largest(tmp_path):
 
 
 def _openimages_root(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     image_id = "0a1b2c3d4e5f6789"
     h, w = 40, 64
     (tmp_path / "validation").mkdir()
@@ -160,3 +161,31 @@ def test_region_select_rules_in_order():
             {"area_frac": 0.1, "bbox": [10, 10, 20, 20], "predicted_iou": None}]
     r = region_reasons(regs, 100, 100, RegionSelect(min_stability=0.9, max_per_image=0))
     assert r == ["region stability_score<0.9", "region area_frac>0.6", None]
+
+
+def test_sa1b_image_whose_regions_all_fail_keeps_ids_not_rle(tmp_path):
+    from instructdiffusion_data.readers.sa1b import SOURCE
+
+    root, _ = _sa1b_folder(tmp_path)
+    rows = rows_of(SOURCE({"root": str(root), "select": {"min_area_frac": 0.9}}))
+    regions = [r for r in rows if r["meta"].get("image_id") == "7"]
+    assert len(regions) == 5 and not any(r["keep"] for r in regions)
+    for r in regions:
+        assert r["drop_class"] and "record=" in r["drop_reason"] and r["meta"]["record_id"].startswith("7:")
+        assert r["meta"]["file"].endswith(("sa_7.jpg", "sa_7.json"))
+        assert "rle" not in json.dumps(r["meta"])  # dropped before pixels: no mask payload in the sidecar
+
+
+def test_region_readers_exclude_image_ids(tmp_path):
+    from instructdiffusion_data.readers.openimages import SOURCE as OI
+    from instructdiffusion_data.readers.sa1b import SOURCE as SA
+
+    root, _ = _sa1b_folder(tmp_path / "sa")
+    (tmp_path / "ex.txt").write_text("7\n0a1b2c3d4e5f6789\n")
+    rows = rows_of(SA({"root": str(root), "exclude_image_ids": str(tmp_path / "ex.txt")}))
+    assert {r["drop_class"] for r in rows if r["meta"].get("image_id") == "7"} == {
+        "image excluded (source.exclude_image_ids)"}
+    oi_root, image_id = _openimages_root(tmp_path / "oi")
+    rows = [r for r in rows_of(OI({"root": str(oi_root), "exclude_image_ids": str(tmp_path / "ex.txt")}))
+            if r["meta"].get("image_id") == image_id]
+    assert len(rows) == 2 and {r["drop_class"] for r in rows} == {"image excluded (source.exclude_image_ids)"}

@@ -10,6 +10,7 @@ table can be written).
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -56,6 +57,7 @@ def _mutate(rng: random.Random, doc: dict, keys: list[str]) -> str:
     """Replace (or delete) one of ``keys`` (dotted paths, ``a.b`` or ``a.0``) in ``doc``; returns the key."""
     key = rng.choice(keys)
     value = rng.choice(VALUES)
+    value = value if value is DELETE else copy.deepcopy(value)  # never share a mutable value between fields
     *head, last = key.split(".")
     obj = doc
     for k in head:
