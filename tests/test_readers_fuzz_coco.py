@@ -27,6 +27,7 @@ import pytest
 
 from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.readers import _base, _keypoints
+from instructdiffusion_data.readers._coco import DUPLICATE_ID
 from instructdiffusion_data.readers._keypoints import COCO_JOINTS
 from instructdiffusion_data.readers._keypoints import UNREADABLE_IMAGE
 from instructdiffusion_data.readers.aic import AIC_JOINTS, AICSource
@@ -45,7 +46,7 @@ BAD_VALUES = [DELETE, None, "x", "", True, [], {}, [None], NAN, INF, -INF, -1, 1
 REASONS = {_base.NO_IMAGE_FILE, _base.UNKNOWN_IMAGE, _base.NO_JOINTS, _base.BAD_FIELD, _base.NOT_FINITE, _base.CROWD,
            _base.EXCLUDED, _keypoints.UNKNOWN_CATEGORY, _keypoints.KEYPOINT_COUNT, _keypoints.BAD_VISIBILITY,
            UNREADABLE_IMAGE, NO_LABELMAP, NO_SEGMENTS, UNKNOWN_ANNOTATION, NO_SENTENCE, pc.NO_POLYGON, pc.TOO_SMALL,
-           pc.TOO_LARGE, pc.AT_BORDER, pc.TOO_MANY, pc.TOO_LARGE_IMAGE}
+           pc.TOO_LARGE, pc.AT_BORDER, pc.TOO_MANY, pc.TOO_LARGE_IMAGE, DUPLICATE_ID}
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -683,3 +684,43 @@ def test_ref_file_structure_faults(tmp_path):
     with pytest.raises(ConfigError, match="source.instances: .*field 'annotations' holds an object") as e:
         list(RefCocoSource({**cfg, "refs": str(tmp_path / "refs(unc).p")}).records())
     assert "\n" not in str(e.value)
+
+
+def test_repeated_ids_are_dropped_not_keyed_twice(tmp_path):
+    """A repeated annotation / entry / ref / task id would give two rows one key (the writer refuses a
+    shard with a repeated key): the second one is a dropped row (``duplicate record id``) under
+    ``<id>#<where>``, and the rows' keys stay unique."""
+    (tmp_path / "img").mkdir()
+    doc = coco_kp_doc(COCO_JOINTS)
+    doc["annotations"].append(dict(doc["annotations"][0]))
+    (tmp_path / "k.json").write_text(json.dumps(doc))
+    src = CocoKeypointsSource({"annotations": str(tmp_path / "k.json"), "images": str(tmp_path / "img")})
+    rows = list(src.records())
+    assert [r["meta"]["record_id"] for r in rows] == ["1_10", "1_11", "2_12", "1_10#annotations[3]"]
+    assert rows[3]["drop_class"] == DUPLICATE_ID and rows[0]["keep"] and src.stats["duplicate_ids"] == 1
+    assert len({r["key"] for r in rows}) == 4
+
+    img(tmp_path / "imgs" / f"{AIC_ID}.jpg", 80, 60)
+    img(tmp_path / "imgs" / f"{'b' * 40}.jpg", 80, 60)
+    a = aic_doc()
+    (tmp_path / "aic.json").write_text(json.dumps(a + [a[0]]))
+    rows = list(AICSource({"annotations": str(tmp_path / "aic.json"), "images": str(tmp_path / "imgs")}).records())
+    assert [r["meta"]["record_id"] for r in rows][-2:] == [f"{AIC_ID}_human1#entries[2]", f"{AIC_ID}_human2#entries[2]"]
+    assert {r["drop_class"] for r in rows[-2:]} == {DUPLICATE_ID} and len({r["key"] for r in rows}) == len(rows)
+
+    refs, inst = ref_files()
+    refs.append(dict(refs[0]))
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (tmp_path / "instances.json").write_text(json.dumps(inst))
+    rows = list(RefCocoSource({"refs": str(tmp_path / "refs(unc).p"), "instances": str(tmp_path / "instances.json"),
+                               "images": str(tmp_path / "img")}).records())
+    assert [r["meta"]["record_id"] for r in rows] == ["0", "2", "0#refs[3]"] and rows[2]["drop_class"] == DUPLICATE_ID
+
+    root = tmp_path / "pc"
+    img(root / "images" / "9.jpg", 100, 80)
+    tasks, images = pc_files()
+    (root / "refer_val.json").write_text(json.dumps(tasks + [tasks[1]]))
+    (root / "image_data_split.json").write_text(json.dumps(images))
+    rows = list(pc.PhraseCutSource({"root": str(root), "splits": ["val"], "max_border_frac": 1.0}).records())
+    assert [r["meta"]["record_id"] for r in rows] == ["9__0", "9__1", "9__1#val-2"]
+    assert rows[2]["drop_class"] == DUPLICATE_ID

@@ -378,6 +378,40 @@ class ImageFolder:
         return image_path(self.root, name)
 
 
+DUPLICATE_ID = "duplicate record id"  # the class readers/_edit.py gives repeats too
+
+
+class Repeats:
+    """Finds repeated record ids in a stream read twice, in 8 bytes per id: the first pass
+    :meth:`note`\ s a hash of every id, :meth:`freeze` keeps the hashes seen more than once, and the
+    second pass asks :meth:`repeat` (True from the second occurrence of an id on; exact strings are
+    compared for the few ids whose hash repeats). A repeated id would give two rows one key."""
+
+    def __init__(self):
+        self.hashes: array | None = array("q")
+        self.dups: set[int] = set()
+        self.seen: set[str] = set()
+
+    def note(self, rid: str) -> None:
+        self.hashes.append(hash(rid))
+
+    def freeze(self) -> "Repeats":
+        import numpy as np
+
+        h = np.sort(np.frombuffer(self.hashes, dtype=np.int64)) if len(self.hashes) else np.zeros(0, np.int64)
+        self.dups = set(h[1:][h[1:] == h[:-1]].tolist())
+        self.hashes = None
+        return self
+
+    def repeat(self, rid: str) -> bool:
+        if hash(rid) not in self.dups:
+            return False
+        if rid in self.seen:
+            return True
+        self.seen.add(rid)
+        return False
+
+
 def local_or_uri(path: str) -> str:
     """An annotation file as rows name it: absolute local path, or the URI."""
     return path if is_uri(path) else str(Path(path).resolve())

@@ -27,7 +27,7 @@ from ..errors import ConfigError, RecordError
 from ..schema import Row
 from ._base import (BAD_FIELD, CROWD, EXCLUDED, NO_JOINTS, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
                     bad_record, record_row)
-from ._coco import Boxes, ImageFolder, ImageIndex, JsonStream, local_or_uri, valid_id
+from ._coco import DUPLICATE_ID, Boxes, ImageFolder, ImageIndex, JsonStream, Repeats, local_or_uri, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +236,11 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
 
     # pass 3: the person boxes of every image (non-crowd annotations with a valid box), compact
     people = Boxes(len(images))
+    repeats = Repeats()
     n_anns = 0
     for i, ann in enumerate(stream.items("annotations.item")):
         n_anns += 1
+        repeats.note(_ann_ids(ann, i)[2])
         if not isinstance(ann, dict) or ann.get("iscrowd"):
             continue
         pos = images.pos.get(ann.get("image_id")) if valid_id(ann.get("image_id")) else None
@@ -250,10 +252,17 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
         stream.require_list("annotations")
     if stream.nonstandard:
         stats["nonstandard_numbers"] = stream.nonstandard
+    repeats.freeze()
 
     # pass 4: one record per annotation, in file order
     for i, ann in enumerate(stream.items("annotations.item")):
         stats["annotations"] += 1
+        rid = _ann_ids(ann, i)[2]
+        if repeats.repeat(rid):
+            stats["duplicate_ids"] += 1
+            yield bad_record(dataset, "keypoint", f"{rid}#annotations[{i}]", DUPLICATE_ID, ann_file, "id",
+                             annotation_index=i)
+            continue
         yield _person(src, dataset, ann_file, images, folder, cats, default_names, people, ann, i)
 
 

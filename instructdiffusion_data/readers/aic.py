@@ -24,7 +24,7 @@ from typing import Any, Iterator, Literal
 from ..errors import ConfigError, RecordError
 from ..schema import Row
 from ._base import BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, bad_record, image_path
-from ._coco import JsonStream, local_or_uri
+from ._coco import DUPLICATE_ID, JsonStream, Repeats, local_or_uri
 from ._keypoints import (BAD_VISIBILITY, KEYPOINT_COUNT, UNREADABLE_IMAGE, CocoKeypointsBase, CocoStyleKeypoints, clip_box,
                          image_size, joints_bbox, number_problem, person_row, readable)
 
@@ -78,13 +78,18 @@ class AICSource(CocoStyleKeypoints):
         cfg = self.config
         ann_file = local_or_uri(cfg.annotations)
         names = [readable(j) for j in AIC_JOINTS]
+        repeats = Repeats()
+        for image_id in stream.items("item.image_id"):
+            if isinstance(image_id, str) and image_id:
+                repeats.note(image_id)
+        repeats.freeze()
         for idx, ent in enumerate(stream.items("item")):
             self.stats["entries"] += 1
-            yield from self._entry(ent, idx, ann_file, names)
+            yield from self._entry(ent, idx, ann_file, names, repeats)
         if stream.nonstandard:
             self.stats["nonstandard_numbers"] = stream.nonstandard
 
-    def _entry(self, ent: Any, idx: int, ann_file: str, names: list[str]) -> Iterator[Row]:
+    def _entry(self, ent: Any, idx: int, ann_file: str, names: list[str], repeats: Repeats) -> Iterator[Row]:
         cfg, ds = self.config, self.dataset
         image_id = ent.get("image_id") if isinstance(ent, dict) else None
         if not isinstance(image_id, str) or not image_id:
@@ -109,6 +114,12 @@ class AICSource(CocoStyleKeypoints):
             return bad_record(ds, "keypoint", f"{image_id}_{hn}", reason, at, field, detail=detail,
                               image_id=image_id, human=hn, entry=idx, image=file)
 
+        if repeats.repeat(image_id):  # a second entry of the same image: its ids would repeat
+            self.stats["duplicate_ids"] += 1
+            for hn in humans:
+                yield bad_record(ds, "keypoint", f"{image_id}_{hn}#entries[{idx}]", DUPLICATE_ID, ann_file, "image_id",
+                                 image_id=image_id, human=hn, entry=idx)
+            return
         if self.excluded(image_id):
             for hn in humans:
                 yield bad(hn, EXCLUDED, "image_id")

@@ -43,6 +43,7 @@ from ..schema import Row, drop
 from ..storage import exists, is_uri, join
 from ._base import (BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
                     bad_record, image_path, load_json, record_row)
+from ._coco import DUPLICATE_ID
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,22 @@ class PhraseCutSource(RecordSource):
         images = self._image_info()
         images_dir = c.images_dir or str(join(c.root, "images"))
         exists_cache: dict[str, bool] = {}
+        seen: set[str] = set()
         for split in c.splits:
             path = _file(c.root, f"refer_{split}.json")
             tasks = load_json(path, f"source.splits[{split}]")
             if not isinstance(tasks, list):
                 raise ConfigError(f"source.splits[{split}]: {path}: expected a list of tasks, got {type(tasks).__name__}")
-            rows = [self._task_row(task, i, split, path, images, images_dir, exists_cache)
-                    for i, task in enumerate(tasks)]
+            rows = []
+            for i, task in enumerate(tasks):
+                row = self._task_row(task, i, split, path, images, images_dir, exists_cache)
+                rid = row["meta"]["record_id"]
+                if rid in seen:  # a repeated task id would give two rows one key
+                    self.stats["duplicate_ids"] += 1
+                    row = bad_record(DATASET, "edit_remove", f"{rid}#{split}-{i}", DUPLICATE_ID, path, "task_id",
+                                     split=split, annotation_file=path, task_index=i)
+                seen.add(rid)
+                rows.append(row)
             del tasks
             self._select(rows)
             for row in rows:

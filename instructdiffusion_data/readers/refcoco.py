@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..schema import Row
 from ..storage import read_bytes
 from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, record_row
-from ._coco import ImageFolder, ImageIndex, JsonStream, local_or_uri, segment_payload, valid_id
+from ._coco import DUPLICATE_ID, ImageFolder, ImageIndex, Repeats, JsonStream, local_or_uri, segment_payload, valid_id
 
 UNKNOWN_ANNOTATION = "ref points at an unknown annotation id"
 NO_SENTENCE = "ref has no sentence"
@@ -100,9 +100,13 @@ class RefSource(RecordSource):
     def records(self) -> Iterator[Row]:
         cfg = self.config
         need: set = set()
+        repeats = Repeats()
         for ref in self.iter_refs():
             if self._selected(ref):
                 need.update(ann_ids_of(ref.get("ann_id")) or [])
+                if valid_id(ref.get("ref_id")):
+                    repeats.note(str(ref["ref_id"]))
+        repeats.freeze()
         inst = JsonStream(cfg.instances, "source.instances")
         images = ImageIndex().load(inst)
         anns: dict = {}
@@ -119,12 +123,12 @@ class RefSource(RecordSource):
         folder = ImageFolder(cfg.images)
         for i, ref in enumerate(self.iter_refs()):
             self.stats["refs"] += 1
-            row = self._ref(ref, i, images, folder, anns, refs_file, inst_file)
+            row = self._ref(ref, i, images, folder, anns, refs_file, inst_file, repeats)
             if row is not None:
                 yield row
 
     def _ref(self, ref: Any, i: int, images: ImageIndex, folder: ImageFolder, anns: dict, refs_file: str,
-             inst_file: str) -> Row | None:
+             inst_file: str, repeats: Repeats) -> Row | None:
         cfg = self.config
         ds = cfg.dataset
         if not isinstance(ref, dict):
@@ -140,6 +144,9 @@ class RefSource(RecordSource):
         iid = ref.get("image_id")
         if not valid_id(rid):
             return bad_record(ds, "referring_seg", f"refs[{i}]", BAD_FIELD, refs_file, "ref_id", ref_index=i)
+        if repeats.repeat(str(rid)):
+            self.stats["duplicate_ids"] += 1
+            return bad_record(ds, "referring_seg", f"{rid}#refs[{i}]", DUPLICATE_ID, refs_file, "ref_id", ref_index=i)
 
         def bad(reason: str, at: str, field: str, detail: dict | None = None, **meta: Any) -> Row:
             return bad_record(ds, "referring_seg", rid, reason, at, field, detail=detail, image_id=iid, split=split,
