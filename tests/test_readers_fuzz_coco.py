@@ -724,3 +724,30 @@ def test_repeated_ids_are_dropped_not_keyed_twice(tmp_path):
     rows = list(pc.PhraseCutSource({"root": str(root), "splits": ["val"], "max_border_frac": 1.0}).records())
     assert [r["meta"]["record_id"] for r in rows] == ["9__0", "9__1", "9__1#val-2"]
     assert rows[2]["drop_class"] == DUPLICATE_ID
+
+
+def test_input_files_are_the_annotation_files_and_the_exclusion_list(tmp_path):
+    """The resume fingerprint covers what decides the records: the annotation files (all of
+    COCO-Stuff's list) and source.exclude_image_ids, not every image of the folder."""
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        img(tmp_path / "img" / f"{i}.jpg", 8, 8)
+    (tmp_path / "k.json").write_text(json.dumps(coco_kp_doc(COCO_JOINTS)))
+    ex = tmp_path / "ex.txt"
+    ex.write_text("1\n")
+    src = CocoKeypointsSource({"annotations": str(tmp_path / "k.json"), "images": str(tmp_path / "img"),
+                               "exclude_image_ids": str(ex)})
+    assert src.input_files() == [str(tmp_path / "k.json"), str(ex)]
+    fp = src.inputs_fingerprint(8)[0]
+    ex.write_text("1\n2\n")
+    assert src.inputs_fingerprint(8)[0] != fp  # a changed exclusion list is a changed input
+    (tmp_path / "s.json").write_text(json.dumps(stuff_doc()))
+    (tmp_path / "i.json").write_text(json.dumps(stuff_doc()))
+    src = CocoStuffSource({"images": str(tmp_path / "img"), "annotations": [str(tmp_path / "s.json"), str(tmp_path / "i.json")]})
+    assert src.input_files() == [str(tmp_path / "s.json"), str(tmp_path / "i.json")]
+    refs, inst = ref_files()
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (tmp_path / "instances.json").write_text(json.dumps(inst))
+    src = RefCocoSource({"refs": str(tmp_path / "refs(unc).p"), "instances": str(tmp_path / "instances.json"),
+                         "images": str(tmp_path / "img")})
+    assert src.input_files() == [str(tmp_path / "refs(unc).p"), str(tmp_path / "instances.json")]

@@ -378,6 +378,16 @@ class ImageFolder:
         return image_path(self.root, name)
 
 
+def annotation_inputs(src: Any, *files: str) -> list[str]:
+    """``input_files()`` of an annotation-file reader: the annotation files and the exclusion list (both
+    decide the records). Not the image folder: the records do not depend on the images, and listing and
+    stat-ing 118k images (118k requests on an object store) on every plan costs more than the split."""
+    out = [f for f in files if f]
+    if src.config.exclude_image_ids:
+        out.append(src.config.exclude_image_ids)
+    return out
+
+
 DUPLICATE_ID = "duplicate record id"  # the class readers/_edit.py gives repeats too
 
 

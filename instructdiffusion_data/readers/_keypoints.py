@@ -27,7 +27,8 @@ from ..errors import ConfigError, RecordError
 from ..schema import Row
 from ._base import (BAD_FIELD, CROWD, EXCLUDED, NO_JOINTS, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
                     bad_record, record_row)
-from ._coco import DUPLICATE_ID, Boxes, ImageFolder, ImageIndex, JsonStream, Repeats, local_or_uri, valid_id
+from ._coco import (DUPLICATE_ID, Boxes, ImageFolder, ImageIndex, JsonStream, Repeats, annotation_inputs, local_or_uri,
+                    valid_id)
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,9 @@ class CocoStyleKeypoints(RecordSource):
 
     def records(self) -> Iterator[Row]:
         yield from coco_people(self, JsonStream(self.config.annotations, "source.annotations"))
+
+    def input_files(self) -> list[str]:
+        return annotation_inputs(self, self.config.annotations)
 
 
 def _ann_ids(ann: Any, i: int) -> tuple[Any, Any, str]:

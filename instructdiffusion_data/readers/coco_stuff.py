@@ -34,8 +34,8 @@ from ..errors import ConfigError
 from ..schema import Row
 from ..storage import Location, child_path
 from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, record_row
-from ._coco import (ImageFolder, ImageIndex, JsonStream, clean_name, cocostuff_labels, local_or_uri, segment_payload, sort_key,
-                    valid_id)
+from ._coco import (ImageFolder, ImageIndex, JsonStream, annotation_inputs, clean_name, cocostuff_labels, local_or_uri,
+                    segment_payload, sort_key, valid_id)
 from ._keypoints import UNKNOWN_CATEGORY
 
 OTHER_ID = 183
@@ -68,6 +68,11 @@ class CocoStuffSource(RecordSource):
         for i, a in enumerate(cfg.annotations):
             check_path(a, f"source.annotations[{i}]", kind="file")
         check_path(cfg.pixelmaps, "source.pixelmaps", kind="dir")
+
+    def input_files(self) -> list[str]:
+        if self.config.pixelmaps:  # the records are the listing of the two folders
+            return super().input_files()
+        return annotation_inputs(self, *self.config.annotations)
 
     def records(self) -> Iterator[Row]:
         if self.config.pixelmaps:

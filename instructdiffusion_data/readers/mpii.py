@@ -24,7 +24,7 @@ from ..errors import ConfigError, RecordError
 from ..schema import Row
 from ._base import (BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, NO_JOINTS, NOT_FINITE, RecordSource, SourceConfig, bad_record,
                     image_path, load_json)
-from ._coco import local_or_uri
+from ._coco import annotation_inputs, local_or_uri
 from ._keypoints import KEYPOINT_COUNT, clip_box, image_size, joints_bbox, number_problem, person_row, readable
 
 MPII_JOINTS = ["r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax", "upper_neck",
@@ -57,6 +57,9 @@ class MPIISource(RecordSource):
 
         check_path(self.config.annotations, "source.annotations", kind="file")
         check_path(self.config.images, "source.images", kind="dir")
+
+    def input_files(self) -> list[str]:
+        return annotation_inputs(self, self.config.annotations)
 
     def records(self) -> Iterator[Row]:
         cfg, ds = self.config, self.config.dataset

@@ -43,7 +43,7 @@ from ..schema import Row, drop
 from ..storage import exists, is_uri, join
 from ._base import (BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
                     bad_record, image_path, load_json, record_row)
-from ._coco import DUPLICATE_ID
+from ._coco import DUPLICATE_ID, annotation_inputs
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class PhraseCutSource(RecordSource):
             raise ConfigError(f"source.max_border_frac: must be in [0, 1], got {c.max_border_frac}")
         if c.max_per_image is not None and c.max_per_image < 1:
             raise ConfigError(f"source.max_per_image: must be >= 1 or null, got {c.max_per_image}")
+
+    def input_files(self) -> list[str]:
+        c = self.config
+        return annotation_inputs(self, *[_file(c.root, f"refer_{s}.json") for s in c.splits],
+                                 _file(c.root, "image_data_split.json"))
 
     # -----------------------------------------------------------------------------------------
     def _image_info(self) -> dict[str, dict]:

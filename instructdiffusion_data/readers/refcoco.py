@@ -29,7 +29,8 @@ from ..errors import ConfigError
 from ..schema import Row
 from ..storage import read_bytes
 from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, record_row
-from ._coco import DUPLICATE_ID, ImageFolder, ImageIndex, Repeats, JsonStream, local_or_uri, segment_payload, valid_id
+from ._coco import (DUPLICATE_ID, ImageFolder, ImageIndex, JsonStream, Repeats, annotation_inputs, local_or_uri,
+                    segment_payload, valid_id)
 
 UNKNOWN_ANNOTATION = "ref points at an unknown annotation id"
 NO_SENTENCE = "ref has no sentence"
@@ -90,6 +91,9 @@ class RefSource(RecordSource):
         check_path(cfg.refs, "source.refs", kind="file")
         check_path(cfg.instances, "source.instances", kind="file")
         check_path(cfg.images, "source.images", kind="dir")
+
+    def input_files(self) -> list[str]:
+        return annotation_inputs(self, self.config.refs, self.config.instances)
 
     def iter_refs(self) -> Iterator[Any]:
         raise ConfigError(f"source: {type(self).__name__} cannot read refs files")
