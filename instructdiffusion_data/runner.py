@@ -392,12 +392,18 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
             if cfg.ray.split_memory:
                 opts["memory"] = cfg.ray.split_memory
             ref = ray.remote(**opts)(_split_task).remote(source, str(loc), rps)
+            # a short split finishes inside the grace period and runs as one wave; a long one starts the
+            # shards whose record files are complete, then the rest
             first: list[ShardSpec] = []
-            while not first:
+            t_split = time.perf_counter()
+            while True:
                 ready, _ = ray.wait([ref], timeout=0.25)
-                first = [s for s in source.partial_plan(loc, fp) if s.index not in done]
                 if ready:
                     break
+                if time.perf_counter() - t_split >= cfg.ray.first_wave_after_s:
+                    first = [s for s in source.partial_plan(loc, fp) if s.index not in done]
+                    if first:
+                        break
             if first and not ray.wait([ref], timeout=0)[0]:
                 log.info("first wave: %d shards while the split goes on", len(first))
                 execute(first)

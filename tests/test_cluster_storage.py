@@ -212,7 +212,12 @@ def test_s3_inputs_config_annotations_and_images(tmp_path, s3, demo_root):
     t_remote = pq.read_table(f"{BUCKET}/in-out/keypoints_coco/v1/train/000000.parquet", filesystem=fs).to_pylist()
     t_local = pq.read_table(tmp_path / "keypoints_coco" / "v1" / "train" / "000000.parquet").to_pylist()
     assert [r["instruction"] for r in t_remote] == [r["instruction"] for r in t_local]
-    assert json.loads(t_remote[0]["meta"])["file"].startswith(f"s3://{BUCKET}/in/coco/train2017/")
+    # paths in rows are relative to the named input roots; the manifest maps them back to the bucket
+    from instructdiffusion_data.runner import resolve_path
+    with fs.open_input_stream(f"{BUCKET}/in-out/keypoints_coco/v1/manifest.json") as fh:
+        roots = json.loads(fh.read())["roots"]
+    assert json.loads(t_remote[0]["meta"])["file"].startswith("{source.images}/")
+    assert resolve_path(json.loads(t_remote[0]["meta"])["file"], roots).startswith(f"s3://{BUCKET}/in/coco/train2017")
     with fs.open_input_stream(f"{BUCKET}/in-out/keypoints_coco/v1/train/000000.tar") as fh:
         tar_remote = fh.read()
     tar_local = (tmp_path / "keypoints_coco" / "v1" / "train" / "000000.tar").read_bytes()
