@@ -23,6 +23,7 @@ from ..schema import Row
 from ..storage import child_path, exists, is_uri
 from ._base import BAD_FIELD, NO_IMAGE_FILE, RecordSource, SourceConfig, bad_record, finite, image_path, load_json
 from . import _edit
+from ._coco import annotation_inputs
 
 DATASET = "gier"
 SUMMARY_FIELDS = ("expert_summary", "amateur_summary", "summary")
@@ -70,6 +71,11 @@ class GIERSource(RecordSource):
                 if p is not None and exists(p, "file"):
                     return p, None
         return None, (NO_IMAGE_FILE, what, {"name": name})
+
+    def input_files(self) -> list[str]:
+        """The json (and the exclusion list); not the image folder: listing and stat-ing every image on
+        each plan costs more than the split (an image added later is seen by a --overwrite run)."""
+        return annotation_inputs(self, self.config.annotations)
 
     def records(self) -> Iterator[Row]:
         path = self.config.annotations

@@ -32,6 +32,7 @@ from ..storage import child_path, is_uri
 from ._base import (BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, NOT_FINITE, RecordSource, SourceConfig, bad_record, finite,
                     image_path, load_json)
 from . import _edit
+from ._coco import annotation_inputs
 
 DATASET = "gqa_inpaint"
 REMOVE_RELATIONS = {"to the left of": "at the left of", "to the right of": "at the right of",
@@ -88,6 +89,11 @@ class GQAInpaintSource(RecordSource):
         check_path(self._path(self.config.scenes), "source.scenes", kind="file")
         if self.config.instructions:
             check_path(self._path(self.config.instructions), "source.instructions", kind="file")
+
+    def input_files(self) -> list[str]:
+        """The scenes json and the fixed instructions (not the image folders: see gier.py)."""
+        c = self.config
+        return annotation_inputs(self, self._path(c.scenes), self._path(c.instructions) if c.instructions else None)
 
     def records(self) -> Iterator[Row]:
         c = self.config

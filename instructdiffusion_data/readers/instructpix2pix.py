@@ -41,6 +41,7 @@ from ..errors import ConfigError
 from ..schema import Row
 from ..storage import Location, child_path, exists, read_bytes
 from . import _edit, _pairs
+from ._coco import annotation_inputs
 from ._base import (BAD_FIELD, NOT_FINITE, FileGroupSource, RecordSource, Source, SourceConfig, finite, image_path,
                     load_json)
 
@@ -221,6 +222,9 @@ class IP2PParquetSource(RecordSource):
             missing = [col for col in (c.instruction_column, c.source_column, c.target_column) if col not in schema.names]
             if missing:
                 raise ConfigError(f"source.parquet: {f} has no column {missing[0]!r} (columns: {', '.join(schema.names)})")
+
+    def input_files(self) -> list[str]:
+        return annotation_inputs(self, *_edit.parquet_files(self.config.parquet))
 
     def records(self) -> Iterator[Row]:
         c = self.config

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..schema import Row, make_key
 from ._base import BAD_FIELD, EXCLUDED, NOT_FINITE, RecordSource, SourceConfig
 from . import _edit
+from ._coco import annotation_inputs
 
 DATASET = "magicbrush"
 SOURCE_COLUMNS = ("source_img", "input_img")
@@ -84,6 +85,9 @@ class MagicBrushSource(RecordSource):
                                   f"source_img|input_img and target_img|output_img (found: {', '.join(names)})")
             mask = "mask_img" if self.config.use_mask and "mask_img" in names else None
             self._columns[f] = (src, tgt, mask, _edit.text_columns(schema))
+
+    def input_files(self) -> list[str]:
+        return annotation_inputs(self, *_edit.parquet_files(self.config.parquet))
 
     def records(self) -> Iterator[Row]:
         seen: set[str] = set()

@@ -30,6 +30,7 @@ from ..schema import TASKS, Row
 from ..storage import exists, is_uri, read_bytes
 from ._base import BAD_FIELD, NO_IMAGE_FILE, RecordSource, SourceConfig, finite, load_json
 from . import _edit
+from ._coco import annotation_inputs
 
 BAD_LINE = "unreadable JSON line"
 NOT_AN_OBJECT = "row is not an object"
@@ -114,6 +115,10 @@ class TripletsSource(RecordSource):
             raise ConfigError(f"source.task: {self.config.task!r} is not one of {', '.join(TASKS)}")
         if self._format() == "parquet":
             _edit.check_parquet([self._file()], "source.file")
+
+    def input_files(self) -> list[str]:
+        """The table (not the image folder: see gier.py)."""
+        return annotation_inputs(self, self._file())
 
     def _file(self) -> str:
         f = self.config.file
