@@ -74,6 +74,12 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path):
     assert p_big < 0.75 * s_big
 
 
+def test_the_c_backend_streams():
+    from instructdiffusion_data.readers._coco import ijson_backend
+
+    assert ijson_backend().backend == "yajl2_c"
+
+
 def test_images_after_annotations_stream_the_same(tmp_path):
     """COCO files written with ``annotations`` before ``images`` read the same records."""
     f = tmp_path / "a.json"

@@ -140,6 +140,19 @@ def restore(obj: Any) -> Any:
     return obj
 
 
+@lru_cache(maxsize=1)
+def ijson_backend() -> Any:
+    """ijson's C backend (yajl2_c, about 10x the pure-Python one); the default backend, with a warning,
+    where the C extension is missing."""
+    import ijson
+
+    try:
+        return ijson.get_backend("yajl2_c")
+    except ImportError:
+        log.warning("ijson's C backend (yajl2_c) is not available: streaming JSON with %s (slower)", ijson.backend)
+        return ijson
+
+
 class JsonStream:
     """A JSON file (path or URI) read item by item, any number of passes.
 
@@ -175,7 +188,9 @@ class JsonStream:
         return text[:1].decode("latin-1")
 
     def items(self, prefix: str) -> Iterator[Any]:
-        import ijson
+        from ijson.common import JSONError
+
+        ijson = ijson_backend()
 
         done, careful = 0, self.careful
         while True:
@@ -191,7 +206,7 @@ class JsonStream:
                         obj = restore(obj)
                     yield obj
                 return
-            except ijson.JSONError as e:
+            except JSONError as e:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 if not careful and "overflow" in msg:
                     done, careful = n, True
@@ -207,7 +222,9 @@ class JsonStream:
         """What the top-level member ``key`` holds: ``list``, ``object``, ``string``, ``number``,
         ``boolean``, ``null``; ``missing`` when the object has no such member; ``not an object`` when the
         top level is not an object. Reads only up to that member (used when a pass found no item)."""
-        import ijson
+        from ijson.common import JSONError
+
+        ijson = ijson_backend()
 
         fh = self._open()
         src = _Sanitizer(fh, careful=True)
@@ -221,7 +238,7 @@ class JsonStream:
                 if prefix == key:
                     return names.get(event, event)
             return "missing"
-        except ijson.JSONError as e:
+        except JSONError as e:
             raise ConfigError(f"{self.where}: {self.path} is not valid JSON (near byte {src.offset}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         finally:
