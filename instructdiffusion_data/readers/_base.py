@@ -305,8 +305,10 @@ class FileGroupSource(Source):
         group: list[list[str]] = []
         limit = self.config.limit
 
+        excl = [file_facts(self.config.exclude_image_ids)] if self.config.exclude_image_ids else []
+
         def close() -> None:
-            facts = [file_facts(p) for it in group for p in it]
+            facts = [file_facts(p) for it in group for p in it] + excl  # a changed exclusion list counts too
             specs.append(ShardSpec(index=len(specs), items=list(group),
                                    fingerprint=fingerprint({"source": self.name, "config": cfgmod.to_dict(self.config),
                                                             "inputs": facts}),

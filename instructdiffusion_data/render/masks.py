@@ -117,6 +117,21 @@ def recover_mask(src: np.ndarray, tgt: np.ndarray, color: np.ndarray, alpha: flo
     return rec.reshape(h, w), valid.reshape(h, w)
 
 
+def changed_pixels(src: np.ndarray, drawn: np.ndarray, mask: np.ndarray, color: np.ndarray,
+                   min_contrast: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels the drawing changed, determinable) on exact, not yet encoded pixels: the cheap form of
+    :func:`recover_mask` (same determinability rule: a masked pixel whose colour is within
+    ``min_contrast`` of the mask colour cannot show the blend)."""
+    diff = cv2.absdiff(drawn, src)
+    changed = (diff[..., 0] | diff[..., 1] | diff[..., 2]) > 0  # (a reduce over the channel axis is 10x slower)
+    valid = np.ones(mask.shape, bool)
+    idx = np.flatnonzero(mask)
+    if idx.size:
+        d = color[None, :] - src.reshape(-1, 3)[idx].astype(np.float32)
+        valid.reshape(-1)[idx] = np.einsum("ij,ij->i", d, d) >= min_contrast * min_contrast
+    return changed, valid
+
+
 def mask_iou(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> float:
     if valid is not None:
         pred, gt = pred & valid, gt & valid

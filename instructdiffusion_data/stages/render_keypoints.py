@@ -19,7 +19,7 @@ from ..contracts import DrawnJoint, PersonKeypoints
 from ..errors import ConfigError
 from ..instructions import Number, choose
 from ..render import keypoints as K
-from ..render.common import RenderConfig, RenderStage, Source, encode_target
+from ..render.common import RenderConfig, RenderStage, Source, encode_target, verify_written
 from ..render.palette import PALETTE, names as palette_names
 from ..schema import Row, drop, make_key
 from ..stage import child
@@ -101,17 +101,21 @@ class RenderKeypoints(RenderStage):
                 colours.append(K.pick_color(src.rgb, joints[i]["x"], joints[i]["y"], radius, palette, set(colours), rng))
             pts = [(joints[i]["x"], joints[i]["y"]) for i in chosen]
             rgbs = [palette[c] for c in colours]
-            tgt_bytes = encode_target(K.draw(src.rgb, pts, rgbs, radius), cfg)
+            drawn_px = K.draw(src.rgb, pts, rgbs, radius)
+            tgt_bytes = encode_target(drawn_px, cfg)
             items = [f"the {joints[i]['name']} in {c}" for i, c in zip(chosen, colours)]
             t_idx, text = choose(templates, rng, items=join_items(items), person=person, n=Number(len(chosen)))
             drawn = [DrawnJoint(joints[i]["name"], joints[i]["x"], joints[i]["y"], joints[i]["v"], c,
                                 list(palette[c])).to_meta() for i, c in zip(chosen, colours)]
             row.update(tgt=tgt_bytes, instruction=text)
             row["meta"].update(drawn=drawn, radius=radius, person=person, template=t_idx)
-            if cfg.verify:
-                errs = K.recover_centres(src.rgb, imageio.decode(tgt_bytes), pts, rgbs, radius)
+            if cfg.verify:  # the written bytes for a reproducible share of samples, the exact pixels otherwise
+                on = "written" if verify_written(key, cfg) else "pixels"
+                errs = K.recover_centres(src.rgb, imageio.decode(tgt_bytes) if on == "written" else drawn_px, pts,
+                                         rgbs, radius)
                 worst = max(errs)
-                row["meta"]["verify"] = {"max_centre_error": round(worst, 3) if np.isfinite(worst) else None}
+                row["meta"]["verify"] = {"max_centre_error": round(worst, 3) if np.isfinite(worst) else None,
+                                         "on": on}
                 row["meta"]["verified"] = bool(worst <= cfg.max_centre_error)
                 if not row["meta"]["verified"]:
                     drop(row, "verification failed: circle centre off",
