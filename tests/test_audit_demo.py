@@ -33,7 +33,7 @@ def demo(tmp_path_factory):
     (base / "removal.yaml").write_text(yaml.safe_dump(cfg))
     run(load_pipeline_config(str(base / "removal.yaml"), []), out=str(base / "shards"), use_ray=False)
     app = create_app(base / "shards", token=TOKEN, cache_dir=base / "cache", refresh_s=0)
-    return {"base": base, "root": base / "shards", "out": base / "shards" / "ieiw_removal" / "v1",
+    return {"base": base, "root": base / "shards", "out": base / "shards" / "ieiw_removal" / "v2",
             "client": TestClient(app), "app": app}
 
 
@@ -45,20 +45,20 @@ def rows(c, **params):
 
 def test_demo_output_pairs_and_thresholds(demo):
     c = demo["client"]
-    assert [o["output"] for o in c.get("/api/outputs").json()] == ["ieiw_removal/v1"]
-    removal = rows(c, output="ieiw_removal/v1", task="edit_remove", split="train")
+    assert [o["output"] for o in c.get("/api/outputs").json()] == ["ieiw_removal/v2"]
+    removal = rows(c, output="ieiw_removal/v2", task="edit_remove", split="train")
     assert removal
-    body = c.get("/api/sample", params={"output": "ieiw_removal/v1", "split": "train",
+    body = c.get("/api/sample", params={"output": "ieiw_removal/v2", "split": "train",
                                          "key": removal[0]["key"]}).json()
     assert body["meta"]["pair_id"] and [p["task"] for p in body["pair"]] == ["edit_add"]
     add = body["pair"][0]
     # the addition's source is the removal's target: same bytes, served from two different tar members
-    tgt = c.get("/api/image", params={"output": "ieiw_removal/v1", "split": "train", "key": removal[0]["key"],
+    tgt = c.get("/api/image", params={"output": "ieiw_removal/v2", "split": "train", "key": removal[0]["key"],
                                       "kind": "tgt"}).content
-    src = c.get("/api/image", params={"output": "ieiw_removal/v1", "split": add["split"], "key": add["key"],
+    src = c.get("/api/image", params={"output": "ieiw_removal/v2", "split": add["split"], "key": add["key"],
                                       "kind": "src"}).content
     assert tgt == src and len(tgt) > 1000
-    hs = {h["score"]: h for h in c.get("/api/histograms", params={"output": "ieiw_removal/v1"}).json()}
+    hs = {h["score"]: h for h in c.get("/api/histograms", params={"output": "ieiw_removal/v2"}).json()}
     used = body["meta"]["filter"]["thresholds"]
     assert {t["value"] for t in hs["aesthetic_tgt"]["thresholds"]} == {used["aesthetic_tgt_min"]}
 
@@ -67,17 +67,17 @@ def test_idd_filter_honours_the_page_labels(demo):
     from instructdiffusion_data.cli import main as idd
 
     c, h = demo["client"], {"X-Audit-Token": TOKEN}
-    kept = rows(c, output="ieiw_removal/v1", split="train")
+    kept = rows(c, output="ieiw_removal/v2", split="train")
     scores = sorted(r["scores"]["aesthetic_tgt"] for r in kept)
     t = statistics.median(scores)
     low = next(r for r in kept if r["scores"]["aesthetic_tgt"] < t)  # the new threshold would drop it
     high = next(r for r in kept if r["scores"]["aesthetic_tgt"] > t)  # ... and keep this one
     for r, verdict in ((low, "accept"), (high, "reject")):
-        res = c.post("/api/labels", headers=h, json={"output": "ieiw_removal/v1", "split": "train", "key": r["key"],
+        res = c.post("/api/labels", headers=h, json={"output": "ieiw_removal/v2", "split": "train", "key": r["key"],
                                                      "verdict": verdict, "auditor": "ann", "comment": ""})
         assert res.status_code == 200
     assert idd(["filter", str(demo["out"]), "--set", f"aesthetic_tgt_min={t}"]) == 0
-    after = {r["key"]: r for r in rows(c, output="ieiw_removal/v1")}  # the page re-indexes the new split
+    after = {r["key"]: r for r in rows(c, output="ieiw_removal/v2")}  # the page re-indexes the new split
     assert after[low["key"]]["split"] == "train"
     assert after[high["key"]]["split"] == "rejected" and after[high["key"]]["drop_reason"] == "audit:reject"
     moved = 0
@@ -91,7 +91,7 @@ def test_idd_filter_honours_the_page_labels(demo):
     from instructdiffusion_data.generations import current
 
     manifest = current(demo["out"]).manifest  # the filter's new generation, the one the page shows
-    assert manifest["splits"]["train"]["rows"] == len(rows(c, output="ieiw_removal/v1", split="train"))
+    assert manifest["splits"]["train"]["rows"] == len(rows(c, output="ieiw_removal/v2", split="train"))
 
 
 def test_demo_page_in_chromium(demo):

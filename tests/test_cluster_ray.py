@@ -46,7 +46,7 @@ def single_node(tmp_path_factory, demo_root):
     out = tmp_path_factory.mktemp("single")
     conf = REPO / "configs" / "pipelines" / "keypoints_coco.yaml"
     run(load_pipeline_config(conf, keypoint_overrides(demo_root)), out=str(out), use_ray=False)
-    return files_digest(out / "keypoints_coco" / "v1")
+    return files_digest(out / "keypoints_coco" / "v2")
 
 
 def clean_digest(conf: Path, out: Path) -> dict:
@@ -94,7 +94,7 @@ def test_keypoints_via_ray_job_submit_equal_single_node(tmp_path, demo_root, sin
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]
     assert "succeeded" in res.stdout and "joining Ray cluster" in log
-    root = tmp_path / "j" / "keypoints_coco" / "v1"
+    root = tmp_path / "j" / "keypoints_coco" / "v2"
     digest = files_digest(root)
     assert len(digest) > 4 and digest == single_node
     keys = all_keys(root)
@@ -114,7 +114,7 @@ def test_keypoints_via_ray_client_address(tmp_path, demo_root, single_node, clus
             break
     assert res.returncode == 0, res.stderr[-3000:]
     assert "executes on the cluster's head node" in res.stderr
-    assert files_digest(tmp_path / "c" / "keypoints_coco" / "v1") == single_node
+    assert files_digest(tmp_path / "c" / "keypoints_coco" / "v2") == single_node
 
 
 @pytest.mark.parametrize("pool", [None, 2], ids=["tasks", "actors"])

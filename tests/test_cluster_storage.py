@@ -206,21 +206,21 @@ def test_s3_inputs_config_annotations_and_images(tmp_path, s3, demo_root):
 
     run_from(f"s3://{BUCKET}/in", f"s3://{BUCKET}/in/kp.yaml", f"s3://{BUCKET}/in-out")
     run_from(str(demo_root), str(conf), str(tmp_path))
-    remote = s3_keys(fs, f"{BUCKET}/in-out/keypoints_coco/v1")
-    local = all_keys(tmp_path / "keypoints_coco" / "v1")
+    remote = s3_keys(fs, f"{BUCKET}/in-out/keypoints_coco/v2")
+    local = all_keys(tmp_path / "keypoints_coco" / "v2")
     assert remote == local and len(local) > 20
-    t_remote = pq.read_table(f"{BUCKET}/in-out/keypoints_coco/v1/train/000000.parquet", filesystem=fs).to_pylist()
-    t_local = pq.read_table(tmp_path / "keypoints_coco" / "v1" / "train" / "000000.parquet").to_pylist()
+    t_remote = pq.read_table(f"{BUCKET}/in-out/keypoints_coco/v2/train/000000.parquet", filesystem=fs).to_pylist()
+    t_local = pq.read_table(tmp_path / "keypoints_coco" / "v2" / "train" / "000000.parquet").to_pylist()
     assert [r["instruction"] for r in t_remote] == [r["instruction"] for r in t_local]
     # paths in rows are relative to the named input roots; the manifest maps them back to the bucket
     from instructdiffusion_data.runner import resolve_path
-    with fs.open_input_stream(f"{BUCKET}/in-out/keypoints_coco/v1/manifest.json") as fh:
+    with fs.open_input_stream(f"{BUCKET}/in-out/keypoints_coco/v2/manifest.json") as fh:
         roots = json.loads(fh.read())["roots"]
     assert json.loads(t_remote[0]["meta"])["file"].startswith("{source.images}/")
     assert resolve_path(json.loads(t_remote[0]["meta"])["file"], roots).startswith(f"s3://{BUCKET}/in/coco/train2017")
-    with fs.open_input_stream(f"{BUCKET}/in-out/keypoints_coco/v1/train/000000.tar") as fh:
+    with fs.open_input_stream(f"{BUCKET}/in-out/keypoints_coco/v2/train/000000.tar") as fh:
         tar_remote = fh.read()
-    tar_local = (tmp_path / "keypoints_coco" / "v1" / "train" / "000000.tar").read_bytes()
+    tar_local = (tmp_path / "keypoints_coco" / "v2" / "train" / "000000.tar").read_bytes()
     r, l = t_remote[0], t_local[0]
     assert (imageio.decode(tar_remote[r["tgt_offset"]: r["tgt_offset"] + r["tgt_size"]]) ==
             imageio.decode(tar_local[l["tgt_offset"]: l["tgt_offset"] + l["tgt_size"]])).all()

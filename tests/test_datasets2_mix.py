@@ -39,7 +39,8 @@ def _mixture(path, entries, root="shards"):
 
 def test_mix_manifest_and_table(small_outputs, capsys, caplog):
     tmp, manifests = small_outputs
-    mix = _mixture(tmp / "mix.yaml", [{"name": "edit_gier", "weight": 10.0}, {"name": "denoise_sidd"},
+    mix = _mixture(tmp / "mix.yaml", [{"name": "edit_gier", "output": "edit_gier/v2", "weight": 10.0},
+                                     {"name": "denoise_sidd", "output": "denoise_sidd/v2"},
                                      {"name": "ieiw_replacement", "output": "ieiw_replacement/v1", "weight": 1.0}])
     rc = cli.main(["mix", str(mix), "--out", "mixes/mixture.json"])
     assert rc == 0
@@ -73,7 +74,7 @@ def test_mix_manifest_and_table(small_outputs, capsys, caplog):
 
 def test_mix_absolute_root_override_and_errors(small_outputs, tmp_path, capsys):
     tmp, _ = small_outputs
-    mix = _mixture(tmp / "mix.yaml", [{"name": "edit_gier", "output": "edit_gier/v1"}], root="elsewhere")
+    mix = _mixture(tmp / "mix.yaml", [{"name": "edit_gier", "output": "edit_gier/v2"}], root="elsewhere")
     doc = build_mixture(load_mixture(mix), tmp / "m.json", root=str(tmp / "shards"), absolute=True)
     assert all(Path(s).is_absolute() and Path(s).is_file() for s in doc["datasets"][0]["shards"])
     assert cli.main(["mix", str(mix), "--out", str(tmp / "m2.json")]) == 2  # nothing under root 'elsewhere'
@@ -104,7 +105,7 @@ def test_part2_pipelines_run_from_configs(tmp_path, monkeypatch):
         summary = runner.run(cfg, use_ray=False)
         train = summary.manifest["splits"]["train"]
         assert train["rows"] > 0, name
-        assert (tmp_path / "shards" / name / "v1" / "manifest.json").is_file()
+        assert (tmp_path / "shards" / name / "v2" / "manifest.json").is_file()
         reasons[name] = summary.manifest["splits"]["rejected"]["drop_reasons"]
     # the demo's bad input on purpose is counted per reason and kept in rejected/
     assert reasons["keypoints_mpii"] == {"image file missing": 1}
@@ -114,7 +115,7 @@ def test_part2_pipelines_run_from_configs(tmp_path, monkeypatch):
     assert reasons["edit_instructpix2pix"] == {"clip_sim_dir<0.2": 1, "instruction is empty": 2}
     assert reasons["edit_magicbrush"] == {"ingest_edit: image is corrupt or not an image": 1}
     assert reasons["edit_gier"] == {"instruction is NaN": 2}
-    with tarfile.open(tmp_path / "shards" / "edit_gier" / "v1" / "rejected" / "000000.tar") as t:
+    with tarfile.open(tmp_path / "shards" / "edit_gier" / "v2" / "rejected" / "000000.tar") as t:
         docs = [json.loads(t.extractfile(m).read()) for m in t.getmembers() if m.name.endswith(".json")]
     assert len(docs) == 2 and all(d["keep"] is False and d["drop_reason"].startswith("instruction is NaN") for d in docs)
     rc = cli.main(["mix", str(REPO / "configs" / "mixtures" / "instructdiffusion.yaml"), "--out", "shards/mixture.json"])

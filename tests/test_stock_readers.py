@@ -39,17 +39,17 @@ def stock(tmp_path_factory):
 
 
 def manifest(root: Path, name: str) -> dict:
-    return json.loads((root / name / "v1" / "manifest.json").read_text())
+    return json.loads((root / name / "v2" / "manifest.json").read_text())
 
 
 def train_tars(root: Path, name: str) -> list[str]:
-    return [str(root / name / "v1" / s["tar"]) for s in manifest(root, name)["splits"]["train"]["shards"]]
+    return [str(root / name / "v2" / s["tar"]) for s in manifest(root, name)["splits"]["train"]["shards"]]
 
 
 def train_sidecar(root: Path, name: str) -> list[dict]:
     rows = []
     for s in manifest(root, name)["splits"]["train"]["shards"]:
-        rows += pq.read_table(root / name / "v1" / s["parquet"]).to_pylist()
+        rows += pq.read_table(root / name / "v2" / s["parquet"]).to_pylist()
     return rows
 
 
@@ -162,11 +162,11 @@ def test_duckdb_reads_every_row_and_image_by_offset(stock):
 
     root, _ = stock
     for name in CONFIGS:
-        files = [str(root / name / "v1" / s["parquet"]) for s in manifest(root, name)["splits"]["train"]["shards"]]
+        files = [str(root / name / "v2" / s["parquet"]) for s in manifest(root, name)["splits"]["train"]["shards"]]
         rows = duckdb.sql(f"select key, tar, src_offset, src_size, tgt_offset, tgt_size, mask_offset, mask_size "
                           f"from read_parquet({files!r}) where keep order by key").fetchall()
         assert len(rows) == manifest(root, name)["splits"]["train"]["rows"]
-        tar_dir = root / name / "v1" / "train"
+        tar_dir = root / name / "v2" / "train"
         for key, tar, *offs in rows:
             data = (tar_dir / tar).read_bytes()
             for off, size in zip(offs[::2], offs[1::2]):
@@ -181,7 +181,7 @@ def test_duckdb_score_query_of_the_docs(stock):
     root, _ = stock
     doc = (REPO / "docs" / "shard-format.md").read_text()
     assert "giqa_reference.percentiles.p10" in doc and "aesthetic_classical_tgt" in doc
-    files = sorted(str(p) for p in root.glob("*/v1/train/*.parquet"))
+    files = sorted(str(p) for p in root.glob("*/v2/train/*.parquet"))
     x = 5.0
     got = dict(duckdb.sql(f"""
         select task, count(*) from read_parquet({files!r})
@@ -222,7 +222,7 @@ def test_no_absolute_path_of_the_checkout_or_the_inputs_in_the_files(stock):
     root, demo = stock
     needles = {str(REPO).encode(), str(demo.resolve()).encode(), str(demo).encode(), os.fsencode(root.parent)}
     bad = []
-    for p in sorted(root.glob("*/v1/**/*")):
+    for p in sorted(root.glob("*/v2/**/*")):
         if p.suffix in (".tar", ".parquet") and ".plan" not in p.parts:
             data = p.read_bytes()
             bad += [f"{p.relative_to(root)} holds {n.decode()}" for n in needles if n in data]
