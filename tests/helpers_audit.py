@@ -1,8 +1,10 @@
-"""Small real outputs for the auditor tests, written with the production ShardWriter.
+"""Small real outputs for the auditor tests, written with the production ShardWriter (format 2).
 
 ``build_outputs(root)`` writes four outputs shaped like the demo's: removal/addition pairs with masks,
-scores and filter thresholds (some dropped by the filter, one record without image), replacements with a
-reference patch, keypoints, and an alignment set (groups of candidates at several guidance scales).
+scores and the quality filter's thresholds (some dropped by the filter's rule classes with value and
+threshold as details, one record without image), replacements with a reference patch, keypoints, and an
+alignment set (groups of candidates at several guidance scales). Source paths in meta carry root tokens
+(``{source.images}/0.jpg``) that the manifest's ``roots`` map back, as ``idd run`` writes them.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ def circle_mask(w: int = 96, h: int = 72, cx: int = 48, cy: int = 36, r: int = 1
     return m
 
 
+ROOTS = {"source.images": "/data/phrasecut/images", "source.sa1b": "/data/sa1b", "source.coco": "/data/coco"}
+THRESHOLDS = {"aesthetic_tgt_min": 5.0, "giqa_tgt_min": 0.3}
+
+
 def removal_rows(n: int = 6) -> list[dict]:
     rows = []
-    filt = {"aesthetic_tgt": {"min": 5.0}, "giqa_tgt": {"min": 0.3}}
     for i in range(n):
         src = scene(i)
         mask = circle_mask(cx=30 + 5 * i)
@@ -49,18 +54,19 @@ def removal_rows(n: int = 6) -> list[dict]:
         pair = f"phrasecut-{i}"
         for task, s, t, instr in (("edit_remove", src, tgt, f"remove the {phrase}"),
                                   ("edit_add", tgt, src, f"add a {phrase}")):
-            meta = {"file": f"/data/phrasecut/images/{i}.jpg", "record_id": str(i), "pair_id": pair,
+            failed = [f"{sc} below minimum" for sc in ("aesthetic_tgt", "giqa_tgt") if scores[sc] < THRESHOLDS[f"{sc}_min"]]
+            filt = {"profile": "weightfree", "thresholds": dict(THRESHOLDS), "failed": failed, "prior_drop": None}
+            meta = {"file": f"{{source.images}}/{i}.jpg", "record_id": str(i), "pair_id": pair,
                     "scores": scores, "filter": filt, "seed": 1000 + i, "model": "opencv-telea"}
             row = new_row(key=make_key("phrasecut", i, task), task=task, dataset="phrasecut", src=encode_jpeg(s),
                           tgt=encode_jpeg(t), mask=encode_png(mask), instruction=instr, meta=meta)
-            if scores["aesthetic_tgt"] < 5.0:
-                drop(row, "aesthetic_tgt<5.0")
-            if scores["giqa_tgt"] < 0.3:
-                drop(row, "giqa_tgt<0.3")
+            for sc in ("aesthetic_tgt", "giqa_tgt"):
+                if scores[sc] < THRESHOLDS[f"{sc}_min"]:
+                    drop(row, f"{sc} below minimum", value=round(scores[sc], 6), threshold=THRESHOLDS[f"{sc}_min"])
             rows.append(row)
     bad = new_row(key=make_key("phrasecut", "missing", "rec"), task="edit_remove", dataset="phrasecut",
-                  meta={"file": "/data/phrasecut/images/missing.jpg", "record_id": "missing"})
-    rows.append(drop(bad, "image file missing (file=/data/phrasecut/images/missing.jpg, record=missing)"))
+                  meta={"file": "{source.images}/missing.jpg", "record_id": "missing"})
+    rows.append(drop(bad, "image file missing", file="{source.images}/missing.jpg", record="missing"))
     return rows
 
 
@@ -72,8 +78,9 @@ def replacement_rows(n: int = 4) -> list[dict]:
         tgt = src.copy()
         tgt[mask > 0] = COLOURS[i % len(COLOURS)]
         ref_key = make_key("sa1b", f"patch{i}", "ref")
-        meta = {"file": f"/data/sa1b/{i}.jpg", "record_id": str(i), "scores": {"aesthetic_tgt": 5.2 + i * 0.3},
-                "reference": {"key": ref_key, "bbox": [4, 4, 32, 32], "source_image": f"/data/sa1b/{i + 9}.jpg"},
+        meta = {"file": f"{{source.sa1b}}/{i}.jpg", "record_id": str(i), "scores": {"aesthetic_tgt": 5.2 + i * 0.3},
+                "reference": {"key": ref_key, "bbox": [4, 4, 32, 32], "label": "cat", "image_id": str(i + 9),
+                              "dataset": "sa1b", "source_image": f"{{source.sa1b}}/{i + 9}.jpg"},
                 "captions": {"src": "a dog", "ref": "a cat"}}
         rows.append(new_row(key=make_key("sa1b", i, "replace"), task="edit_replace", dataset="sa1b",
                             src=encode_jpeg(src), tgt=encode_jpeg(tgt), mask=encode_png(mask),
@@ -81,7 +88,7 @@ def replacement_rows(n: int = 4) -> list[dict]:
         patch = np.full((32, 32, 3), COLOURS[i % len(COLOURS)], np.uint8)
         rows.append(drop(new_row(key=ref_key, task="edit_replace", dataset="sa1b-gallery", src=encode_png(patch),
                                  tgt=encode_png(patch), instruction="reference patch", meta={"gallery": True}),
-                         "gallery patch (not a training pair)"))
+                         "gallery patch", note="not a training pair"))
     return rows
 
 
@@ -94,7 +101,7 @@ def keypoint_rows(n: int = 5) -> list[dict]:
         rows.append(new_row(key=make_key("coco", 500 + i, "kp0"), task="keypoint", dataset="coco",
                             src=encode_jpeg(src), tgt=encode_jpeg(tgt),
                             instruction=f"circle the left shoulder of the person in red ({i})",
-                            meta={"file": f"/data/coco/{500 + i}.jpg", "record_id": str(500 + i),
+                            meta={"file": f"{{source.coco}}/{500 + i}.jpg", "record_id": str(500 + i),
                                   "joints": [{"name": "left shoulder", "x": 20 + 10 * i, "y": 30, "v": 2}],
                                   "colours": ["red"], "seed": 7}))
     return rows
@@ -113,12 +120,41 @@ def alignment_rows(groups: int = 3, scales=(3.0, 5.0, 7.5, 10.0)) -> list[dict]:
     return rows
 
 
-def write_output(out: Path, rows: list[dict], *, name: str, per_shard: int = 100) -> Path:
+def write_output(out: Path, rows: list[dict], *, name: str, per_shard: int = 100,
+                 roots: dict[str, str] | None = None) -> Path:
     w = ShardWriter(out)
     for i in range(0, len(rows), per_shard):
         w.write_shard(i // per_shard, rows[i:i + per_shard])
-    w.write_manifest(config={"name": name}, extra={"name": name, "version": out.name, "mixture_weight": 1.0})
+    w.write_manifest(config={"name": name}, extra={"name": name, "version": out.name, "mixture_weight": 1.0,
+                                                   "roots": dict(ROOTS if roots is None else roots)})
     return out
+
+
+def make_format1(output_dir: Path) -> None:
+    """Rewrite an output's sidecars as format 1 wrote them: no drop_class / drop_detail / typed score
+    columns, and the drop reasons as text with the numbers in it (``aesthetic_tgt<5.0``)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from instructdiffusion_data.schema import SCORE_COLUMNS
+
+    for p in sorted(output_dir.glob("*/*.parquet")):
+        t = pq.read_table(p)
+        rows = t.to_pylist()
+        for r in rows:
+            parts = []
+            for d in r.get("drop_detail") or []:
+                doc = json.loads(d)
+                cls = doc.pop("class")
+                if cls.endswith(" below minimum"):
+                    parts.append(f"{cls[:-len(' below minimum')]}<{doc['threshold']}")
+                else:
+                    parts.append(f"{cls} ({', '.join(f'{k}={v}' for k, v in doc.items())})" if doc else cls)
+            r["drop_reason"] = ";".join(parts) or None
+        keep = [c for c in t.column_names if c not in ("drop_class", "drop_detail", *SCORE_COLUMNS)]
+        pq.write_table(t.select(keep).from_pylist([{c: r[c] for c in keep} for r in rows],
+                                                  schema=t.select(keep).schema), p)
 
 
 def build_outputs(root: Path) -> dict[str, Path]:

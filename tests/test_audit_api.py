@@ -17,9 +17,12 @@ from instructdiffusion_data.audit.app import create_app
 from instructdiffusion_data.audit.labels import alignment_picks, labels_path, overrides
 from instructdiffusion_data.imageio import decode, decode_gray
 from tests.helpers_audit import (
+    ROOTS,
     build_outputs,
     corrupt_member,
     keypoint_rows,
+    make_format1,
+    removal_rows,
     write_output,
 )
 
@@ -60,6 +63,24 @@ def all_rows(env) -> list[dict]:
     return [{**r, "output": name} for name, out in env["outs"].items() for r in sidecar_rows(out)]
 
 
+def classes(r: dict) -> list[str]:
+    """A sidecar row's drop classes, in order (its drop_detail entries)."""
+    return [json.loads(d)["class"] for d in r.get("drop_detail") or []]
+
+
+def resolved(obj, roots=ROOTS):
+    """``obj`` with the root tokens of its strings expanded, as the sample view shows it."""
+    from instructdiffusion_data.runner import resolve_path
+
+    if isinstance(obj, str):
+        return resolve_path(obj, roots)
+    if isinstance(obj, dict):
+        return {k: resolved(v, roots) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [resolved(v, roots) for v in obj]
+    return obj
+
+
 def get_all(client, **params) -> list[dict]:
     res = client.get("/api/samples", params={**params, "page_size": 200})
     assert res.status_code == 200, res.text
@@ -84,23 +105,32 @@ def test_outputs_and_counts_match_the_sidecars(env):
             tasks[r["task"]] = tasks.get(r["task"], 0) + 1
         assert counts["tasks"] == tasks
     counts = c.get("/api/counts", params={"output": "ieiw_removal/v1", "split": "rejected"}).json()
-    expect = {}
+    expect, first = {}, {}
     for r in sidecar_rows(env["outs"]["ieiw_removal/v1"]):
-        for part in (r["drop_reason"] or "").split(";"):
-            if part:
-                part = part.split(" (")[0]
-                expect[part] = expect.get(part, 0) + 1
+        for part in classes(r):  # the drop classes as written (drop_detail), never parsed from drop_reason
+            expect[part] = expect.get(part, 0) + 1
+        if r["drop_class"]:
+            first[r["drop_class"]] = first.get(r["drop_class"], 0) + 1
     assert counts["reasons"] == expect
     assert counts["reasons"]["image file missing"] == 1
+    assert set(expect) == {"aesthetic_tgt below minimum", "giqa_tgt below minimum", "image file missing"}
+    # drop_classes: the first class of each row, what the manifest counts
+    manifest = json.loads((env["outs"]["ieiw_removal/v1"] / "manifest.json").read_text())
+    assert counts["drop_classes"] == first == manifest["splits"]["rejected"]["drop_reasons"]
 
 
 def test_filter_by_reason_task_dataset_and_text(env):
     c = env["client"]
     truth = all_rows(env)
-    got = get_all(c, reason="aesthetic_tgt<5.0")
-    want = {r["key"] for r in truth if "aesthetic_tgt<5.0" in (r["drop_reason"] or "").split(";")}
+    got = get_all(c, reason="aesthetic_tgt below minimum")
+    want = {r["key"] for r in truth if "aesthetic_tgt below minimum" in classes(r)}
     assert want and {r["key"] for r in got} == want
     assert all(not r["keep"] for r in got)
+    got = get_all(c, reason="giqa_tgt below minimum")  # a second class of a row counts too
+    want = {r["key"] for r in truth if "giqa_tgt below minimum" in classes(r)}
+    assert want and {r["key"] for r in got} == want
+    assert any(r["drop_class"] != "giqa_tgt below minimum" for r in truth if r["key"] in want)
+    assert get_all(c, reason="aesthetic_tgt<5.0") == []  # the old text is no class of a format 2 output
     got = get_all(c, task="keypoint", split="train")
     assert {r["key"] for r in got} == {r["key"] for r in truth if r["task"] == "keypoint" and r["keep"]}
     got = get_all(c, q="LEFT shoulder")
@@ -123,6 +153,14 @@ def test_score_ranges_and_sort_by_score(env):
     assert present == sorted(present, reverse=True) and vals[-1] is None  # the imageless row has no score
     res = c.get("/api/samples", params={"score": "aesthetic_tgt:abc:"})
     assert res.status_code == 422
+    # the values come from the typed float32 columns: the page's name and the column's own name agree
+    typed = get_all(c, score="aesthetic_classical_tgt:4.5:5.3")
+    assert {r["key"] for r in typed} == {r["key"] for r in got}
+    asc = [r["key"] for r in get_all(c, output="ieiw_removal/v1", sort="score:aesthetic_tgt")]
+    assert asc == [r["key"] for r in get_all(c, output="ieiw_removal/v1", sort="score:aesthetic_classical_tgt")]
+    g = next(r for r in rows if r["scores"].get("giqa_tgt") is not None)
+    assert g["scores"]["giqa_tgt"] == round(g["scores"]["giqa_tgt"], 6)  # 0.2, not 0.20000000298023224
+    assert {n for n in c.get("/api/counts").json()["score_names"]} >= {"aesthetic_tgt", "giqa_tgt", "aesthetic_src"}
 
 
 def test_pagination_is_bounded_and_complete(env):
@@ -262,12 +300,22 @@ def test_sample_view_meta_pair_and_reference(env):
     row = get_all(c, output="ieiw_removal/v1", task="edit_remove", split="train")[0]
     body = c.get("/api/sample", params={"output": row["output"], "split": row["split"], "key": row["key"]}).json()
     truth = next(r for r in sidecar_rows(env["outs"]["ieiw_removal/v1"]) if r["key"] == row["key"])
-    assert body["meta"] == truth["meta"]
+    assert truth["meta"]["file"].startswith("{source.images}/")  # written with its root token ...
+    assert body["meta"] == resolved(truth["meta"])  # ... shown resolved through the manifest's roots
+    assert body["meta"]["file"] == f"/data/phrasecut/images/{truth['meta']['record_id']}.jpg"
+    assert body["roots"] == ROOTS
+    missing = get_all(c, reason="image file missing")[0]
+    body_m = c.get("/api/sample", params={"output": missing["output"], "split": "rejected",
+                                           "key": missing["key"]}).json()
+    assert body_m["drops"] == [{"class": "image file missing", "file": "/data/phrasecut/images/missing.jpg",
+                                "record": "missing"}]
+    assert "{source." not in json.dumps(body_m)
     assert [p["task"] for p in body["pair"]] == ["edit_add"]
     assert body["pair"][0]["key"] != row["key"]
     rep = get_all(c, output="ieiw_replacement/v1", dataset="sa1b")[0]
     body = c.get("/api/sample", params={"output": rep["output"], "split": rep["split"], "key": rep["key"]}).json()
     assert body["reference"]["fields"]["key"] == body["meta"]["reference"]["key"]
+    assert body["reference"]["fields"]["source_image"].startswith("/data/sa1b/")  # extra keys kept, resolved
     ref = c.get("/api/reference", params={"output": rep["output"], "split": rep["split"], "key": rep["key"]})
     gallery = next(r for r in sidecar_rows(env["outs"]["ieiw_replacement/v1"])
                    if r["key"] == body["meta"]["reference"]["key"])
@@ -392,9 +440,11 @@ def test_histograms_draw_filter_thresholds(env):
     by = {(h["dataset"], h["score"]): h for h in hs}
     h = by[("phrasecut", "aesthetic_tgt")]
     assert {t["value"] for t in h["thresholds"]} == {5.0}
+    assert {t["label"] for t in h["thresholds"]} == {"rule aesthetic_tgt<5, thresholds.aesthetic_tgt_min"}
     truth = [r["meta"]["scores"]["aesthetic_tgt"] for r in sidecar_rows(env["outs"]["ieiw_removal/v1"])
              if r["meta"].get("scores")]
-    assert sum(h["kept"]) + sum(h["dropped"]) == len(truth) and h["min"] == min(truth) and h["max"] == max(truth)
+    assert sum(h["kept"]) + sum(h["dropped"]) == len(truth)
+    assert h["min"] == pytest.approx(min(truth)) and h["max"] == pytest.approx(max(truth))  # float32 columns
     assert sum(h["dropped"]) == sum(1 for r in sidecar_rows(env["outs"]["ieiw_removal/v1"])
                                     if r["meta"].get("scores") and not r["keep"])
     assert {t["value"] for t in by[("phrasecut", "giqa_tgt")]["thresholds"]} == {0.3}
@@ -425,9 +475,16 @@ def test_cli_binds_loopback_by_default_and_needs_the_token_variable(monkeypatch,
 
 
 def test_reference_patch_sources(tmp_path):
+    """meta["reference"] through contracts.ReferencePatch: the embedded RGBA patch, the gallery's full patch,
+    the source file cropped to bbox (its {source.x} token resolved through the manifest's roots, read only
+    under the root or an --allow-dir), a malformed reference (404, the error in the sample view), and
+    patches that do not decode or are too large (error tiles)."""
     import base64
 
+    import cv2
+
     from instructdiffusion_data.imageio import encode_png
+    from tests.test_hardening_image_limits import huge_png
 
     root, outside = tmp_path / "root", tmp_path / "demo_data"
     outside.mkdir()
@@ -436,25 +493,48 @@ def test_reference_patch_sources(tmp_path):
     (outside / "ref.png").write_bytes(encode_png(big))
     root.mkdir()
     (root / "inside.png").write_bytes(encode_png(big))
-    patch = encode_png(np.full((8, 8, 3), 77, np.uint8))
-    rows = keypoint_rows(5)
-    refs = [{"png_b64": base64.b64encode(patch).decode()}, {"file": str(root / "inside.png"), "bbox": [5, 10, 20, 10]},
-            {"file": str(outside / "ref.png"), "bbox": [5, 10, 20, 10], "label": "cat"}, "no/such/file.png",
-            {"png_b64": base64.b64encode(b"not an image").decode()}]
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 77
+    rgba[2:6, 2:6, 3] = 255  # the object's mask
+    patch = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))[1].tobytes()
+    gallery = root / "gallery"
+    (gallery / "patches").mkdir(parents=True)
+    (gallery / "patches" / "000000.tar").write_bytes(b"\0" * 512 + patch + b"\0" * 100)
+    b64 = lambda data: base64.b64encode(data).decode()
+    refs = [{"patch_png_b64": b64(patch), "label": "dog"},
+            {"file": str(root / "inside.png"), "bbox": [5, 10, 20, 10]},
+            {"file": "{source.refs}/ref.png", "bbox": [5, 10, 20, 10], "label": "cat"},
+            "no/such/file.png",
+            {"patch_png_b64": b64(b"not an image")},
+            {"gallery": "{stages.2.gallery}", "patch": {"tar": "patches/000000.tar", "offset": 512, "size": len(patch)}},
+            {"patch_png_b64": b64(huge_png())}]
+    rows = keypoint_rows(len(refs))
     for r, ref in zip(rows, refs):
         r["meta"]["reference"] = ref
-    write_output(root / "rep" / "v1", rows, name="rep")
+    write_output(root / "rep" / "v1", rows, name="rep",
+                 roots={"source.refs": str(outside), "stages.2.gallery": str(gallery)})
     keys = [r["key"] for r in rows]
-    for allow, expect in (([], [200, 200, 404, 404, 200]), ([outside], [200, 200, 200, 404, 200])):
+    for allow, expect in (([], [200, 200, 404, 404, 200, 200, 200]), ([outside], [200, 200, 200, 404, 200, 200, 200])):
         c = TestClient(create_app(root, cache_dir=tmp_path / "cache", allow_dirs=allow))
         got = [c.get("/api/reference", params={"output": "rep/v1", "split": "train", "key": k}) for k in keys]
         assert [g.status_code for g in got] == expect
-        assert got[0].content == patch
+        for i in (0, 5):  # RGBA, the mask as alpha: from meta and from the gallery
+            assert got[i].headers["content-type"] == "image/png" and "x-audit-error" not in got[i].headers
+            back = cv2.cvtColor(cv2.imdecode(np.frombuffer(got[i].content, np.uint8), cv2.IMREAD_UNCHANGED),
+                                cv2.COLOR_BGRA2RGBA)
+            assert np.array_equal(back, rgba)
         crop = decode(got[1].content)
         assert crop.shape == (10, 20, 3) and (crop == (0, 200, 0)).all()
-        assert "x-audit-error" in got[4].headers
+        if allow:
+            assert np.array_equal(decode(got[2].content), crop)  # {source.refs} resolved to demo_data
+        assert "corrupt" in got[4].headers["x-audit-error"]
+        assert "too large" in got[6].headers["x-audit-error"]
         body = c.get("/api/sample", params={"output": "rep/v1", "split": "train", "key": keys[2]}).json()
         assert body["reference"]["fields"]["label"] == "cat"
+        assert body["reference"]["fields"]["file"] == str(outside / "ref.png")
+        body = c.get("/api/sample", params={"output": "rep/v1", "split": "train", "key": keys[3]}).json()
+        assert body["reference"]["fields"] == {"value": "no/such/file.png"}
+        assert "reference is not an object" in body["reference"]["error"]
 
 
 def test_thresholds_from_the_quality_filter_layout():
@@ -471,6 +551,84 @@ def test_thresholds_from_the_quality_filter_layout():
     assert thresholds_from_filter("{not json", "x") == {} and thresholds_from_filter(None, "x") == {}
     assert thresholds_from_reason("aesthetic_tgt<4.5", "aesthetic_tgt") == {"rule aesthetic_tgt<4.5": 4.5}
     assert thresholds_from_reason("aesthetic_tgt<x", "aesthetic_tgt") == {}
+    # the rule classes of models/quality.py: the threshold is a drop detail, not part of the class
+    from instructdiffusion_data.models.quality import failures
+
+    f = failures({"aesthetic_tgt": 3.0, "background_change": 40.0},
+                 {"aesthetic_tgt_min": 4.5, "background_change_max": 12.0})
+    assert [x.cls for x in f] == ["aesthetic_tgt below minimum", "background_change above maximum"]
+    assert thresholds_from_reason(f[0].cls, "aesthetic_tgt", f[0].detail()["threshold"]) == {
+        "rule aesthetic_tgt<4.5": 4.5}
+    assert thresholds_from_reason(f[1].cls, "background_change", 12.0) == {"rule background_change>12": 12.0}
+    assert thresholds_from_reason(f[0].cls, "aesthetic_laion_tgt", 4.5) == {"rule aesthetic_tgt<4.5": 4.5}
+    assert thresholds_from_reason(f[0].cls, "aesthetic_tgt") == {}  # no threshold detail: nothing drawn
+    assert thresholds_from_reason(f[0].cls, "giqa_tgt", 4.5) == {}
+    assert thresholds_from_reason("aesthetic_tgt below minimum (value=3.0, threshold=4.5)", "aesthetic_tgt") == {
+        "rule aesthetic_tgt<4.5": 4.5}  # the display text of a format 1 sidecar
+    assert thresholds_from_reason("clip_sim_dir below minimum", "clip_sim_dir", 0.2) == {"rule clip_sim_dir<0.2": 0.2}
+
+
+def test_format1_sidecars_fall_back_to_the_reason_text(tmp_path):
+    """Sidecars without drop_class / drop_detail / typed scores (format 1): classes are the reason text without
+    its trailing details, thresholds come from the old ``aesthetic_tgt<5.0`` text and scores from meta. A split
+    mixing both formats (an output taken down or filtered shard by shard) is read as one."""
+    root = tmp_path / "root"
+    old = write_output(root / "old" / "v1", removal_rows(), name="old", per_shard=7)
+    mixed = write_output(root / "mixed" / "v1", removal_rows(), name="mixed", per_shard=7)
+    new_rows = {r["key"]: r for r in sidecar_rows(old)}
+    make_format1(old)
+    shards = sorted((mixed / "rejected").glob("*.parquet"))
+    assert len(shards) >= 2
+    mixed_copy = tmp_path / "first"
+    mixed_copy.mkdir()
+    shutil.copy(shards[0], mixed_copy / "x.parquet")
+    make_format1(mixed)  # then put one format 2 shard back: rejected/ holds both formats
+    shutil.copy(mixed_copy / "x.parquet", shards[0])
+    assert "drop_class" not in pq.read_schema(shards[1]).names and "drop_class" in pq.read_schema(shards[0]).names
+    c = TestClient(create_app(root, cache_dir=tmp_path / "cache", refresh_s=0))
+    for output in ("old/v1", "mixed/v1"):
+        counts = c.get("/api/counts", params={"output": output, "split": "rejected"}).json()
+        expect = {}
+        for r in new_rows.values():
+            for cls in classes(r):
+                cls = {"aesthetic_tgt below minimum": "aesthetic_tgt<5.0",
+                       "giqa_tgt below minimum": "giqa_tgt<0.3"}.get(cls, cls)
+                expect[cls] = expect.get(cls, 0) + 1
+        if output == "mixed/v1":  # the format 2 shard's rows keep their classes
+            back = {r["key"]: r for r in pq.read_table(shards[0]).to_pylist()}
+            for r in back.values():
+                for cls in classes(r):
+                    old_cls = {"aesthetic_tgt below minimum": "aesthetic_tgt<5.0",
+                               "giqa_tgt below minimum": "giqa_tgt<0.3"}.get(cls, cls)
+                    expect[old_cls] -= 1
+                    expect[cls] = expect.get(cls, 0) + 1
+            expect = {k: v for k, v in expect.items() if v}
+        assert counts["reasons"] == expect, output
+        assert counts["reasons"]["image file missing"] == 1  # "(file=..., record=...)" stripped
+        rows = get_all(c, output=output, reason="image file missing")
+        assert len(rows) == 1
+        hs = {h["score"]: h for h in c.get("/api/histograms", params={"output": output}).json()}
+        assert {t["value"] for t in hs["aesthetic_tgt"]["thresholds"]} == {5.0}
+        assert {t["value"] for t in hs["giqa_tgt"]["thresholds"]} == {0.3}
+        # the scores of format 1 rows come from meta (no typed columns), exactly
+        got = {r["key"]: r["scores"] for r in get_all(c, output=output)}
+        for key, sc in got.items():
+            want = new_rows[key]["meta"].get("scores") or {}
+            assert set(sc) == set(want)
+            assert all(sc[k] == pytest.approx(v, rel=1e-6) for k, v in want.items())
+
+
+def test_alignment_export_lands_beside_the_labels(env):
+    c, h = env["client"], {"X-Audit-Token": TOKEN}
+    group = c.get("/api/align/groups", params={"output": "alignment_bench/v1"}).json()["rows"][0]
+    assert c.post("/api/align/pick", headers=h, json={"output": "alignment_bench/v1", "group": group["group_id"],
+                                                     "keys": group["keys"][:1], "auditor": "zed"}).status_code == 200
+    res = c.post("/api/align/export", json={"output": "alignment_bench/v1"}, headers=h).json()
+    assert res["out"] == "alignment_bench/.audit/v1/alignment"  # outside the output: only the engine writes there
+    out = env["root"] / res["out"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["roots"] == ROOTS  # the copied rows' path tokens still resolve
+    assert not (env["outs"]["alignment_bench/v1"] / "audit").exists()
 
 
 def test_unreadable_sidecar_skips_that_split_only(tmp_path):

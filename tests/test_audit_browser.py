@@ -102,12 +102,12 @@ def test_browse_filter_label_and_export(server, page):
     assert outputs == sorted(server["outs"])
     page.select_option("#filters select[name=output]", "ieiw_removal/v1")
     page.wait_for_function("document.querySelector('#filters select[name=reason]').options.length > 2")
-    page.select_option("#filters select[name=reason]", "aesthetic_tgt<5.0")
+    page.select_option("#filters select[name=reason]", "aesthetic_tgt below minimum")
     page.wait_for_function("document.querySelector('.pageinfo').textContent.includes('(6 samples)')", timeout=10000)
     cards = page.locator("#grid .card")
     assert cards.count() == 6
     for i in range(cards.count()):
-        assert "aesthetic_tgt<5.0" in cards.nth(i).locator(".badge.reason").all_inner_texts()
+        assert "aesthetic_tgt below minimum" in cards.nth(i).locator(".badge.reason").all_inner_texts()
     page.check("#overlay")
     page.wait_for_function("document.querySelectorAll('#grid img.mask').length == 6")
     wait_images(page, "#grid img")
@@ -120,8 +120,13 @@ def test_browse_filter_label_and_export(server, page):
     page.wait_for_selector("#sample:not([hidden]) #meta")
     wait_images(page, "#sample .full img")
     meta_keys = page.locator("#meta tr td:first-child").all_inner_texts()
-    for field in ("pair_id", "scores.aesthetic_tgt", "filter.aesthetic_tgt.min", "seed", "model", "file"):
+    for field in ("pair_id", "scores.aesthetic_tgt", "filter.thresholds.aesthetic_tgt_min", "seed", "model", "file"):
         assert field in meta_keys
+    values = dict(zip(meta_keys, page.locator("#meta tr td:nth-child(2)").all_inner_texts()))
+    assert values["file"].startswith("/data/phrasecut/images/")  # the {source.images} token resolved
+    drops = dict(zip(page.locator("#drops tr td:first-child").all_inner_texts(),
+                     page.locator("#drops tr td:nth-child(2)").all_inner_texts()))
+    assert drops["drop[0].class"] == "aesthetic_tgt below minimum" and drops["drop[0].threshold"] == "5"
     assert page.locator("#pair .neighbour").count() == 1
     assert page.locator("#accept").is_disabled()
     second = cards.nth(1).get_attribute("data-key")
@@ -179,7 +184,7 @@ def test_browse_filter_label_and_export(server, page):
     page.wait_for_function("document.querySelector('#export-result').textContent.includes('exported')")
     assert "exported 2 picks" in page.inner_text("#export-result")
     shot(page, "05-alignment")
-    out = server["outs"]["alignment_bench/v1"] / "audit" / "alignment"
+    out = server["base"] / "root" / "alignment_bench" / ".audit" / "v1" / "alignment"  # beside the labels
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"]["train"]["rows"] == 2
     import pyarrow.parquet as pq

@@ -51,6 +51,9 @@ def test_demo_output_pairs_and_thresholds(demo):
     body = c.get("/api/sample", params={"output": "ieiw_removal/v2", "split": "train",
                                          "key": removal[0]["key"]}).json()
     assert body["meta"]["pair_id"] and [p["task"] for p in body["pair"]] == ["edit_add"]
+    # the sidecar holds the path relative to a named root; the page shows the real file
+    assert body["roots"] and Path(body["meta"]["file"]).is_file()
+    assert body["meta"]["file"].startswith(str(demo["base"] / "demo_data"))
     add = body["pair"][0]
     # the addition's source is the removal's target: same bytes, served from two different tar members
     tgt = c.get("/api/image", params={"output": "ieiw_removal/v2", "split": "train", "key": removal[0]["key"],

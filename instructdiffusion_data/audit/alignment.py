@@ -6,7 +6,10 @@ it, ``<out>/<name>/.audit/<version>/labels.sqlite``, or ``<output>/audit/labels.
 versions; see :mod:`.labels`); the samples are read back from the shards of that output's current
 generation (:mod:`..generations`) by their sidecar offsets and written again with
 :class:`~instructdiffusion_data.writer.ShardWriter`, each row's ``meta`` gaining an ``alignment`` entry
-(group, auditor, time, source output and generation).
+(group, auditor, time, source output and generation). The export's manifest carries the source output's
+``roots``, so the ``{source.x}`` path tokens in the rows it copies still resolve. A pick that cannot be
+exported is a rejected row with a drop class (``picked sample not found in the source output``, ``image
+unreadable``) and the key, tar and error as details.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def export_alignment(labels: str | Path, out: str | Path) -> dict:
         r = found.get(key)
         if r is None:
             row = new_row(key=key, meta={"alignment": pick, "source_output": str(src_out)})
-            rows.append(drop(row, f"picked sample not found in the source output (key={key})"))
+            rows.append(drop(row, "picked sample not found in the source output", key=key))
             continue
         try:
             meta = json.loads(r["meta"]) if r["meta"] else {}
@@ -107,7 +110,7 @@ def export_alignment(labels: str | Path, out: str | Path) -> dict:
             if not row["src"] or not row["tgt"]:
                 raise MemberError("source or target image missing")
         except MemberError as e:
-            drop(row, f"image unreadable: {e} (key={key}, tar={tar})")
+            drop(row, "image unreadable", error=str(e), key=key, tar=f"{r['_split']}/{r['tar']}")
         rows.append(row)
     _prepare_out(out)
     writer = ShardWriter(out)
@@ -117,6 +120,8 @@ def export_alignment(labels: str | Path, out: str | Path) -> dict:
         config={"kind": EXPORT_KIND, "labels": str(labels.resolve()), "source_output": str(src_out),
                 "source_generation": gen.number},
         extra={"name": "alignment", "version": out.name, "mixture_weight": 1.0,
+               # the rows keep their {source.x} path tokens: the source output's roots still resolve them
+               "roots": gen.manifest.get("roots") or {},
                "source_manifest": {**{k: gen.manifest.get(k) for k in ("name", "version")},
                                    "generation": gen.number}})
     log.info("alignment export: %d picks -> %s", len(rows), out)

@@ -10,11 +10,15 @@ Label posts are checked in this order: the token (401/403, the body is not read)
 (``Content-Length`` and then while reading, :data:`MAX_BODY_BYTES`: 413), then its JSON against a typed
 model (422 naming the field). Every JSON answer is strict JSON: a NaN or infinite number (legacy sidecars
 wrote them) is answered as ``null``.
+
+Paths in written rows carry ``{source.x}`` root tokens (docs/shard-format.md, "Paths"): the sample view and the
+reference patch resolve them through the output's ``manifest["roots"]`` before showing or opening anything.
+A reference is read through :class:`~instructdiffusion_data.contracts.ReferencePatch` (docs/contracts.md).
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import hmac
 import json
 import logging
@@ -23,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
+import cv2
+import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -30,8 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from ..contracts import ReferencePatch
 from ..errors import RecordError, UserError
-from ..imageio import decode, encode_png
+from ..imageio import encode_png
+from ..runner import resolve_path
+from ..schema import SCORE_COLUMNS
 from ..writer import SPLITS
 from .alignment import export_alignment
 from .catalog import MAX_PAGE_SIZE, MAX_SCORE_FILTERS, MAX_TEXT, Catalog, Filters
@@ -44,7 +53,7 @@ from .images import (
     tile_word,
     validate_image,
 )
-from .labels import LabelStore, overrides
+from .labels import LabelStore, labels_home, overrides
 
 log = logging.getLogger(__name__)
 
@@ -293,17 +302,23 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
 
     @app.get("/api/sample")
     def sample(output: str, split: str, key: str = Query(..., max_length=500)):
+        """A sample's row, meta and drop details with every ``{source.x}`` token of a path resolved through
+        the output's ``manifest["roots"]`` (``roots`` says which), its pair, group, labels and reference."""
         row = need_row(output, split, key)
         out = need_output(output)
-        meta = catalog.meta(row)
+        roots = out.roots
+        meta, drops = catalog.sample_doc(row)
         store = LabelStore(out.path, output)
-        pub = {k: v for k, v in row.items() if k not in ("pq_file", "filter_json", "tar")}
+        hidden = ("pq_file", "filter_json", "tar", "reasons", "reason_thresholds", *SCORE_COLUMNS)
+        pub = {k: v for k, v in row.items() if k not in hidden}
+        pub["drop_reason"] = resolve_paths(pub.get("drop_reason"), roots)
         for kind in KINDS:
             pub[f"has_{kind}"] = bool(row.get(f"{kind}_size"))
         pub["shard"] = row["tar"]
-        return {"row": pub, "meta": meta, "pair": [r for r in catalog.related(row, "pair_id") if r["key"] != key],
+        return {"row": pub, "meta": resolve_paths(meta, roots), "drops": resolve_paths(drops, roots), "roots": roots,
+                "pair": [r for r in catalog.related(row, "pair_id") if r["key"] != key],
                 "group": catalog.related(row, "group_id"), "labels": store.history(key=key),
-                "reference": describe_reference(find_reference(meta))}
+                "reference": describe_reference(meta, roots)}
 
     @app.get("/api/image")
     async def image(output: str, split: str, key: str = Query(..., max_length=500),
@@ -348,35 +363,50 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
             log.warning("%s: %s %s member unreadable: %s", tar, key, kind, e)
             return member_error_response(e)
 
+    def allowed_path(text: str | None, folder: bool = False) -> Path | None:
+        """A (resolved) path from a row when it names an existing file (``folder``: a folder) under the root
+        or an ``--allow-dir`` folder; None otherwise (URIs included)."""
+        if not text or "://" in text:
+            return None
+        p = Path(text)
+        p = (root / p).resolve() if not p.is_absolute() else p.resolve()
+        inside = any(d == p or d in p.parents for d in allowed) if folder else any(d in p.parents for d in allowed)
+        return p if inside and (p.is_dir() if folder else p.is_file()) else None
+
     @app.get("/api/reference")
     def reference(output: str, split: str, key: str = Query(..., max_length=500)):
-        """The reference patch of a replacement, from whatever ``meta["reference"]`` holds: embedded base64
-        bytes, the key of another sample of the output, or an image file (cropped to ``bbox``) under the
-        root or an ``--allow-dir`` folder. Anything else is a 404 and the page shows the fields only."""
+        """The reference patch of a replacement (``meta["reference"]``, read through
+        :class:`~..contracts.ReferencePatch`), as a PNG (RGBA: alpha is the object's mask where the patch
+        has one): the embedded ``patch_png_b64``; else the full patch from its gallery (``gallery`` +
+        ``patch``), or another sample of this output named by ``key``; else ``file`` cropped to ``bbox``.
+        Files and galleries are read only under the root or an ``--allow-dir`` folder, after the output's
+        ``{source.x}`` tokens are resolved. A reference that is missing, malformed or out of reach is a
+        404 (the page shows its fields); one that does not decode is an error tile."""
         row = need_row(output, split, key)
-        ref = find_reference(catalog.meta(row))
+        try:
+            ref = find_reference(catalog.meta(row), need_output(output).roots)  # file/gallery tokens resolved
+        except RecordError as e:
+            raise HTTPException(404, f"malformed reference: {e}") from None
         if ref is None:
             raise HTTPException(404, "no reference in meta")
         try:
-            for name in B64_KEYS:
-                if isinstance(ref.get(name), str):
-                    data = base64.b64decode(ref[name], validate=False)
-                    validate_image(data, "image")
-                    return Response(data, media_type=check_image(data))
-            ref_key = _ref_field(ref, "key", "sample_key", "patch_key")
-            if ref_key:
-                other = catalog.find_key(output, ref_key)
+            if ref.patch_png_b64:
+                return png_response(ref.rgba())
+            gallery = allowed_path(ref.gallery, folder=True)
+            if gallery is not None and ref.patch is not None and allowed_path(str(gallery / ref.patch.tar)):
+                return png_response(dataclasses.replace(ref, gallery=str(gallery)).gallery_rgba())
+            if ref.key:
+                other = catalog.find_key(output, ref.key)
                 if other is not None and other.get("src_size"):
                     data = read_member(tar_path(other), other["src_offset"], other["src_size"])
                     validate_image(data, "image")
                     return Response(data, media_type=check_image(data))
-            f = _ref_field(ref, "file", "path", "image")
-            if f:
-                p = Path(f)
-                p = (root / p).resolve() if not p.is_absolute() else p.resolve()
-                if any(d in p.parents for d in allowed) and p.is_file():
-                    return Response(crop_png(p.read_bytes(), ref.get("bbox") or ref.get("box")), media_type="image/png")
-        except (MemberError, ValueError) as e:
+            f = allowed_path(ref.file)
+            if f is not None:
+                return png_response(dataclasses.replace(ref, file=str(f)).rgba())
+        except RecordError as e:
+            return member_error_response(MemberError(str(e)))
+        except (MemberError, OSError, ValueError) as e:
             return member_error_response(e)
         raise HTTPException(404, "reference image not reachable under the root")
 
@@ -434,7 +464,8 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
 
     @app.post("/api/align/export")
     async def align_export(request: Request, x_audit_token: str | None = Header(None)):
-        """Export the picks of one output to ``<output>/audit/alignment`` (fixed place under the root)."""
+        """Export the picks of one output beside its labels, ``<out>/<name>/.audit/<version>/alignment``
+        (a fixed place under the root, outside the output: nothing but the engine writes into an output)."""
         require_token(x_audit_token)
         body = await read_post(request, ExportPost)
         return await run_in_threadpool(align_export_sync, body)
@@ -444,58 +475,63 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
         store = LabelStore(out.path, out.rel)
         if not store.path.is_file():
             raise HTTPException(404, "no labels for this output yet")
-        dest = out.path / "audit" / "alignment"
+        dest = labels_home(out.path) / "alignment"
         manifest = export_alignment(store.path, dest)
-        return {"out": dest.relative_to(root.resolve()).as_posix() if root.resolve() in dest.resolve().parents
+        where = dest.resolve()
+        return {"out": where.relative_to(root.resolve()).as_posix() if root.resolve() in where.parents
                 else str(dest), "splits": {s: manifest["splits"][s]["rows"] for s in SPLITS}}
 
     return app
 
 
-B64_KEYS = ("patch_png_b64", "image_b64", "png_b64", "jpg_b64", "patch_b64")
+def resolve_paths(obj: Any, roots: dict[str, str]) -> Any:
+    """``obj`` with the ``{source.x}`` root tokens of every string expanded (``runner.resolve_path`` over the
+    output's ``manifest["roots"]``): the paths a row names, as they were on the machine that ran the pipeline."""
+    if not roots:
+        return obj
+    if isinstance(obj, str):
+        return resolve_path(obj, roots) if "{" in obj else obj
+    if isinstance(obj, dict):
+        return {k: resolve_paths(v, roots) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [resolve_paths(v, roots) for v in obj]
+    return obj
 
 
-def find_reference(meta: dict) -> dict | None:
-    """``meta["reference"]`` / ``meta["ref"]`` / ``meta["replacement"]["reference"]``; a plain string is a path."""
-    rep = meta.get("replacement")
-    for c in (meta.get("reference"), meta.get("ref"), rep.get("reference") if isinstance(rep, dict) else None):
-        if isinstance(c, str) and c:
-            return {"file": c}
-        if isinstance(c, dict) and c:
-            return c
-    return None
+def find_reference(meta: dict, roots: dict[str, str] | None = None) -> ReferencePatch | None:
+    """``meta["reference"]`` through its contract (None when absent; RecordError naming the field when
+    malformed), with ``file`` and ``gallery`` resolved through ``roots``."""
+    ref = ReferencePatch.from_meta(meta)
+    if ref is None or not roots:
+        return ref
+    return dataclasses.replace(ref, file=resolve_path(ref.file, roots) if ref.file else ref.file,
+                               gallery=resolve_path(ref.gallery, roots) if ref.gallery else ref.gallery)
 
 
-def crop_png(data: bytes, box) -> bytes:
-    """Decode an image file, crop ``[x, y, w, h]`` when given, and return PNG bytes (MemberError if corrupt)."""
+def png_response(rgba: np.ndarray) -> Response:
+    """An RGB or RGBA uint8 array as a PNG answer (alpha kept)."""
+    if rgba.ndim == 3 and rgba.shape[2] == 4:
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+        if not ok:
+            raise MemberError("PNG encoding failed")
+        return Response(buf.tobytes(), media_type="image/png")
+    return Response(encode_png(rgba), media_type="image/png")
+
+
+def describe_reference(meta: dict, roots: dict[str, str] | None = None) -> dict | None:
+    """What the page says about ``meta["reference"]``: the contract's fields (:meth:`ReferencePatch.to_meta`,
+    paths resolved, long values such as the embedded patch summarised), or the raw value and the error
+    when it is malformed."""
     try:
-        img = decode(data)
+        ref = find_reference(meta, roots)
     except RecordError as e:
-        raise MemberError(str(e)) from None
-    if isinstance(box, (list, tuple)) and len(box) == 4:
-        try:
-            x, y, w, h = (round(float(v)) for v in box)
-        except (TypeError, ValueError):
-            x = y = w = h = 0
-        x0, y0, x1, y1 = max(0, x), max(0, y), min(img.shape[1], x + max(1, w)), min(img.shape[0], y + max(1, h))
-        if x1 > x0 and y1 > y0:
-            img = img[y0:y1, x0:x1]
-    return encode_png(img)
-
-
-def _ref_field(ref, *names: str):
-    if isinstance(ref, dict):
-        for n in names:
-            v = ref.get(n)
-            if isinstance(v, str) and v:
-                return v
-    return None
-
-
-def describe_reference(ref) -> dict | None:
-    """What the page says about ``meta["reference"]`` (whatever its shape)."""
+        raw = meta.get(ReferencePatch.FIELD)
+        fields = raw if isinstance(raw, dict) else {"value": raw if isinstance(raw, (str, int, float, bool)) else str(raw)[:400]}
+        return {"fields": _summarise(resolve_paths(fields, roots or {})), "error": str(e)}
     if ref is None:
         return None
-    if isinstance(ref, dict):
-        return {"fields": {k: (v if len(str(v)) < 400 else f"({len(str(v))} characters)") for k, v in ref.items()}}
-    return {"fields": {"value": ref if isinstance(ref, (str, int, float, bool)) else str(ref)[:400]}}
+    return {"fields": _summarise(resolve_paths(ref.to_meta(), roots or {}))}
+
+
+def _summarise(fields: dict) -> dict:
+    return {k: (v if len(str(v)) < 400 else f"({len(str(v))} characters)") for k, v in fields.items()}

@@ -7,9 +7,20 @@ what it holds now is its *current generation* (:mod:`..generations`: the folder 
 the output folder (``generations/0001/train/000000.tar``), so the page reads the current files. The catalog
 loads every sidecar into one DuckDB table ``samples`` (one row per sample, without the ``meta`` JSON, which is
 read back from the one parquet file of a sample when its page is opened) with the columns the page filters and
-sorts on extracted once: the drop-reason class, the scores as a ``MAP(VARCHAR, DOUBLE)``, the pair and
-alignment-group ids. Every value coming from a request is a bound parameter; column names and sort orders
-come from fixed whitelists.
+sorts on extracted once:
+
+- the drop classes: format 2 sidecars (``instructdiffusion-data/2``) name them, ``drop_class`` (the first)
+  and the ``class`` of each ``drop_detail`` entry (with its ``threshold`` when a rule failed); nothing parses
+  ``drop_reason``, which is display text. Format 1 sidecars (no ``drop_class`` column) fall back to the
+  reason text without its trailing ``(details)``, part by part;
+- the scores as a ``MAP(VARCHAR, DOUBLE)`` under the names rules and thresholds use (``aesthetic_tgt``,
+  ``giqa_tgt``, ``clip_sim_dir``, ...), taken from the typed float32 score columns (``schema.SCORE_COLUMNS``)
+  where the sidecar has them, else from ``meta["scores"]``; the typed columns themselves, for filters and
+  sorting by their own names;
+- the pair and alignment-group ids.
+
+Every value coming from a request is a bound parameter; column names and sort orders come from fixed
+whitelists.
 
 The index is rebuilt when the set of outputs, their current generations or one of their manifests changes
 (checked at most every ``refresh_s`` seconds), so a rerun of ``idd run`` or ``idd filter`` shows up without
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -32,6 +44,7 @@ import duckdb
 
 from ..errors import UserError
 from ..generations import GENERATIONS, POINTER, current
+from ..schema import SCORE_COLUMNS
 from ..writer import MANIFEST, SPLITS
 
 log = logging.getLogger(__name__)
@@ -45,14 +58,37 @@ LOC_COLUMNS = tuple(f"s.{c}" for c in LOC_NAMES)
 SORT_COLUMNS = {"key": "s.key", "task": "s.task", "dataset": "s.dataset", "reason": "s.reason",
                 "instruction": "s.instruction"}
 
-# The reason without per-record details, as writer.reason_class does it in Python.
-_REASON_SQL = (r"array_to_string(list_transform(string_split(drop_reason, ';'), "
-               r"lambda x: regexp_replace(x, '\s*\([^()]*\)\s*$', '')), ';')")
+# The page's score names are the names rules, thresholds, ``idd filter --set`` and drop classes use (the keys
+# of meta["scores"]); where a sidecar has the typed float32 score columns (format 2, schema.SCORE_COLUMNS)
+# their values come from those columns (first non-null), not from the meta JSON. Any other meta score is
+# shown as it is. A typed column can also be filtered and sorted on by its own name (aesthetic_laion_tgt).
+TYPED_SCORES: dict[str, tuple[str, ...]] = {
+    **{f"aesthetic_{r}": (f"aesthetic_laion_{r}", f"aesthetic_classical_{r}") for r in ("src", "tgt", "diff")},
+    **{n: (n,) for n in ("giqa_src", "giqa_tgt", "giqa_diff", "edit_change", "background_change", "replace_gain")},
+    **{f"clip_sim_{n}": (f"ip2p_clip_sim_{n}",) for n in ("0", "1", "dir", "image")},
+}
+META_SCORE_ALIASES = {"clip_sim_direction": "clip_sim_dir"}  # InstructPix2Pix's older name, the same column
+assert {c for cs in TYPED_SCORES.values() for c in cs} == set(SCORE_COLUMNS)
+
+
+def rule_score(name: str) -> str:
+    """The rule-facing score name of a page or typed column name: ``aesthetic_laion_tgt`` -> ``aesthetic_tgt``."""
+    for rule, cols in TYPED_SCORES.items():
+        if name in cols:
+            return rule
+    return META_SCORE_ALIASES.get(name, name)
 
 
 # The meta JSON is parsed once per row (json_extract with a list of paths; try() turns invalid JSON into NULL).
 _META_PATHS = ("$.scores", "$.filter", "$.pair_id", "$.group_id", "$.align_group", "$.guidance_scale",
-               "$.record_id", "$.file", "$.reference", "$.ref", "$.replacement.reference")
+               "$.record_id", "$.file", "$.reference")
+
+# Format 1 sidecars (no drop_class / drop_detail): the classes are the reason text without its trailing
+# "(details)", part by part; a "threshold=" among the details is the rule's threshold.
+_LEGACY_PARTS = r"list_filter(string_split(coalesce(drop_reason, ''), ';'), lambda x: trim(x) <> '')"
+_LEGACY_REASONS = rf"list_transform({_LEGACY_PARTS}, lambda x: regexp_replace(trim(x), '\s*\([^()]*\)\s*$', ''))"
+_LEGACY_THRESHOLDS = (rf"list_transform({_LEGACY_PARTS}, lambda x: "
+                      rf"TRY_CAST(nullif(regexp_extract(x, 'threshold=([-+0-9.eE]+)', 1), '') AS DOUBLE))")
 
 
 def _j(path: str) -> str:
@@ -63,14 +99,52 @@ def _js(path: str) -> str:
     return f"json_extract_string({_j(path)}, '$')"
 
 
-_LOAD_SQL = f"""
+def _typed(col: str) -> str:
+    # float32 -> the shortest decimal that round-trips (0.2, not 0.20000000298023224), as a DOUBLE
+    return f"TRY_CAST(CAST({col} AS VARCHAR) AS DOUBLE)"
+
+
+def load_sql(columns: set[str]) -> str:
+    """The SELECT that loads one split's sidecars (``columns``: the union of their columns)."""
+    has = columns.__contains__
+    detail = "drop_detail" if has("drop_detail") else "NULL::VARCHAR[]"
+    dclass = "drop_class" if has("drop_class") else "NULL::VARCHAR"
+    typed_cols = [f"{_typed(c) if has(c) else 'NULL::DOUBLE'} AS {c}" for c in SCORE_COLUMNS]
+    entries = []
+    for name, cols in TYPED_SCORES.items():
+        present = [_typed(c) for c in cols if has(c)]
+        if present:
+            entries.append(f"{{'key': '{name}', 'value': coalesce({', '.join(present)}, NULL::DOUBLE)}}")
+    meta_scores = f"""json_transform({_j('$.scores')}, '"MAP(VARCHAR, DOUBLE)"')"""
+    if entries:
+        typed = f"list_filter([{', '.join(entries)}], lambda x: x.value IS NOT NULL)"
+        aliases = " AND ".join(
+            f"NOT (e.key = '{old}' AND list_contains(list_transform(te, lambda t: t.key), '{new}'))"
+            for old, new in META_SCORE_ALIASES.items())
+        scores = (f"map_from_entries(list_concat(te, list_filter(coalesce(map_entries(ms), []), lambda e: "
+                  f"NOT list_contains(list_transform(te, lambda t: t.key), e.key) AND {aliases})))")
+    else:
+        typed, scores = "[]::STRUCT(key VARCHAR, value DOUBLE)[]", "ms"
+    return f"""
 WITH r AS (SELECT *, try(json_extract(meta, [{", ".join(repr(p) for p in _META_PATHS)}])) AS j
-           FROM read_parquet(?, filename = true))
+           FROM read_parquet(?, filename = true, union_by_name = true)),
+     d AS (SELECT *, {dclass} AS dclass_, {detail} AS detail_, {meta_scores} AS ms, {typed} AS te FROM r),
+     c AS (SELECT *,
+             CASE WHEN len(coalesce(detail_, [])) > 0
+                  THEN list_transform(detail_, lambda x: coalesce(try(json_extract_string(x, '$.class')), dclass_, ''))
+                  WHEN coalesce(dclass_, '') <> '' THEN [dclass_]
+                  ELSE {_LEGACY_REASONS} END AS reasons_,
+             CASE WHEN len(coalesce(detail_, [])) > 0
+                  THEN list_transform(detail_, lambda x: TRY_CAST(try(json_extract_string(x, '$.threshold')) AS DOUBLE))
+                  WHEN coalesce(dclass_, '') <> '' THEN [NULL::DOUBLE]
+                  ELSE {_LEGACY_THRESHOLDS} END AS thresholds_
+           FROM d)
 SELECT ?::VARCHAR AS output, ?::VARCHAR AS split, key, task, dataset, instruction, keep, drop_reason,
-       coalesce({_REASON_SQL}, '') AS reason,
+       coalesce(nullif(dclass_, ''), reasons_[1]) AS drop_class, reasons_ AS reasons, thresholds_ AS reason_thresholds,
+       array_to_string(reasons_, ';') AS reason,
        ?::VARCHAR || '/' || tar AS tar, filename AS pq_file,
        src_offset, src_size, tgt_offset, tgt_size, mask_offset, mask_size,
-       json_transform({_j('$.scores')}, '"MAP(VARCHAR, DOUBLE)"') AS scores,
+       {scores} AS scores, {", ".join(typed_cols)},
        {_j('$.filter')}::VARCHAR AS filter_json,
        {_js('$.pair_id')} AS pair_id,
        coalesce({_js('$.group_id')}, {_js('$.align_group')},
@@ -79,15 +153,16 @@ SELECT ?::VARCHAR AS output, ?::VARCHAR AS split, key, task, dataset, instructio
                           || coalesce({_js('$.record_id')}, {_js('$.file')}, '') || ':'
                           || md5(coalesce(instruction, '')) END) AS group_id,
        TRY_CAST({_js('$.guidance_scale')} AS DOUBLE) AS guidance_scale,
-       coalesce(json_type({_j('$.reference')}), json_type({_j('$.ref')}),
-                json_type({_j('$.replacement.reference')}), 'NULL') <> 'NULL' AS has_reference
-FROM r
+       coalesce(json_type({_j('$.reference')}), 'NULL') <> 'NULL' AS has_reference
+FROM c
 """
 
 
-_DDL = """output VARCHAR, split VARCHAR, key VARCHAR, task VARCHAR, dataset VARCHAR, instruction VARCHAR,
-keep BOOLEAN, drop_reason VARCHAR, reason VARCHAR, tar VARCHAR, pq_file VARCHAR, src_offset BIGINT, src_size BIGINT,
+_DDL = f"""output VARCHAR, split VARCHAR, key VARCHAR, task VARCHAR, dataset VARCHAR, instruction VARCHAR,
+keep BOOLEAN, drop_reason VARCHAR, drop_class VARCHAR, reasons VARCHAR[], reason_thresholds DOUBLE[], reason VARCHAR,
+tar VARCHAR, pq_file VARCHAR, src_offset BIGINT, src_size BIGINT,
 tgt_offset BIGINT, tgt_size BIGINT, mask_offset BIGINT, mask_size BIGINT, scores MAP(VARCHAR, DOUBLE),
+{", ".join(f"{c} DOUBLE" for c in SCORE_COLUMNS)},
 filter_json VARCHAR, pair_id VARCHAR, group_id VARCHAR, guidance_scale DOUBLE, has_reference BOOLEAN"""
 
 
@@ -103,6 +178,12 @@ class Output:
     @property
     def data_dir(self) -> Path:
         return self.path / self.gen_rel if self.gen_rel else self.path
+
+    @property
+    def roots(self) -> dict[str, str]:
+        """``manifest["roots"]``: the ``{source.x}`` tokens of paths in rows -> the paths they stand for."""
+        roots = self.manifest.get("roots")
+        return {str(k): str(v) for k, v in roots.items() if isinstance(v, str)} if isinstance(roots, dict) else {}
 
     def summary(self) -> dict:
         splits = self.manifest.get("splits") or {}
@@ -208,7 +289,9 @@ class Catalog:
                         continue
                     prefix = f"{out.gen_rel}/{split}" if out.gen_rel else split  # tar paths relative to out.path
                     try:
-                        con.execute(f"INSERT INTO samples_new {_LOAD_SQL}", [files, rel, split, prefix])
+                        cols = {r[0] for r in con.execute(
+                            "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]).fetchall()}
+                        con.execute(f"INSERT INTO samples_new {load_sql(cols)}", [files, rel, split, prefix])
                     except duckdb.Error as e:  # one unreadable sidecar must not take the page down
                         con.execute("DELETE FROM samples_new WHERE output = ? AND split = ?", [rel, split])
                         out.errors.append(f"{split}: sidecars unreadable ({str(e).splitlines()[0][:300]})")
@@ -241,23 +324,24 @@ class Catalog:
             if val:
                 clauses.append(f"s.{col} = ?")
                 params.append(val)
-        if f.reason:
-            clauses.append("(s.reason = ? OR list_contains(string_split(s.reason, ';'), ?))")
+        if f.reason:  # a drop class (any of the row's reasons), or the whole ';'-joined text
+            clauses.append("(list_contains(s.reasons, ?) OR s.reason = ?)")
             params += [f.reason, f.reason]
         if f.text:
             esc = f.text[:MAX_TEXT].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("(s.instruction ILIKE ? ESCAPE '\\' OR s.key ILIKE ? ESCAPE '\\')")
             params += [f"%{esc}%", f"%{esc}%"]
         for name, lo, hi in f.scores[:MAX_SCORE_FILTERS]:
+            col, cparams = score_sql(name)
             if lo is not None:
-                clauses.append("s.scores[?] >= ?")
-                params += [name, float(lo)]
+                clauses.append(f"{col} >= ?")
+                params += [*cparams, float(lo)]
             if hi is not None:
-                clauses.append("s.scores[?] <= ?")
-                params += [name, float(hi)]
+                clauses.append(f"{col} <= ?")
+                params += [*cparams, float(hi)]
             if lo is None and hi is None:
-                clauses.append("s.scores[?] IS NOT NULL")
-                params.append(name)
+                clauses.append(f"{col} IS NOT NULL")
+                params += cparams
         if f.label_keys is not None:  # "output\0key" strings of the samples with the wanted label
             clauses.append("list_contains(?, s.output || chr(0) || s.key)")
             params.append(list(f.label_keys))
@@ -270,7 +354,8 @@ class Catalog:
         where, params = self._where(f)
         direction = "DESC" if str(order).lower() == "desc" else "ASC"
         if sort.startswith("score:"):
-            order_sql, order_params = f"s.scores[?] {direction} NULLS LAST, s.output, s.key", [sort[6:]]
+            col, order_params = score_sql(sort[6:])
+            order_sql = f"{col} {direction} NULLS LAST, s.output, s.key"
         else:
             order_sql, order_params = f"{SORT_COLUMNS.get(sort, 's.key')} {direction} NULLS LAST, s.output, s.key", []
         total = self._q(f"SELECT count(*) AS n FROM samples s WHERE {where}", params)[0]["n"]
@@ -294,11 +379,17 @@ class Catalog:
             rows = self._q(f"SELECT {col} AS v, count(*) AS n FROM samples s WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1",
                            params)
             out[name] = {str(r["v"]): r["n"] for r in rows}
+        # every drop class of every row (a row failing two rules counts under both) ...
         rows = self._q(
             f"""SELECT part AS v, count(*) AS n FROM
-                  (SELECT unnest(string_split(s.reason, ';')) AS part FROM samples s WHERE {where} AND s.reason <> '')
-                GROUP BY 1 ORDER BY 2 DESC, 1""", params)
+                  (SELECT unnest(s.reasons) AS part FROM samples s WHERE {where})
+                WHERE part IS NOT NULL AND part <> '' GROUP BY 1 ORDER BY 2 DESC, 1""", params)
         out["reasons"] = {r["v"]: r["n"] for r in rows}
+        # ... and the first class only (drop_class: what the manifest's drop_reasons count)
+        rows = self._q(
+            f"""SELECT s.drop_class AS v, count(*) AS n FROM samples s WHERE {where} AND s.drop_class <> ''
+                GROUP BY 1 ORDER BY 2 DESC, 1""", params)
+        out["drop_classes"] = {r["v"]: r["n"] for r in rows}
         out["total"] = sum(out["splits"].values())
         out["score_names"] = [r["name"] for r in self._q(
             f"SELECT DISTINCT unnest(map_keys(s.scores)) AS name FROM samples s WHERE {where} ORDER BY 1", params)]
@@ -306,7 +397,8 @@ class Catalog:
 
     def histograms(self, f: Filters, bins: int = 20) -> list[dict]:
         """Per dataset and score: ``bins`` equal-width bins over the observed range, and the thresholds
-        found in ``meta["filter"]`` or in drop reasons like ``aesthetic_tgt<5.0``."""
+        found in ``meta["filter"]`` or in the drops (class ``aesthetic_tgt below minimum`` with its
+        ``threshold`` detail, or the older ``aesthetic_tgt<5.0``)."""
         bins = max(2, min(int(bins), 100))
         where, params = self._where(f)
         stats = self._q(
@@ -328,8 +420,10 @@ class Catalog:
             f"SELECT DISTINCT s.dataset, s.filter_json FROM samples s WHERE {where} AND s.filter_json IS NOT NULL "
             "LIMIT 200", params)
         reasons = self._q(
-            f"""SELECT DISTINCT s.dataset, unnest(string_split(s.reason, ';')) AS part FROM samples s
-                WHERE {where} AND s.reason <> '' LIMIT 2000""", params)
+            f"""SELECT DISTINCT dataset, part, thr FROM
+                  (SELECT s.dataset, unnest(s.reasons) AS part, unnest(s.reason_thresholds) AS thr
+                   FROM samples s WHERE {where} AND len(s.reasons) > 0)
+                WHERE part IS NOT NULL AND part <> '' LIMIT 2000""", params)
         out = []
         for st in stats:
             ds, name = st["dataset"], st["name"]
@@ -344,7 +438,7 @@ class Catalog:
                     thr.update(thresholds_from_filter(fr["filter_json"], name))
             for rr in reasons:
                 if rr["dataset"] == ds:
-                    thr.update(thresholds_from_reason(rr["part"], name))
+                    thr.update(thresholds_from_reason(rr["part"], name, rr["thr"]))
             by_value: dict[float, list[str]] = {}
             for label, value in sorted(thr.items()):
                 by_value.setdefault(value, []).append(label)
@@ -392,18 +486,40 @@ class Catalog:
 
     def meta(self, row: dict) -> dict:
         """The full ``meta`` of a sample, read from its own parquet file."""
+        return self.sample_doc(row)[0]
+
+    def sample_doc(self, row: dict) -> tuple[dict, list[dict]]:
+        """``(meta, drops)`` of a sample, read from its own parquet file: ``drops`` is its ``drop_detail``
+        (one dict per reason, ``class`` first; format 1 sidecars have none: [])."""
         try:
             with self._lock:
-                got = self.con.execute("SELECT meta FROM read_parquet(?) WHERE key = ?",
-                                       [row["pq_file"], row["key"]]).fetchone()
+                try:
+                    got = self.con.execute("SELECT meta, drop_detail FROM read_parquet(?) WHERE key = ?",
+                                           [row["pq_file"], row["key"]]).fetchone()
+                except duckdb.BinderException:  # a format 1 sidecar: no drop_detail column
+                    got = self.con.execute("SELECT meta, NULL FROM read_parquet(?) WHERE key = ?",
+                                           [row["pq_file"], row["key"]]).fetchone()
         except duckdb.Error as e:  # the sidecar changed or broke since it was indexed
-            return {"_error": f"meta unreadable: {str(e).splitlines()[0][:300]}"}
-        if not got or not got[0]:
+            return {"_error": f"meta unreadable: {str(e).splitlines()[0][:300]}"}, []
+        if not got:
+            return {}, []
+        drops = []
+        for d in got[1] or []:
+            try:
+                doc = json.loads(d)
+            except (TypeError, ValueError):
+                doc = {"class": str(d)}
+            drops.append(doc if isinstance(doc, dict) else {"class": str(doc)})
+        return self._parse_meta(got[0]), drops
+
+    @staticmethod
+    def _parse_meta(text: str | None) -> dict:
+        if not text:
             return {}
         try:
-            meta = json.loads(got[0])
+            meta = json.loads(text)
         except ValueError:
-            return {"_unparsed": got[0]}
+            return {"_unparsed": text}
         return meta if isinstance(meta, dict) else {"_value": meta}
 
     def related(self, row: dict, column: str) -> list[dict]:
@@ -465,6 +581,7 @@ def thresholds_from_filter(filter_json: str | None, score: str) -> dict[str, flo
     whatever the filter writes, an unknown shape gives no threshold rather than an error."""
     if not filter_json:
         return {}
+    score = rule_score(score)
     try:
         doc = json.loads(filter_json)
     except ValueError:
@@ -479,14 +596,44 @@ def thresholds_from_filter(filter_json: str | None, score: str) -> dict[str, flo
     return out
 
 
-def thresholds_from_reason(reason: str, score: str) -> dict[str, float]:
-    """Drop reasons name the rule: ``aesthetic_tgt<5.0`` -> {"aesthetic_tgt<": 5.0}."""
-    reason = reason.strip()
-    for op in ("<=", ">=", "<", ">"):
-        if reason.startswith(score + op):
-            try:
-                value = float(reason[len(score) + len(op):].split()[0])
-                return {f"rule {score}{op}{value:g}": value}
-            except (ValueError, IndexError):
-                return {}
+def thresholds_from_reason(reason: str, score: str, threshold: float | None = None) -> dict[str, float]:
+    """The threshold a drop names for ``score`` (a page name or a typed column name), labelled
+    ``rule <score><op><value>``:
+
+    - a rule class, ``aesthetic_tgt below minimum`` / ``background_change above maximum`` (the quality
+      filter, :func:`..models.quality.failures`), whose threshold is the drop's ``threshold`` detail
+      (``threshold``, from ``drop_detail``; for older text, a ``threshold=`` in the reason's details);
+    - the older ``aesthetic_tgt<5.0`` form (the number in the text).
+    """
+    reason = (reason or "").strip()
+    base = rule_score(score)
+    names = {base, score}
+    for name in names:
+        for word, op in ((" below minimum", "<"), (" above maximum", ">")):
+            if reason == name + word or reason.startswith(name + word + " ("):
+                value = threshold
+                if value is None and "threshold=" in reason:
+                    try:
+                        value = float(reason.split("threshold=", 1)[1].split(",")[0].split(")")[0])
+                    except ValueError:
+                        value = None
+                if value is None or not math.isfinite(value):
+                    return {}
+                return {f"rule {base}{op}{value:g}": float(value)}
+    for name in names:
+        for op in ("<=", ">=", "<", ">"):
+            if reason.startswith(name + op):
+                try:
+                    value = float(reason[len(name) + len(op):].split()[0])
+                    return {f"rule {base}{op}{value:g}": value}
+                except (ValueError, IndexError):
+                    return {}
     return {}
+
+
+def score_sql(name: str) -> tuple[str, list]:
+    """The SQL of one score and its bound parameters: a typed column by its own name
+    (``aesthetic_laion_tgt``, a whitelisted identifier), else the page's score map."""
+    if name in SCORE_COLUMNS:
+        return f"s.{name}", []
+    return "s.scores[?]", [name]

@@ -8,7 +8,7 @@ across reruns and re-filters). Labels written by older versions inside the outpu
 (rows copied with SQLite's backup API, merged into the new file when one exists already, then the old
 file removed). See docs/reliability.md, "Generations".
 
-Table (the contract in HELPER-BRIEF / shards/README)::
+Table (documented in docs/audit.md, "Labels")::
 
     labels(id INTEGER PRIMARY KEY, ts TEXT, auditor TEXT, output TEXT, key TEXT, verdict TEXT,
            comment TEXT, group_id TEXT)
