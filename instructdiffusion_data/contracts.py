@@ -188,9 +188,15 @@ def decode_rgba(data: bytes, *, record: str | None = None, field: str | None = N
     """PNG/JPEG bytes as RGBA uint8 (alpha 255 where the image has none)."""
     import cv2
 
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if arr is None:
-        raise RecordError("reference patch image is corrupt", record=record, field=field)
+    from .imageio import ImageTooLarge, decode_unchanged
+
+    try:  # imageio's pixel limit: a huge header is "image too large" before any decode
+        arr = decode_unchanged(data, record=record)
+    except ImageTooLarge as e:
+        e.field = field
+        raise
+    except RecordError:
+        raise RecordError("reference patch image is corrupt", record=record, field=field) from None
     if arr.dtype != np.uint8:
         arr = (arr / max(1, int(arr.max())) * 255).astype(np.uint8)
     if arr.ndim == 2:

@@ -321,7 +321,8 @@ def test_triplets_csv_and_parquet(tmp_path):
     pq.write_table(table, tmp_path / "t.parquet")
     out = ingest(rows_of(TripletsSource({"file": str(tmp_path / "t.parquet")})))
     assert out["0"]["keep"] and np.array_equal(imageio.decode(out["0"]["tgt"]), img(3))
-    assert "size mismatch: source 32x24 vs target 20x20" in out["1"]["drop_reason"]
+    assert out["1"]["drop_class"] == "ingest_edit: size mismatch between source and target"  # sizes: details
+    assert "source=32x24" in out["1"]["drop_reason"] and "target=20x20" in out["1"]["drop_reason"]
     fixed = ingest(rows_of(TripletsSource({"file": str(tmp_path / "t.parquet")})), mismatch="resize")
     assert fixed["1"]["keep"] and imageio.decode(fixed["1"]["tgt"]).shape == (24, 32, 3)
     with pytest.raises(ConfigError, match="source.task"):

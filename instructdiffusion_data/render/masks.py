@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .. import imageio
 from ..errors import RecordError
 
 
@@ -66,9 +67,16 @@ def segment_to_mask(seg: dict, h: int, w: int, *, record: str | None = None, lab
 
 
 def read_labelmap(path: str, *, record: str | None = None) -> np.ndarray:
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise RecordError("label map missing or corrupt", file=str(Path(path)), record=record)
+    """A label-map PNG as it is stored (``IMREAD_UNCHANGED``; the first channel of a colour file),
+    read through :mod:`..imageio` so its pixel limit applies (``image too large`` before any decode)."""
+    where = str(Path(path))
+    try:
+        data = imageio.decode_unchanged(imageio.read_bytes(path, record), file=where, record=record,
+                                        what="label map")
+    except imageio.ImageTooLarge:
+        raise
+    except RecordError:
+        raise RecordError("label map missing or corrupt", file=where, record=record) from None
     return data[..., 0] if data.ndim == 3 else data
 
 

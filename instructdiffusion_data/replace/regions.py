@@ -21,6 +21,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from .. import imageio
 from ..errors import RecordError
 
 
@@ -131,9 +132,15 @@ def read_zip_member(path: str, member: str) -> bytes:
 
 
 def decode_png_mask(data: bytes, *, file: str | None = None, member: str | None = None) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if arr is None:
-        raise RecordError("mask PNG is corrupt", file=file, field=member)
+    """A mask PNG of an archive as {0, 1}; read through :mod:`..imageio`, so a header declaring more
+    pixels than its limit is ``image too large`` before any decode."""
+    try:
+        arr = imageio.decode_unchanged(data, file=file, what="mask PNG")
+    except imageio.ImageTooLarge as e:
+        e.field = member  # the archive's member, as for a corrupt one
+        raise
+    except RecordError:
+        raise RecordError("mask PNG is corrupt", file=file, field=member) from None
     if arr.ndim == 3:
         arr = arr[..., 0]
     return (arr > 0).astype(np.uint8)

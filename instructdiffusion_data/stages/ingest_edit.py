@@ -9,8 +9,10 @@ applies a score filter: ``min_scores: {clip_sim_dir: 0.2, ...}`` drops a row who
 ``clip_sim_dir``, ``clip_sim_image``; ``clip_sim_direction`` is accepted as an alias of
 ``clip_sim_dir``; the paper trained on a filtered subset). A name no reader gives is a config error.
 A row without a configured score is not filtered and lists it in ``meta.filter_missing``; when no row
-of a batch has it, a warning says the threshold filters nothing. A missing, corrupt or empty image, a
-size mismatch and a NaN or empty instruction drop the row with its reason.
+of a batch has it, a warning says the threshold filters nothing. A missing, corrupt, empty or too large
+image (every decode goes through :mod:`..imageio` and its pixel limit), a size mismatch (class ``size
+mismatch between source and target``, the two sizes as details) and a NaN or empty instruction drop the
+row with its reason.
 """
 
 from __future__ import annotations
@@ -129,8 +131,8 @@ class IngestEditStage(Stage):
         resized = False
         if tgt.shape[:2] != (h, w):
             if c.mismatch == "drop":
-                raise RecordError(f"size mismatch: source {w}x{h} vs target {tgt.shape[1]}x{tgt.shape[0]}",
-                                  file=where, record=rid)
+                raise RecordError("size mismatch between source and target", file=where, record=rid,
+                                  source=f"{w}x{h}", target=f"{tgt.shape[1]}x{tgt.shape[0]}")
             tgt = cv2.resize(tgt, (w, h), interpolation=cv2.INTER_AREA)
             resized = True
         mask = self._mask(data["mask"], (h, w), where, rid) if data["mask"] else None
@@ -170,9 +172,8 @@ class IngestEditStage(Stage):
         return imageio.encode(rgb, fmt, c.quality)
 
     def _mask(self, data: bytes, shape: tuple[int, int], where, rid: str) -> np.ndarray:
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if arr is None:
-            raise RecordError("mask image is corrupt", file=where, record=rid)
+        # through imageio: its pixel limit refuses a huge header ("image too large") before any decode
+        arr = imageio.decode_unchanged(data, file=where, record=rid, what="mask image")
         if arr.dtype != np.uint8:
             arr = (arr / max(1, arr.max()) * 255).astype(np.uint8)
         mode = self.config.mask_mode
