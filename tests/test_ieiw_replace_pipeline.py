@@ -65,7 +65,11 @@ def test_gallery_layout_offsets_and_rejected(gallery):
     m = g.manifest
     assert m["patches"] == len(g) == g.embeddings.shape[0] == g.index.ntotal
     assert set(m["datasets"]) == {"openimages", "sa1b"}
-    assert len(list((gallery / "patches").glob("*.tar"))) == -(-len(g) // 20)
+    # one tar per work shard, at most patches_per_shard (20) patches each; every tar on disk is used
+    tars = {r["tar"] for r in g.table}
+    assert {f"patches/{p.name}" for p in (gallery / "patches").glob("*.tar")} == tars
+    assert max(sum(1 for r in g.table if r["tar"] == t) for t in tars) <= 20
+    assert not (gallery / "parts").exists() and not (gallery / "build.json").exists()
     rej = pq.read_table(gallery / "rejected.parquet").to_pylist()
     assert rej and all(r["drop_reason"] for r in rej)
     # every patch's (tar, offset, size) points at its PNG member

@@ -1,5 +1,6 @@
-"""``idd gallery build CONFIG --out DIR``: the patch gallery, embeddings and FAISS index of the
-object-replacement pipeline (docs/ieiw_replacement.md). ``idd gallery info DIR`` prints its manifest.
+"""``idd gallery build CONFIG --out DIR [--no-ray]``: the patch gallery, embeddings and FAISS index of
+the object-replacement pipeline (docs/ieiw_replacement.md), built per shard on Ray workers and
+assembled in bounded memory; an interrupted build resumes. ``idd gallery info DIR`` prints its manifest.
 ``idd gallery query DIR --key KEY`` lists a region's neighbours (debugging retrieval)."""
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config value (dotted: index.type=ivfpq, sources.0.limit=100)")
     b.add_argument("--reuse", action="store_true",
                    help="keep DIR when it holds a gallery of this same config (the source files are not compared)")
+    b.add_argument("--no-ray", action="store_true", help="build the shards in this process, one after the other")
+    b.add_argument("--address", default=None, help="Ray cluster to join ('auto', 'ray://host:10001'); default: embedded")
+    b.add_argument("--restart", action="store_true",
+                   help="discard the finished shards of an interrupted build (DIR.tmp) instead of resuming")
     b.set_defaults(func=main_build)
     i = gsub.add_parser("info", help="print a gallery's manifest")
     i.add_argument("dir")
@@ -34,6 +39,7 @@ def main_build(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
+    from .. import faults
     from ..config import apply_overrides, build, load_yaml, to_dict
     from ..replace.gallery import MANIFEST, GalleryConfig, build_gallery
 
@@ -44,12 +50,13 @@ def main_build(args: argparse.Namespace) -> int:
             json.dumps(to_dict(cfg), default=str)):
         print(f"gallery {out}: kept ({json.loads(mf.read_text())['patches']} patches, same config)")
         return 0
-    # built aside and swapped in when complete: a killed build never leaves a half gallery in DIR
+    # built aside and swapped in when complete: a killed build never leaves a half gallery in DIR, and
+    # a rerun of the same config resumes from the shards DIR.tmp already holds
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    m = build_gallery(cfg, tmp)
+    m = build_gallery(cfg, tmp, use_ray=not args.no_ray, address=args.address, resume=not args.restart)
     if out.exists():
         shutil.rmtree(out)
+    faults.point("gallery.swap")
     tmp.rename(out)
     print(f"gallery {out}: {m['patches']} patches ({', '.join(f'{k}={v}' for k, v in m['datasets'].items())}), "
           f"{m['rejected']} regions rejected, {m['dim']}-d {m['embedder']['type']} embeddings, "

@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 
@@ -95,13 +95,40 @@ def resolve(cfg: IndexConfig, n: int, dim: int) -> dict:
             "nprobe": cfg.nprobe, "refine": cfg.refine}
 
 
-def build_index(vectors: np.ndarray, cfg: IndexConfig | None = None):
-    """Build (train when needed) and fill an inner-product index. Returns ``(index, info)``."""
-    import faiss
+def training_ids(n: int, cfg: IndexConfig) -> np.ndarray | None:
+    """Row ids (sorted) of the seeded training sample of ``n`` vectors; None: all of them (``n`` is at
+    most ``train_sample``)."""
+    if n <= cfg.train_sample:
+        return None
+    rng = np.random.default_rng(cfg.seed)
+    return np.sort(rng.choice(n, cfg.train_sample, replace=False))
 
+
+def build_index(vectors: np.ndarray, cfg: IndexConfig | None = None):
+    """Build (train when needed) and fill an inner-product index from one matrix. Returns
+    ``(index, info)``. Same index as :func:`build_index_streamed` over the matrix in batches."""
     cfg = cfg or IndexConfig()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = x.shape
+
+    def sample() -> np.ndarray:
+        ids = training_ids(n, cfg)
+        return x if ids is None else x[ids]
+
+    return build_index_streamed([x], n, dim, cfg, sample)
+
+
+def build_index_streamed(batches: Iterable[np.ndarray], n: int, dim: int, cfg: IndexConfig | None = None,
+                         sample: np.ndarray | Callable[[], np.ndarray] | None = None):
+    """Build an inner-product index over ``n`` vectors of ``dim`` dimensions that arrive in
+    ``batches`` (in gallery-id order), never holding them all: an index that needs training (IVF-PQ)
+    is trained on ``sample`` first (an array, or a callable giving it only when training is needed:
+    the rows :func:`training_ids` names), then filled batch by batch. Memory: one batch and the
+    sample, besides the index itself (a flat index stores every vector; IVF-PQ its codes).
+    Returns ``(index, info)``."""
+    import faiss
+
+    cfg = cfg or IndexConfig()
     info = resolve(cfg, n, dim)
     t0 = time.perf_counter()
     index = faiss.index_factory(dim, info["factory"], faiss.METRIC_INNER_PRODUCT)
@@ -116,14 +143,25 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig | None = None):
     if gpu:
         index = _to_gpu(index)
     if not index.is_trained:
-        rng = np.random.default_rng(cfg.seed)
-        sample = x if n <= cfg.train_sample else x[np.sort(rng.choice(n, cfg.train_sample, replace=False))]
-        index.train(sample)
-    index.add(x)
+        if sample is None:
+            raise ValueError(f"{info['factory']} needs training: pass the training sample (training_ids rows)")
+        x = np.ascontiguousarray(sample() if callable(sample) else sample, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
+            raise ValueError(f"training sample of shape {x.shape}, expected [m, {dim}]")
+        index.train(x)
+        del x
+    added = 0
+    for b in batches:
+        b = np.ascontiguousarray(b, dtype=np.float32)
+        if b.ndim != 2 or b.shape[1] != dim:
+            raise ValueError(f"batch of shape {b.shape}, expected [m, {dim}]")
+        if len(b):
+            index.add(b)
+        added += len(b)
+    if added != n:
+        raise ValueError(f"{added} vectors came in the batches, {n} were announced")
     if gpu:
-        import faiss as _f
-
-        index = _f.index_gpu_to_cpu(index)
+        index = faiss.index_gpu_to_cpu(index)
     set_nprobe(index, cfg.nprobe)
     info.update({"n": n, "dim": dim, "gpu_build": gpu, "build_s": round(time.perf_counter() - t0, 3),
                  "config": asdict(cfg)})
