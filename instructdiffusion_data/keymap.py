@@ -272,7 +272,7 @@ def read_map(path: str | os.PathLike) -> dict[str, str]:
 def _label_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)  # read only
     try:
         con.row_factory = sqlite3.Row
         return [dict(r) for r in con.execute("SELECT * FROM labels ORDER BY id")]
