@@ -109,10 +109,11 @@ def load_sql(columns: set[str]) -> str:
     has = columns.__contains__
     detail = "drop_detail" if has("drop_detail") else "NULL::VARCHAR[]"
     dclass = "drop_class" if has("drop_class") else "NULL::VARCHAR"
-    typed_cols = [f"{_typed(c) if has(c) else 'NULL::DOUBLE'} AS {c}" for c in SCORE_COLUMNS]
+    casts = "".join(f", {_typed(c)} AS t_{c}" for c in SCORE_COLUMNS if has(c))  # once per row and column
+    typed_cols = [f"{'t_' + c if has(c) else 'NULL::DOUBLE'} AS {c}" for c in SCORE_COLUMNS]
     entries = []
     for name, cols in TYPED_SCORES.items():
-        present = [_typed(c) for c in cols if has(c)]
+        present = [f"t_{c}" for c in cols if has(c)]
         if present:
             entries.append(f"{{'key': '{name}', 'value': coalesce({', '.join(present)}, NULL::DOUBLE)}}")
     meta_scores = f"""json_transform({_j('$.scores')}, '"MAP(VARCHAR, DOUBLE)"')"""
@@ -126,7 +127,7 @@ def load_sql(columns: set[str]) -> str:
     else:
         typed, scores = "[]::STRUCT(key VARCHAR, value DOUBLE)[]", "ms"
     return f"""
-WITH r AS (SELECT *, try(json_extract(meta, [{", ".join(repr(p) for p in _META_PATHS)}])) AS j
+WITH r AS (SELECT *, try(json_extract(meta, [{", ".join(repr(p) for p in _META_PATHS)}])) AS j{casts}
            FROM read_parquet(?, filename = true, union_by_name = true)),
      d AS (SELECT *, {dclass} AS dclass_, {detail} AS detail_, {meta_scores} AS ms, {typed} AS te FROM r),
      c AS (SELECT *,
