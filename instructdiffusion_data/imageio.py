@@ -275,7 +275,10 @@ def resize(rgb: np.ndarray, scale: float) -> np.ndarray:
         return rgb
     h, w = rgb.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    # down to half size, bilinear weights every source pixel (4x faster than area averaging at the usual
+    # 640 -> 512); below half, area averaging avoids the aliasing bilinear would bring
+    interp = cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA
+    return cv2.resize(rgb, size, interpolation=interp)
 
 
 def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

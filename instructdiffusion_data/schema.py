@@ -251,20 +251,28 @@ def rows_to_table(rows: Iterable[Row]) -> pa.Table:
     """Rows as a table of :data:`ARROW_SCHEMA`. A row whose meta holds NaN/Infinity (not JSON) is kept
     but dropped, with the offending key path as detail and the numbers written as null: one bad
     number never fails a whole batch or shard."""
-    out = []
+    rows = list(rows)
+    metas = []
     for r in rows:
-        d = dict(r)
-        if not isinstance(d.get("meta"), str):
+        m = r.get("meta")
+        if not isinstance(m, str):
             try:
-                d["meta"] = dumps_meta(d.get("meta") or {})
+                m = dumps_meta(m or {})
             except ValueError as e:
-                path = _nonfinite_path(d.get("meta") or {}, "meta")
-                d["meta"] = dumps_meta(_finite_only(d.get("meta") or {}))
-                drop(d, NON_FINITE_META, path=path[0] if path else None, error=str(e)[:200])
-        if d.get("keep") is None:
-            d["keep"] = True
-        out.append({c: d.get(c) for c in ARROW_SCHEMA.names})
-    return pa.Table.from_pylist(out, schema=ARROW_SCHEMA)
+                path = _nonfinite_path(r.get("meta") or {}, "meta")
+                m = dumps_meta(_finite_only(r.get("meta") or {}))
+                drop(r, NON_FINITE_META, path=path[0] if path else None, error=str(e)[:200])
+        metas.append(m)
+    cols = {}
+    for f in ARROW_SCHEMA:  # column by column: several times faster than from_pylist over dicts
+        if f.name == "meta":
+            vals = metas
+        elif f.name == "keep":
+            vals = [True if r.get("keep") is None else r.get("keep") for r in rows]
+        else:
+            vals = [r.get(f.name) for r in rows]
+        cols[f.name] = pa.array(vals, type=f.type)
+    return pa.Table.from_arrays(list(cols.values()), schema=ARROW_SCHEMA)
 
 
 def empty_table() -> pa.Table:
