@@ -8,7 +8,7 @@ gives each a sampling weight, like the paper's Table 1::
     root: shards                 # outputs live in <root>/<output>
     datasets:
       - {name: keypoints_coco, output: keypoints_coco/v1, weight: 1.0}
-      - {name: edit_magicbrush, weight: 10.0}      # output defaults to <name>/v1
+      - {name: edit_magicbrush, weight: 10.0}      # output defaults to the newest <name>/<version>
 
 ``weight`` is a repeat factor: a dataset contributes ``samples * weight`` effective samples per
 epoch (omitted: the output's own ``writer.mixture_weight``). An output that does not exist yet (or
@@ -39,7 +39,8 @@ FORMAT = "instructdiffusion-data/mixture/1"
 @dataclass
 class MixEntry:
     name: str
-    output: str | None = None  # output folder relative to the mixture's root (default: <name>/v1)
+    # output folder relative to the mixture's root (default: the newest version under <name>/, named in the log)
+    output: str | None = None
     weight: float | None = None  # repeat factor; default: the output manifest's mixture_weight
 
 
@@ -49,6 +50,23 @@ class MixtureConfig:
     datasets: list[MixEntry] = field(default_factory=list)
     seed: int = 0
     root: str = "shards"  # relative to the current directory, like pipeline configs
+
+
+def _newest_version(base, name: str) -> str:
+    """``<name>/<version>`` of the newest output version under ``base/<name>`` (``v10`` after ``v9``)."""
+    import re
+
+    from ..generations import is_output
+    from ..storage import Location, join
+
+    versions = [v for v in Location(str(join(base, name))).dirs() if is_output(join(base, name, v))]
+    if not versions:
+        return f"{name}/v2"
+    key = lambda v: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", v)]  # noqa: E731
+    best = max(versions, key=key)
+    if len(versions) > 1:
+        log.info("mix: %s: using the newest version %s of %s (set output: to choose)", name, best, sorted(versions))
+    return f"{name}/{best}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,7 +122,7 @@ def build_mixture(cfg: MixtureConfig, out_file: Path, root: str | None = None, a
 
     datasets, tasks = [], {}
     for e in cfg.datasets:
-        out = join(base, e.output or f"{e.name}/v1")
+        out = join(base, e.output or _newest_version(base, e.name))
         if not is_output(out):
             log.warning("mix: %s: no output at %s (run its pipeline first); skipped", e.name, out)
             continue
