@@ -8,7 +8,8 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-alignment",
                        help="write the auditors' alignment picks (best 0-2 per group) as a training output")
-    p.add_argument("labels", help="<output>/audit/labels.sqlite written by the auditor page")
+    p.add_argument("labels", help="<out>/<name>/.audit/<version>/labels.sqlite written by the auditor page "
+                                  "(the older <output>/audit/labels.sqlite is accepted)")
     p.add_argument("--out", required=True, help="folder for the new output (train/ rejected/ manifest.json)")
     p.set_defaults(func=main)
 
