@@ -8,6 +8,10 @@
   Polysemous training (faiss' default for IVF-PQ, useful only for Hamming pre-filtering) is off;
 * ``type: auto`` - flat up to ``auto_flat_max`` vectors, IVF-PQ above.
 
+:func:`build_index` takes one matrix; :func:`build_index_streamed` takes the vectors in batches and
+the training sample (:func:`training_ids`: the same seeded rows) separately, so a gallery of any size
+is indexed without holding its vectors in memory; both give the same index.
+
 With ``gpu: auto`` the index is built and searched on the GPU when the installed faiss is
 faiss-gpu and sees a GPU (``faiss.get_num_gpus() > 0``); ``always`` insists, ``never`` stays on the
 CPU. Indexes are always saved in CPU form (``faiss.write_index``) and can be moved to a GPU on load.

@@ -9,12 +9,26 @@ stages. On disk (``DIR`` = ``--out``)::
                             label, label_id, file, bbox [x,y,w,h], area_frac, crop [x,y,w,h],
                             tar, offset, size (the PNG's bytes in the tar), patch_w, patch_h
     DIR/rejected.parquet    regions that did not enter the gallery: key, dataset, record_id, drop_class, drop_reason
-    DIR/patches/NNNNNN.tar  <key>.png, RGBA: the region crop with ``context`` around it, alpha = mask
+    DIR/patches/SSSSSS[-KKK].tar  <key>.png, RGBA: the region crop with ``context`` around it, alpha = mask
+                            (work shard SSSSSS; KKK counts its further tars of ``patches_per_shard``)
     DIR/embeddings.npy      float32 [N, D], L2-normalised, row i = gallery id i
     DIR/index.faiss         inner-product index over the embeddings (models/faiss_index.py)
 
-The embedding of a patch sees the region only: for CLIP the pixels outside the mask are set to
-mid-grey; the classical embedder weights its histograms by the mask.
+How it is built, in bounded memory (no process holds every row or every vector):
+
+1. plan: the sources' shards (``records_per_shard`` items of a file-group source; a record source
+   is split first, as ``idd run`` does), numbered across the sources in order;
+2. per shard, on a worker (a Ray task, or a CLIP actor pool; in the driver with ``--no-ray``):
+   read, crop, write the patch tars, embed, write ``parts/SSSSSS.{rows.parquet, rejected.parquet,
+   emb.npy}`` and last the marker ``parts/SSSSSS.done.json`` (its counts). The driver collects counts;
+3. assemble in shard order (gallery id = prefix sums of the shards' patch counts, so the order is a
+   single process's): the tables streamed with a ``ParquetWriter``, ``embeddings.npy`` filled part by
+   part through a memory map, the index trained on a seeded sample of at most ``index.train_sample``
+   vectors and filled in batches; then ``gallery.json``, and the parts are removed.
+
+A build that stops keeps its finished shards (marker present, inputs unchanged): the rerun builds
+only the others. The embedding of a patch sees the region only: for CLIP the pixels outside the
+mask are set to mid-grey; the classical embedder weights its histograms by the mask.
 """
 
 from __future__ import annotations
@@ -401,7 +415,9 @@ def build_shard(cfg: GalleryConfig, source: Any, job: GalleryShard, root: str | 
     name = f"{job.shard:06d}"
     _part(root, job.shard, "done.json").unlink(missing_ok=True)
     pdir = root / "patches"
-    for p in [pdir / f"{name}.tar", *pdir.glob(f"{name}-*.tar")]:  # an earlier attempt's tars
+    # an earlier attempt's tars, and what a killed attempt left under temporary names
+    for p in [pdir / f"{name}.tar", *pdir.glob(f"{name}-*.tar"), *pdir.glob(f"{name}.tar.tmp-*"),
+              *pdir.glob(f"{name}-*.tar.tmp-*"), *(root / PARTS).glob(f"{name}.*.tmp-*")]:
         p.unlink(missing_ok=True)
     tars = _TarShards(root, cfg.patches_per_shard, shard=job.shard)
     rows = _ParquetPart(_part(root, job.shard, "rows.parquet"), ROW_SCHEMA)
@@ -574,7 +590,8 @@ def _execute_ray(cfg: GalleryConfig, sources: list, todo: list[GalleryShard], ro
         try:
             yield job, ray.get(ready[0]), None
         except ray.exceptions.RayActorError as e:  # the actor died: a fresh one takes its place
-            actor = actor_cls.remote(cfg_ref)
+            if actor is not None:
+                actor = actor_cls.remote(cfg_ref)
             yield job, None, _error_text(e)
         except Exception as e:  # noqa: BLE001 - a failed shard is reported; the others go on
             yield job, None, _error_text(e)
@@ -739,7 +756,7 @@ def build_gallery(cfg: GalleryConfig, out: str | Path, *, progress: bool = True,
 
     from .. import writer as writer_mod
     from ..config import to_dict
-    from ..models.faiss_index import build_index_streamed, resolve, save_index, training_ids
+    from ..models.faiss_index import build_index_streamed, save_index, training_ids
     from ..readers._base import fingerprint
 
     if not cfg.sources:
@@ -823,20 +840,25 @@ def build_gallery(cfg: GalleryConfig, out: str | Path, *, progress: bool = True,
     del emb
     _tmp(root / EMBEDDINGS).replace(root / EMBEDDINGS)
     faults.point("gallery.embeddings")
-    emb = np.load(root / EMBEDDINGS, mmap_mode="r")
-    ids = training_ids(n, cfg.index) if resolve(cfg.index, n, dim)["type"] != "flat" else None
-    index, info = build_index_streamed((emb[i: i + CHUNK] for i in range(0, n, CHUNK)), n, dim, cfg.index,
-                                       lambda: np.asarray(emb if ids is None else emb[ids]))
+    vecs = np.load(root / EMBEDDINGS, mmap_mode="r")
+
+    def sample() -> np.ndarray:  # only an index that needs training asks: at most train_sample rows
+        ids = training_ids(n, cfg.index)
+        return np.asarray(vecs if ids is None else vecs[ids])
+
+    index, info = build_index_streamed((vecs[i: i + CHUNK] for i in range(0, n, CHUNK)), n, dim, cfg.index, sample)
     save_index(index, root / INDEX)
-    del index, emb
+    del index
     faults.point("gallery.index")
-    for p in (root / "patches").glob("*.tar"):  # tars of shards the plan no longer has
+    for p in (root / "patches").iterdir():  # tars of shards the plan no longer has, leftovers of killed workers
         if p.name not in tally.tars:
             p.unlink()
 
     manifest = {
         "format": FORMAT, "name": cfg.name, "patches": n, "rejected": rej_n, "records": tally.records,
-        "rejected_reasons": dict(tally.reasons), "datasets": dict(tally.datasets), "labels": dict(tally.labels),
+        # sorted: with Ray the shards finish in any order
+        "rejected_reasons": dict(sorted(tally.reasons.items())), "datasets": dict(sorted(tally.datasets.items())),
+        "labels": dict(sorted(tally.labels.items())),
         "reader_stats": dict(sorted(tally.reader.items())),
         "embedder": {**(tally.embedder or {}), "config": asdict(cfg.embedder)},
         "index": info, "dim": dim, "config": to_dict(cfg), "shards": len(jobs),
