@@ -48,7 +48,7 @@ class RayConfig:
     split_memory: int | None = None  # bytes of heap reserved for the task splitting a big annotation file
     # while a big annotation file is being split, shards whose record files are complete start after this
     # many seconds (a short split just finishes first and the whole plan runs as one wave)
-    first_wave_after_s: float = field(default=3.0, metadata=rng(0))
+    first_wave_after_s: float = field(default=1.0, metadata=rng(0))
     # Ray Data reserves half of the cluster for each operator by default; with a source and one or two
     # stages that leaves CPUs idle (measured: 1 of 2 map tasks running). Off unless a pipeline needs it.
     reserve_op_resources: bool = False

@@ -265,7 +265,7 @@ def _split_task(source: RecordSource, root: str, per_shard: int) -> dict:
     index = source.split(Location(root), per_shard)
     secs = time.perf_counter() - t0
     size = sum(max(0, f[1]) for f in index.get("inputs", []))
-    return {"seconds": round(secs, 3), "input_mb": round(size / 1e6, 2),
+    return {"seconds": round(secs, 3), "input_mb": round(size / 1e6, 2), "first_file_s": index.get("first_file_s"),
             "mb_per_s": round(size / 1e6 / max(secs, 1e-9), 1), "records": index["records"],
             "shards": len(index["shards"]),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -405,13 +405,15 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
                     if first:
                         break
             if first and not ray.wait([ref], timeout=0)[0]:
-                log.info("first wave: %d shards while the split goes on", len(first))
+                log.info("first wave: %d shards after %.1fs of splitting, while the split goes on", len(first),
+                         time.perf_counter() - t_split)
                 execute(first)
             summary.split = ray.get(ref)
         else:
             summary.split = _split_task(source, str(loc), rps)
         log.info("split: %(records)d records into %(shards)d shards, %(input_mb).1f MB in %(seconds).1fs "
-                 "(%(mb_per_s).1f MB/s, worker peak RSS %(peak_rss_mb).0f MB)", summary.split)
+                 "(%(mb_per_s).1f MB/s, worker peak RSS %(peak_rss_mb).0f MB, first record file after "
+                 "%(first_file_s)ss)", summary.split)
     specs = source.plan(loc, rps)
     summary.shards_total = len(specs)
     if not specs:

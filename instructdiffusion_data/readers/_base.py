@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,9 +225,12 @@ class RecordSource(Source):
             faults.point("split.records")
             counts.append(len(buf))
             buf.clear()
+            if first_file[0] is None:
+                first_file[0] = time.perf_counter() - t0
 
         limit = self.config.limit
         n = 0
+        t0, first_file = time.perf_counter(), [None]
         for rec in self.records():
             if limit is not None and n >= limit:
                 break
@@ -237,6 +241,9 @@ class RecordSource(Source):
         if buf:
             flush()
         index = {"fingerprint": fp, "inputs": facts, "shards": counts, "records": n,
+                 # seconds until the first record file was complete: the passes a reader needs before its
+                 # first record (COCO: images, categories and every person's box, for "the leftmost person")
+                 "first_file_s": round(first_file[0], 3) if first_file[0] is not None else None,
                  "reader": dict(sorted(self.stats.items()))}
         text = json.dumps(index, sort_keys=True)
         if d.atomic_rename:
