@@ -56,7 +56,7 @@ def read_bytes(path: str | Path, record: str | None = None) -> bytes:
     except FileNotFoundError:
         raise RecordError("image file missing", file=str(p), record=record) from None
     except OSError as e:
-        raise RecordError(f"image file unreadable ({e.strerror or e})", file=str(p), record=record) from None
+        raise RecordError("image file unreadable", file=str(p), record=record, error=str(e.strerror or e)) from None
 
 
 MAX_PIXELS = 8000 * 8000  # default limit (64 Mpx, ~190 MB as RGB); $IDD_MAX_PIXELS or max_pixels= override it
