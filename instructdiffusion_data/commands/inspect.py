@@ -2,6 +2,13 @@
 verification rate and a few sample keys. DIR may be one output or a folder of outputs (or an output's
 URI on an object store). Everything is read from the output's current generation (:mod:`..generations`).
 
+The typed score columns of the kept rows (``aesthetic_laion_tgt``, ``giqa_tgt``, ...) are summarised with
+their count and percentiles (p5, p10, p50, p90; linear interpolation, as DuckDB's ``quantile_cont``).
+``--min COLUMN=VALUE`` (repeatable; VALUE a number or ``pNN``, a percentile of that column over the kept
+rows) counts the kept rows per task that reach every minimum: the same numbers as a DuckDB query over the
+sidecars (docs/shard-format.md). Percentiles are exact up to ``EXACT_VALUES`` values per column, then
+taken from a uniform sample of that size (marked ``exact: false``).
+
 ``--verify`` checks every tar and parquet the current manifest lists against the manifest: present,
 the recorded size and sha256 (``tar_bytes``/``tar_sha256``/``parquet_bytes``/``parquet_sha256``) and
 the parquet's row count. It prints one line per damaged file and exits 1 when there is one. A manifest
@@ -19,6 +26,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import UserError
 from ..generations import GENERATIONS, MANIFEST, POINTER, Generation, as_location, current
 from ..storage import is_uri
@@ -34,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="an output folder (with manifest.json) or a folder of outputs, e.g. shards/")
     p.add_argument("--samples", type=int, default=3, help="sample keys shown per split (default 3)")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    p.add_argument("--min", dest="mins", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="count kept rows per task with COLUMN >= VALUE (a number or pNN: the column's percentile "
+                        "over kept rows), e.g. --min aesthetic_classical_tgt=4.5 --min giqa_tgt=p10")
     p.add_argument("--verify", action="store_true",
                    help="check every shard file against the manifest (size, sha256, rows); exit 1 when one is damaged")
     p.set_defaults(func=main)
@@ -65,7 +77,85 @@ def sample_keys(gen: Generation, split: str, n: int) -> list[str]:
     return keys
 
 
-def summarise(out: Path | str, n: int) -> dict:
+EXACT_VALUES = 5_000_000
+PERCENTILES = (5, 10, 50, 90)
+
+
+def _kept_scores(gen: Generation, columns: list[str]):
+    """(task, {column: float64 array}) per train sidecar of the current generation, typed columns only."""
+    import pyarrow.parquet as pq
+
+    for name in sorted(nm for nm in (gen.loc / "train").names() if nm.endswith(".parquet")):
+        loc = gen.loc / "train" / name
+        schema = pq.read_schema(loc.path, filesystem=loc.fs)
+        have = [c for c in columns if c in schema.names]
+        if not have:
+            continue
+        t = pq.read_table(loc.path, filesystem=loc.fs, columns=["task", "keep", *have])
+        keep = t.column("keep").to_numpy(zero_copy_only=False).astype(bool)
+        tasks = [x for x, k in zip(t.column("task").to_pylist(), keep) if k]
+        cols = {c: t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)[keep] for c in have}
+        yield tasks, cols
+
+
+def score_stats(gen: Generation) -> tuple[dict, dict[str, np.ndarray]]:
+    """Count and percentiles of every typed score column over the kept rows, and the values they come
+    from: all of them up to EXACT_VALUES per column, then a uniform sample of that size (bottom-k of
+    random keys), so memory is bounded whatever the output's size."""
+    from ..schema import SCORE_COLUMNS
+
+    rng = np.random.default_rng(0)
+    vals: dict[str, np.ndarray] = {}
+    keys: dict[str, np.ndarray] = {}
+    seen: dict[str, int] = {}
+    for _, cols in _kept_scores(gen, list(SCORE_COLUMNS)):
+        for c, v in cols.items():
+            v = v[~np.isnan(v)]
+            if not v.size:
+                continue
+            seen[c] = seen.get(c, 0) + v.size
+            vals[c] = np.concatenate([vals.get(c, np.empty(0)), v])
+            keys[c] = np.concatenate([keys.get(c, np.empty(0)), rng.random(v.size)])
+            if vals[c].size > EXACT_VALUES:
+                keep = np.argpartition(keys[c], EXACT_VALUES)[:EXACT_VALUES]
+                vals[c], keys[c] = vals[c][keep], keys[c][keep]
+    stats = {c: {"n": seen[c], "exact": seen[c] == v.size, **{f"p{q}": float(np.percentile(v, q)) for q in PERCENTILES}}
+             for c, v in vals.items()}
+    return stats, vals
+
+
+def filtered_counts(gen: Generation, mins: list[str], values: dict[str, np.ndarray]) -> dict:
+    """Kept rows per task whose typed columns reach every ``COLUMN=VALUE`` minimum (null fails)."""
+    from ..schema import SCORE_COLUMNS
+
+    rules: dict[str, float] = {}
+    for item in mins:
+        col, sep, val = item.partition("=")
+        col, val = col.strip(), val.strip()
+        if not sep or col not in SCORE_COLUMNS:
+            raise UserError(f"--min {item}: expected COLUMN=VALUE with COLUMN one of {', '.join(SCORE_COLUMNS)}")
+        if val[:1].lower() == "p" and val[1:].replace(".", "", 1).isdigit() and float(val[1:]) <= 100:
+            if col not in values:
+                raise UserError(f"--min {item}: {col} has no values among the kept rows of {gen.root}")
+            rules[col] = float(np.percentile(values[col], float(val[1:])))
+        else:
+            try:
+                rules[col] = float(val)
+            except ValueError:
+                raise UserError(f"--min {item}: VALUE must be a number or pNN (0 <= NN <= 100)") from None
+    tasks: dict[str, int] = {}
+    for tnames, cols in _kept_scores(gen, list(rules)):
+        ok = np.ones(len(tnames), bool)
+        for c, thr in rules.items():
+            v = cols.get(c)
+            ok &= (v >= thr) if v is not None else False  # NaN (null) compares False
+        for t, k in zip(tnames, ok):
+            if k:
+                tasks[t] = tasks.get(t, 0) + 1
+    return {"min": rules, "tasks": dict(sorted(tasks.items())), "rows": sum(tasks.values())}
+
+
+def summarise(out: Path | str, n: int, mins: list[str] | None = None) -> dict:
     gen = current(out)
     manifest = gen.manifest
     summary = {"output": str(out), "name": manifest.get("name"), "version": manifest.get("version"),
@@ -77,6 +167,9 @@ def summarise(out: Path | str, n: int) -> dict:
             "datasets": info.get("datasets", {}), "drop_reasons": info.get("drop_reasons", {}),
             "verified": info.get("verified", {}), "sample_keys": sample_keys(gen, split, n),
         }
+    summary["scores"], values = score_stats(gen)
+    if mins:
+        summary["filtered"] = filtered_counts(gen, mins, values)
     return summary
 
 
@@ -110,6 +203,16 @@ def render(summary: dict) -> str:
             lines += _table("drop reasons", info["drop_reasons"], info["rows"])
         if info["sample_keys"]:
             lines.append("  sample keys: " + ", ".join(info["sample_keys"]))
+    if s.get("scores"):
+        lines.append("  scores of kept rows (" + ", ".join(f"p{q}" for q in PERCENTILES) + "):")
+        for c, st in s["scores"].items():
+            pct = "  ".join(f"{st[f'p{q}']:9.4g}" for q in PERCENTILES)
+            lines.append(f"    {c:28s} n={st['n']:<8d} {pct}{'' if st['exact'] else '  (sampled)'}")
+    if s.get("filtered"):
+        f = s["filtered"]
+        rule = " and ".join(f"{c} >= {v:.6g}" for c, v in f["min"].items())
+        lines.append(f"  kept rows with {rule}: {f['rows']}")
+        lines += [f"    {t:40s} {n:8d}" for t, n in f["tasks"].items()]
     return "\n".join(lines)
 
 
@@ -213,7 +316,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"{o}: {counts['files']} files checked ({counts['checked_sha256']} by sha256), "
                   f"{len(problems)} damaged", file=sys.stderr)
         return 1 if bad else 0
-    summaries = [summarise(o, args.samples) for o in outputs]
+    summaries = [summarise(o, args.samples, args.mins) for o in outputs]
     if args.json:
         print(json.dumps(summaries, indent=1))
     else:
