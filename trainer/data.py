@@ -73,6 +73,10 @@ class DataConfig:
     replay_max_samples: int = 200_000  # auto: replay when a worker has drawn at most this many, else reseed
     log_corrupt: int = 5  # log the first N skipped samples per worker
     bad_shards: Literal["error", "skip"] = "error"  # a shard missing or not the size its manifest says
+    # train only on samples whose typed score columns (instructdiffusion_data.schema.SCORE_COLUMNS, read
+    # from each shard's parquet sidecar) reach these minimums, e.g. {aesthetic_laion_tgt: 5.0}; a sample
+    # without the score (null) is left out
+    min_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -277,6 +281,8 @@ def _normalise(specs: list[DatasetSpec], where: str, bad_shards: str = "error") 
 
 
 def resolve_datasets(cfg: DataConfig) -> list[DatasetSpec]:
+    if cfg.min_scores:
+        ScoreGate(cfg.min_scores)  # a wrong column name is one line before any training
     if cfg.mixture and Path(cfg.mixture).is_file():
         return load_mixture(cfg.mixture, cfg.mixing, cfg.bad_shards)
     if cfg.outputs:
@@ -365,6 +371,9 @@ def dataset_stream(spec: DatasetSpec, cfg: DataConfig, seed: int, gworker: int, 
 
         urls = tag(urls)
     samples = wds.tarfile_to_samples(handler=counter.tar_handler)(urls)
+    if cfg.min_scores:
+        gate = ScoreGate(cfg.min_scores)
+        samples = (smp for smp in samples if gate.ok(smp))
     if not cfg.resampled:
         def retag(src):
             for s in src:
@@ -378,6 +387,44 @@ def dataset_stream(spec: DatasetSpec, cfg: DataConfig, seed: int, gworker: int, 
         samples = wds.filters._shuffle(samples, bufsize=cfg.shuffle_buffer, initial=cfg.shuffle_initial,
                                        rng=random.Random(_seed(seed, 7)))
     return samples
+
+
+class ScoreGate:
+    """Which samples of a shard reach ``min_scores``: read once per shard from its parquet sidecar (the
+    typed score columns, no JSON parsing), for the few shards a worker has open at a time."""
+
+    def __init__(self, min_scores: dict[str, float], cache: int = 8):
+        from instructdiffusion_data.schema import SCORE_COLUMNS
+
+        bad = sorted(set(min_scores) - set(SCORE_COLUMNS))
+        if bad:
+            raise ConfigError(f"data.min_scores.{bad[0]}: not a score column (known: {', '.join(SCORE_COLUMNS)})")
+        self.min_scores = {k: float(v) for k, v in min_scores.items()}
+        self.cache: dict[str, set[str]] = {}
+        self.size = cache
+        self.passed = self.held = 0
+
+    def allowed(self, url: str) -> set[str]:
+        if url not in self.cache:
+            import numpy as np
+            import pyarrow.parquet as pq
+
+            sidecar = url[: -len(".tar")] + ".parquet" if url.endswith(".tar") else url + ".parquet"
+            t = pq.read_table(sidecar, columns=["key", *self.min_scores])
+            ok = np.ones(t.num_rows, bool)
+            for col, thr in self.min_scores.items():
+                v = t.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+                ok &= v >= thr  # null (NaN) compares False
+            if len(self.cache) >= self.size:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[url] = {k for k, good in zip(t.column("key").to_pylist(), ok) if good}
+        return self.cache[url]
+
+    def ok(self, sample: dict) -> bool:
+        good = sample.get("__key__") in self.allowed(sample.get("__url__", ""))
+        self.passed += good
+        self.held += not good
+        return good
 
 
 class Mixture:
