@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tasks import pipeline_configs  # noqa: E402 (the same two pipelines as the task benchmark)
+from bench_tasks import pipeline_configs, replicate_coco  # noqa: E402 (the same two pipelines as the task benchmark)
 log = logging.getLogger("bench_cluster")
 
 CHILD = r"""
@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=8, help="GPUs of the cluster in the estimate")
     ap.add_argument("--cpu-cores", type=int, default=64, help="CPU cores of the cluster in the estimate")
     ap.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is compared")
+    ap.add_argument("--replicate", type=int, default=6,
+                    help="repeat each annotated image this many times (new ids, same files) for a longer run")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from instructdiffusion_data.demo import generate_all
@@ -199,7 +201,9 @@ def main() -> None:
             t0 = time.perf_counter()
             generate_all(data, n=args.images, seed=0, only=["coco"])
             log.info("demo data: %d scenes in %.1fs", args.images, time.perf_counter() - t0)
-        configs = pipeline_configs(data, args.variants, records_per_shard=32, object_store_memory=400_000_000)
+        if args.replicate > 1:  # more records over the same images: fixed costs (start-up, split) amortised
+            replicate_coco(data, args.replicate)
+        configs = pipeline_configs(data, args.variants, records_per_shard=64, object_store_memory=400_000_000)
 
         stages = stage_rates(configs)
         for name, v in stages.items():

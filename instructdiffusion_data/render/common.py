@@ -49,7 +49,7 @@ class MaskRenderConfig(RenderConfig):
 
 
 @dataclass
-class Source:
+class SourceImage:
     """The source image as written: RGB pixels at the written resolution and their bytes."""
 
     rgb: np.ndarray
@@ -58,7 +58,7 @@ class Source:
     orig_size: tuple[int, int]  # (h, w) of the file
 
 
-def load_source(meta: dict, max_side: int, quality: int, record: str | None = None) -> Source:
+def load_source(meta: dict, max_side: int, quality: int, record: str | None = None) -> SourceImage:
     path = meta.get("file")
     if not path:
         from ..errors import RecordError
@@ -69,9 +69,9 @@ def load_source(meta: dict, max_side: int, quality: int, record: str | None = No
     h, w = rgb.shape[:2]
     scale = imageio.fit_scale(h, w, max_side)
     if scale == 1.0 and imageio.sniff_ext(raw) in ("jpg", "png"):
-        return Source(rgb, raw, 1.0, (h, w))
+        return SourceImage(rgb, raw, 1.0, (h, w))
     small = imageio.resize(rgb, scale)
-    return Source(small, imageio.encode_jpeg(small, quality), scale, (h, w))
+    return SourceImage(small, imageio.encode_jpeg(small, quality), scale, (h, w))
 
 
 def encode_target(rgb: np.ndarray, cfg: RenderConfig) -> bytes:
@@ -111,7 +111,7 @@ def pick_mask_color(rgb: np.ndarray, mask: np.ndarray, cfg: MaskRenderConfig, rn
     return best
 
 
-def mask_row(parent: Row, src: Source, mask: np.ndarray, color: str, cfg: MaskRenderConfig, *, variant: int,
+def mask_row(parent: Row, src: SourceImage, mask: np.ndarray, color: str, cfg: MaskRenderConfig, *, variant: int,
              instruction: str, meta: dict) -> Row:
     """One mask sample as a row: target bytes, mask PNG, verification (dropped with the reason when
     the recovered mask misses). An empty mask (absent category, no-target expression) gives a target
@@ -172,5 +172,5 @@ class RenderStage(Stage):
         return out
 
     @abc.abstractmethod
-    def render(self, rec: Row, src: Source, templates: list[str]) -> list[Row]:
+    def render(self, rec: Row, src: SourceImage, templates: list[str]) -> list[Row]:
         """The variant rows of one record, drawn on ``src`` (the image at the written resolution)."""

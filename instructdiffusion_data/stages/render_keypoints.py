@@ -19,7 +19,7 @@ from ..contracts import DrawnJoint, PersonKeypoints
 from ..errors import ConfigError
 from ..instructions import Number, choose
 from ..render import keypoints as K
-from ..render.common import RenderConfig, RenderStage, Source, encode_target, verify_written
+from ..render.common import RenderConfig, RenderStage, SourceImage, encode_target, verify_written
 from ..render.palette import PALETTE, names as palette_names
 from ..schema import Row, drop, make_key
 from ..stage import child
@@ -75,7 +75,7 @@ class RenderKeypoints(RenderStage):
             raise ConfigError(f"{self.name}.colors: need at least max_joints={c.max_joints} colours")
         super().validate()
 
-    def render(self, rec: Row, src: Source, templates: list[str]) -> list[Row]:
+    def render(self, rec: Row, src: SourceImage, templates: list[str]) -> list[Row]:
         cfg = self.config
         meta = rec["meta"]
         rid = meta.get("record_id")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..contracts import union_mask
 from ..instructions import choose
 from ..render import masks as M
-from ..render.common import MaskRenderConfig, RenderStage, Source, mask_row, object_phrase, pick_mask_color
+from ..render.common import MaskRenderConfig, RenderStage, SourceImage, mask_row, object_phrase, pick_mask_color
 from ..schema import Row
 
 
@@ -27,7 +27,7 @@ class RenderRefseg(RenderStage):
     Config = RenderRefsegConfig
     task = "referring_seg"
 
-    def render(self, rec: Row, src: Source, templates: list[str]) -> list[Row]:
+    def render(self, rec: Row, src: SourceImage, templates: list[str]) -> list[Row]:
         cfg = self.config
         meta = rec["meta"]
         rid = meta.get("record_id")

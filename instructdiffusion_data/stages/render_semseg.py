@@ -18,7 +18,7 @@ from ..errors import ConfigError, RecordError
 from ..instructions import choose
 from ..readers._coco import clean_name, cocostuff_labels
 from ..render import masks as M
-from ..render.common import MaskRenderConfig, RenderStage, Source, mask_row, object_phrase, pick_mask_color
+from ..render.common import MaskRenderConfig, RenderStage, SourceImage, mask_row, object_phrase, pick_mask_color
 from ..schema import Row
 
 VOID = 255
@@ -71,7 +71,7 @@ class RenderSemseg(RenderStage):
             masks[name] = masks[name] | m if name in masks else m
         return masks
 
-    def render(self, rec: Row, src: Source, templates: list[str]) -> list[Row]:
+    def render(self, rec: Row, src: SourceImage, templates: list[str]) -> list[Row]:
         cfg = self.config
         meta = rec["meta"]
         rid = meta.get("record_id")
