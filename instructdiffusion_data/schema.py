@@ -147,6 +147,23 @@ _IP2P_SCORES = {"clip_sim_0": "ip2p_clip_sim_0", "clip_sim_1": "ip2p_clip_sim_1"
                 "clip_sim_direction": "ip2p_clip_sim_dir", "clip_sim_image": "ip2p_clip_sim_image"}
 
 
+def scores_from_columns(row: dict) -> dict[str, float] | None:
+    """The filter's score names (``aesthetic_tgt``, ``giqa_tgt``, ...) from a sidecar row's typed
+    columns; None for a format-1 sidecar without them (read ``meta["scores"]`` then)."""
+    if "giqa_tgt" not in row:
+        return None
+    out: dict[str, float] = {}
+    for role in ("src", "tgt", "diff"):
+        v = row.get(f"aesthetic_laion_{role}")
+        v = v if v is not None else row.get(f"aesthetic_classical_{role}")
+        if v is not None:
+            out[f"aesthetic_{role}"] = float(v)
+    for name in _PLAIN_SCORES:
+        if row.get(name) is not None:
+            out[name] = float(row[name])
+    return out
+
+
 def typed_scores(meta: dict) -> dict[str, float | None]:
     """The :data:`SCORE_COLUMNS` of one row from its meta (None where not computed)."""
     out: dict[str, float | None] = dict.fromkeys(SCORE_COLUMNS)

@@ -72,6 +72,15 @@ def _clean() -> dict:
     return {"keep": True, "drop_reason": None, "drop_class": None, "drop_detail": None}
 
 
+def _row_scores(row: dict, meta: dict) -> dict:
+    """A row's scores from the sidecar's typed float32 columns (format 2), else from ``meta["scores"]``.
+    The typed value is what every other reader of the output sees, so the filter decides on it too."""
+    from ..schema import scores_from_columns
+
+    typed = scores_from_columns(row)
+    return typed if typed is not None else (meta.get("scores") or {})
+
+
 def _failures(scores: dict, thresholds: dict) -> list[tuple[str, dict]]:
     """``(drop class, details)`` of each rule a row fails: what the quality_filter stage passes to
     ``schema.drop`` (so that a re-filter with the run's thresholds gives the run's bytes)."""
@@ -114,7 +123,7 @@ def refilter_row(row: dict, sets: dict, audit: dict[str, str]) -> dict:
                 specs[f] = v
             else:
                 specs.pop(f, None)
-        failed = _failures(meta.get("scores") or {}, thr)
+        failed = _failures(_row_scores(row, meta), thr)
         prior = flt.get("prior_drop")
         if prior is not None:
             state = _prior_state(row, prior)  # the stage never keeps, nor re-drops, a row dropped before it
@@ -221,7 +230,7 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
                         for c in causes:
                             moved_in[c] += 1
                     totals["train" if keep else "rejected"] += 1
-                    scores = meta.get("scores") or {}
+                    scores = _row_scores(r, meta)
                     for f in sets:
                         if RULES[f].score in scores:
                             applicable[f] += 1
