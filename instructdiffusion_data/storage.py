@@ -174,6 +174,17 @@ class Location:
         return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel)
                       if i.type == pafs.FileType.Directory)
 
+    def digest(self) -> tuple[int, str]:
+        """``(size, sha256 hex)`` of a file, read in 1 MiB chunks."""
+        import hashlib
+
+        sha, n = hashlib.sha256(), 0
+        with self.fs.open_input_stream(self.path) as fh:
+            while chunk := fh.read(1 << 20):
+                sha.update(chunk)
+                n += len(chunk)
+        return n, sha.hexdigest()
+
     def facts(self) -> tuple[int, int] | None:
         """``(size, mtime_ns)`` of a file (None when missing): what a shard's input fingerprint uses."""
         info = self._info()

@@ -21,7 +21,6 @@ the histograms go into the new generation; what moved is printed per rule.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -431,16 +430,8 @@ def _is_rule_class(entry: str) -> bool:
 
 
 def _digest(loc) -> dict:
-    sha = hashlib.sha256()
-    n = 0
-    with loc.fs.open_input_stream(loc.path) as fh:
-        while True:
-            chunk = fh.read(1 << 20)
-            if not chunk:
-                break
-            sha.update(chunk)
-            n += len(chunk)
-    return {"bytes": n, "sha256": sha.hexdigest()}
+    n, sha = loc.digest()
+    return {"bytes": n, "sha256": sha}
 
 
 def _shard_files(target, split: str, name: str) -> dict:

@@ -19,7 +19,6 @@ warning.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -219,16 +218,7 @@ def render(summary: dict) -> str:
 # -- --verify ---------------------------------------------------------------------------------------
 
 def _digest(loc) -> tuple[int, str]:
-    sha = hashlib.sha256()
-    n = 0
-    with loc.fs.open_input_stream(loc.path) as fh:
-        while True:
-            chunk = fh.read(1 << 20)
-            if not chunk:
-                break
-            sha.update(chunk)
-            n += len(chunk)
-    return n, sha.hexdigest()
+    return loc.digest()
 
 
 def verify(out: Path | str) -> tuple[list[str], dict]:
