@@ -244,3 +244,20 @@ def test_kill_9_of_a_worker_mid_shard_then_rerun_equals_clean_run(tmp_path):
     for p in root.glob("*/*.tar"):
         with tarfile.open(p) as t:
             t.getmembers()
+
+
+def test_files_beside_an_annotation_file_are_written_relative_too(tmp_path):
+    """A reader that finds files beside its annotation file (GIER's images/) writes them under the
+    annotation file's folder token, not as absolute paths."""
+    from instructdiffusion_data.runner import resolve_path, relativize
+
+    ann = tmp_path / "data" / "ann.txt"
+    ann.parent.mkdir()
+    write_lines(ann, ["a"])
+    from instructdiffusion_data.stage import make_source
+
+    roots = make_source({"type": "tests.helpers_core:LinesSource", "path": str(ann)}, 0).roots()
+    assert roots["source.path.parent"] == str(ann.parent.resolve())
+    meta = relativize({"file": str(ann.parent / "images" / "x.jpg")}, roots)
+    assert meta == {"file": "{source.path.parent}/images/x.jpg"}
+    assert resolve_path(meta["file"], roots) == str(ann.parent / "images" / "x.jpg")

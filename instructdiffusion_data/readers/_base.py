@@ -124,6 +124,8 @@ class Source(abc.ABC):
                 p = Path(v)
                 if p.exists():
                     out[f"source.{k}"] = str(p.resolve())
+                if p.is_file():  # files a reader finds beside its annotation file (GIER's images/)
+                    out[f"source.{k}.parent"] = str(p.resolve().parent)
             elif isinstance(v, str) and is_uri(v):
                 out[f"source.{k}"] = v.rstrip("/")
         return out
