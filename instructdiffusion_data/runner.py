@@ -207,6 +207,12 @@ def prepare_output(cfg: cfgmod.PipelineConfig, root: Path | str, overwrite: bool
     faults.point("run.runfile")
 
 
+def _remove_dir(target: Location) -> None:
+    import shutil
+
+    shutil.rmtree(target.path, ignore_errors=True) if target.local else target.rmtree()
+
+
 def remove_output(loc: Location) -> None:
     """Remove what the engine wrote at an output root (run file last); anything else stays, with a warning."""
     import shutil
@@ -433,8 +439,14 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
                     "in generation 0 only; run idd filter again to carry them into a new generation", root,
                     summary.shards_written)
 
-    # 4. manifest, with the accounting checked (no shard is in flight now: leftovers of killed attempts go)
+    # 4. manifest, with the accounting checked (no shard is in flight now: leftovers of killed attempts go,
+    # and so do the record files of splits of earlier inputs)
     writer.clean_attempts()
+    if isinstance(source, RecordSource) and not summary.failed:
+        keep = source.split_dir(loc, source.inputs_fingerprint(rps)[0]).name
+        for d in (loc / PLAN_DIR).dirs():
+            if d.startswith("records-") and d != keep:
+                _remove_dir(loc / PLAN_DIR / d)
     split_index = source.split_index(loc, rps) if isinstance(source, RecordSource) else None
     summary.manifest = writer.write_manifest(
         config=cfgmod.to_dict(cfg),

@@ -77,6 +77,7 @@ def test_resume_refuses_changed_annotation_file_then_redoes(tmp_path):
     keys = [r["key"] for r in rows_of(root)]
     assert len(keys) == len(set(keys))
     assert s.manifest["records"] == 21 and s.records == 21
+    assert len(list((root / ".plan").glob("records-*"))) == 1  # the old inputs' record files are gone
 
 
 def test_resume_of_file_groups_names_the_changed_file(tmp_path):
