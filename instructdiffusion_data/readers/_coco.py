@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ConfigError
-from ..storage import is_uri, resolve
+from ..storage import Location, is_uri, resolve
 from ._base import finite, image_path
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,22 @@ class _Sanitizer:
         return b"".join(out)
 
 
+class _Chunked:
+    """A reader handing out at most ``n`` bytes per read from ``src`` (which may return more)."""
+
+    def __init__(self, src: Any, n: int):
+        self.src, self.n, self.buf = src, n, b""
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:  # ijson probes the type with read(0)
+            return b""
+        if not self.buf:
+            self.buf = self.src.read(self.n)
+        k = self.n if n < 0 else min(n, self.n)
+        out, self.buf = self.buf[:k], self.buf[k:]
+        return out
+
+
 def restore(obj: Any) -> Any:
     """``obj`` with the sentinel strings of :class:`_Sanitizer` turned back into non-finite floats."""
     if isinstance(obj, str):
@@ -217,6 +234,78 @@ class JsonStream:
             finally:
                 self.nonstandard = src.replaced
                 fh.close()
+
+    def head_items(self, key: str, before: tuple[str, ...] = ("annotations",)) -> Iterator[Any]:
+        """The items of the top-level array ``key``, reading the file only up to the end of that array
+        when it comes early (COCO: ``images`` before ``annotations``): parse events up to there, then
+        stop, instead of a pass over the whole file. When a member named in ``before`` (a big one)
+        comes first, or the file is unusual in any way, this is the full pass of :meth:`items`."""
+        import ijson
+        from ijson.common import ObjectBuilder
+
+        fh = self._open()
+        src = _Sanitizer(fh, careful=self.careful)
+        given = 0  # items handed out: a fallback full pass skips them
+        builder = None
+        try:
+            # small reads: the C parser turns a whole read into events at once (1 MiB of numbers would
+            # be ~100K event tuples alive together)
+            for prefix, event, value in ijson.parse(_Chunked(src, 1 << 16), use_float=True, buf_size=1 << 16):
+                if prefix == "" and event == "map_key" and value in before and given == 0:
+                    break  # a big member first: the full pass below
+                if prefix == key and event == "end_array":
+                    return
+                if prefix == f"{key}.item" and event in ("start_map", "start_array") and builder is None:
+                    builder = ObjectBuilder()
+                if builder is not None:
+                    builder.event(event, value)
+                    if prefix == f"{key}.item" and event in ("end_map", "end_array"):
+                        obj, builder = builder.value, None
+                        given += 1
+                        yield restore(obj) if src.replaced else obj
+                elif prefix == f"{key}.item":  # a scalar item
+                    given += 1
+                    yield restore(value) if src.replaced else value
+        except ijson.JSONError:
+            pass  # the full pass reports it properly
+        finally:
+            fh.close()
+        for i, obj in enumerate(self.items(f"{key}.item")):
+            if i >= given:
+                yield obj
+
+    def tail_items(self, key: str, max_bytes: int = 1 << 18) -> list | None:
+        """The items of the top-level array ``key`` when it is the file's *last* member and fits in its
+        last ``max_bytes`` (COCO puts the small ``categories`` last): read from the tail, without a pass
+        over the file. None when that does not hold; the caller then makes the full pass."""
+        loc = Location(self.path)
+        try:
+            size = loc.facts()[0] if loc.facts() else None
+            if not size:
+                return None
+            with loc.fs.open_input_file(loc.path) as fh:
+                start = max(0, size - max_bytes)
+                fh.seek(start)
+                tail = fh.read()
+        except (OSError, TypeError):
+            return None
+        at = tail.rfind(f'"{key}"'.encode())
+        if at < 0:
+            return None
+        rest = tail[at + len(key) + 2:].decode("utf-8", errors="replace").lstrip()
+        del tail
+        if not rest.startswith(":"):
+            return None
+        rest = rest[1:].lstrip()
+        if not rest.startswith("["):
+            return None
+        try:
+            value, end = json.JSONDecoder().raw_decode(rest)
+        except ValueError:
+            return None
+        if rest[end:].strip() != "}":  # not the last member of the top-level object: full pass
+            return None
+        return value if isinstance(value, list) else None
 
     def kind(self, key: str) -> str:
         """What the top-level member ``key`` holds: ``list``, ``object``, ``string``, ``number``,
@@ -345,7 +434,7 @@ class ImageIndex:
 
     def load(self, stream: JsonStream, prefix: str = "images") -> "ImageIndex":
         n = 0
-        for img in stream.items(f"{prefix}.item"):
+        for img in stream.head_items(prefix):
             n += 1
             self.add(img)
         if n == 0:

@@ -228,7 +228,8 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
     # pass 2: categories (small): joint names per category id
     cats: dict[Any, list[str]] = {}
     n_cats = 0
-    for c in stream.items("categories.item"):
+    tail = stream.tail_items("categories")  # real COCO files end with categories: no pass needed
+    for c in (tail if tail is not None else stream.items("categories.item")):
         n_cats += 1
         if isinstance(c, dict) and valid_id(c.get("id")):
             kp = c.get("keypoints")
