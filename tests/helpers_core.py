@@ -104,6 +104,8 @@ class FolderSource(FileGroupSource):
         from pathlib import Path
 
         for line in Path(item[0]).read_text().splitlines():
+            if line.strip() == "boom":
+                raise ValueError("cannot parse this item")
             if line.strip():
                 yield record_row("count", "edit", f"{Path(item[0]).stem}-{line.strip()}", {"file": item[0]})
 

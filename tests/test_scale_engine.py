@@ -262,3 +262,18 @@ def test_files_beside_an_annotation_file_are_written_relative_too(tmp_path):
     meta = relativize({"file": str(ann.parent / "images" / "x.jpg")}, roots)
     assert meta == {"file": "{source.path.parent}/images/x.jpg"}
     assert resolve_path(meta["file"], roots) == str(ann.parent / "images" / "x.jpg")
+
+
+def test_an_item_that_raises_is_one_dropped_record_not_a_failed_shard(tmp_path):
+    d = tmp_path / "items"
+    d.mkdir()
+    (d / "a.txt").write_text("x\ny\n")
+    (d / "b.txt").write_text("z\nboom\n")
+    (d / "c.txt").write_text("w\n")
+    s = run(folder_cfg(d, rps=3), out=str(tmp_path / "out"), use_ray=False)
+    assert not s.failed and s.manifest["complete"]
+    rows = rows_of(tmp_path / "out" / "folder" / "v1")
+    bad = [r for r in rows if not r["keep"]]
+    assert [r["drop_class"] for r in bad] == ["input could not be read"]
+    assert "cannot parse this item" in bad[0]["drop_detail"][0]
+    assert sorted(json.loads(r["meta"])["record_id"] for r in rows if r["keep"]) == ["a-x", "a-y", "c-w"]

@@ -56,6 +56,7 @@ NOT_FINITE = "not a finite number"
 CROWD = "crowd annotation (source.include_crowd is false)"
 EXCLUDED = "image excluded (source.exclude_image_ids)"
 EMPTY_ITEM = "input produced no records"
+UNREADABLE_ITEM = "input could not be read"
 
 
 @dataclass
@@ -335,15 +336,19 @@ class FileGroupSource(Source):
         return specs
 
     def read(self, spec: ShardSpec) -> Iterator[Row]:
+        dataset = getattr(self.config, "dataset", self.name)
         for item in spec.items or []:
-            n = 0
-            for row in self.read_item(item):
-                n += 1
-                yield row
-            if n == 0:
+            try:  # one item's records at a time; an item that raises is one dropped record, not a failed shard
+                rows = list(self.read_item(item))
+            except Exception as e:  # noqa: BLE001 - kept with its reason, counted
+                log.warning("%s: %s could not be read: %s", self.name, item[0], e)
+                self.stats["unreadable_items"] += 1
+                rows = [bad_record(dataset, None, Path(item[0]).name, UNREADABLE_ITEM, item[0],
+                                   detail={"error": f"{type(e).__name__}: {e}"[:500]})]
+            if not rows:
                 self.stats["empty_items"] += 1
-                yield bad_record(getattr(self.config, "dataset", self.name), None, Path(item[0]).name, EMPTY_ITEM,
-                                 item[0])
+                rows = [bad_record(dataset, None, Path(item[0]).name, EMPTY_ITEM, item[0])]
+            yield from rows
 
 
 # -- shared helpers --------------------------------------------------------------------------------
