@@ -227,16 +227,20 @@ def main() -> None:
         times = max(1, round(args.samples / max(1, probe["rows"] * args.variants)))
         if times > 1:
             replicate_coco(data, times)
+        # the codec limit before and after the run: its mean is the baseline, the two apart show the load
+        codec_before = codec_limit(files, 4000, procs=2)
         res = run_measured(pipeline_configs(data, args.variants), str(Path(tmp) / "run"))
         rate, steady_rows, span = steady_rate(Path(tmp) / "run")
-        codec = codec_limit(files, 4000, procs=2)
+        codec_after = codec_limit(files, 4000, procs=2)
+        codec = (codec_before + codec_after) / 2
         phases = profile_one_shard(pipeline_configs(data, args.variants), Path(tmp) / "prof")
     print(f"machine: {os.cpu_count()} CPUs; Ray num_cpus=2; 512 px; JPEG q95 (simplejpeg)")
     print(f"pipelines (keypoints + semseg): {res['rows']} samples in {res['seconds']:.1f}s end to end "
           f"(Ray start-up {res['ray_start_s']:.1f}s apart; splits: "
           + ", ".join(f"{s.get('seconds', 0):.1f}s" for s in res["splits"]) + ")")
     print(f"steady state: {steady_rows} samples in {span:.1f}s = {rate:.1f} samples/s")
-    print(f"JPEG codec limit (decode src + encode tgt, 2 procs): {codec:.1f} samples/s")
+    print(f"JPEG codec limit (decode src + encode tgt, 2 procs): {codec:.1f} samples/s "
+          f"(before the run {codec_before:.1f}, after {codec_after:.1f})")
     print(f"ratio steady state / codec limit: {rate / codec:.2f} (goal >= 0.6)")
     print(f"peak memory (PSS of the process tree): {res['peak_pss_mb']:.0f} MB")
     tot = phases.pop("total")
