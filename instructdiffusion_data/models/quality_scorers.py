@@ -260,6 +260,15 @@ def edit_view(it: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     return it._edit
 
 
+def edit_views(items: list[Item], tasks: set[str]):
+    """``(item, edit_view(item))`` for the items of ``tasks`` that have both images and a mask."""
+    for it in items:
+        if it.row.get("task") in tasks:
+            view = edit_view(it)
+            if view is not None:
+                yield it, view
+
+
 class EditChecks:
     """``edit_change`` and ``background_change`` of the rows of ``tasks``."""
 
@@ -268,13 +277,7 @@ class EditChecks:
         self.margin = margin
 
     def __call__(self, items: list[Item]) -> None:
-        for it in items:
-            if it.row.get("task") not in self.tasks:
-                continue
-            view = edit_view(it)
-            if view is None:
-                continue
-            src, tgt, mask = view
+        for it, (src, tgt, mask) in edit_views(items, self.tasks):
             diff = np.abs(src.astype(np.int16) - tgt.astype(np.int16)).mean(axis=2)
             if mask.any():
                 it.scores["edit_change"] = float(diff[mask].mean())
@@ -337,12 +340,7 @@ class ReplaceGain:
             return None, None
 
     def __call__(self, items: list[Item]) -> None:
-        for it in items:
-            if it.row.get("task") not in self.tasks:
-                continue
-            view = edit_view(it)
-            if view is None:
-                continue
+        for it, view in edit_views(items, self.tasks):
             crops = region_crops(*view)
             if crops is None:
                 it.skipped.append("replace_gain: empty mask")
