@@ -583,7 +583,7 @@ class WriteShard:
         info = next((json.loads(r["_sinfo"]) for r in rows if r.get("_rec") == 0 and r.get("_sinfo")), {})
         info["records"] = nrec
         info["inputs"] = relativize(info.get("inputs") or {}, self.roots)
-        from .card import provenance_for
+        from .licences import provenance_for
 
         for r in rows:
             m = r.get("meta") or {}

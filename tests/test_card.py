@@ -10,10 +10,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from instructdiffusion_data.card import (DATASET_LICENCES, SOURCES, UNKNOWN_LICENCE, build_card, licence_for,
-                                         provenance_for, write_card)
+from instructdiffusion_data.card import build_card, write_card
 from instructdiffusion_data.cli import main
 from instructdiffusion_data.errors import UserError
+from instructdiffusion_data.licences import (DATASET_LICENCES, SOURCES, UNKNOWN_LICENCE, licence_for,
+                                             provenance_for)
 
 from .helpers_card import row, write_output
 

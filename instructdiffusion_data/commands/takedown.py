@@ -295,7 +295,8 @@ def takedown(root: str | os.PathLike, sources: list[str], *, datasets: list[str]
              outputs: list[str] | None = None, note: str | None = None, keep_images: bool = False,
              dry_run: bool = False) -> dict:
     """Take down ``sources`` in every output under ``root``; returns ``{"outputs": {rel: entry}, ...}``."""
-    from ..card import CARD_FILE, find_outputs, is_idd_card, write_card
+    from ..card import CARD_FILE, is_idd_card, write_card
+    from ..card_outputs import find_outputs
     from ..errors import UserError
     from ..storage import is_uri
 
