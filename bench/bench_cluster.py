@@ -62,7 +62,8 @@ def stage_rates(configs: list[dict]) -> dict:
     """Rows/s of each pipeline's stages on ONE core, in this process, without Ray (the per-stage
     throughput the estimate scales from); the source records are read first and not timed."""
     from instructdiffusion_data.config import PipelineConfig, build
-    from instructdiffusion_data.runner import build as build_pipeline, run_stages_local
+    from instructdiffusion_data.runner import build as build_pipeline
+    from instructdiffusion_data.shard_tasks import run_stages_local
 
     out = {}
     for c in configs:

@@ -108,7 +108,7 @@ def main() -> int:
     # the stage on removal pairs
     import cv2
 
-    from instructdiffusion_data.runner import run_stages_local
+    from instructdiffusion_data.shard_tasks import run_stages_local
     from instructdiffusion_data.schema import new_row
     from instructdiffusion_data.stages.quality_filter import QualityFilter
 

@@ -57,7 +57,8 @@ def bench_pipeline(n: int, seed: int, backend_method: str) -> None:
         t_run, c_run = time.perf_counter() - t0, time.process_time() - c0
 
         # the removal stage alone, on the same records (no writer, no later stages)
-        from instructdiffusion_data.runner import build, run_stages_local
+        from instructdiffusion_data.runner import build
+        from instructdiffusion_data.shard_tasks import run_stages_local
 
         source, stages = build(cfg)
         records = list(source.iter_records())

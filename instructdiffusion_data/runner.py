@@ -29,21 +29,20 @@ import logging
 import os
 import resource
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pyarrow as pa
 from tqdm import tqdm
 
 from . import config as cfgmod
 from . import faults
 from .errors import ConfigError, UserError
-from .readers._base import PLAN_DIR, FileGroupSource, RecordSource, ShardSpec, Source
-from .schema import Row, rows_to_table, table_to_rows
+from .readers._base import PLAN_DIR, RecordSource, ShardSpec, Source
 from .stage import Stage, make_source, make_stage
 from .storage import Location, is_uri, join
+from .roots import collect_roots
+from .shard_tasks import ReadShard, WriteShard, execute_local, execute_ray
 from .writer import FORMAT, MANIFEST, RUN_FILE, ShardWriter, shard_name
 
 log = logging.getLogger(__name__)
@@ -135,32 +134,6 @@ def init_ray(rcfg: cfgmod.RayConfig, address: str | None = None) -> None:
                  include_dashboard=False, **kwargs)
 
 
-def _map_stage(ds: Any, stage: Stage) -> Any:
-    res = stage.resources
-    kwargs: dict[str, Any] = {"batch_format": "pyarrow", "batch_size": res.batch_size, "num_cpus": res.num_cpus,
-                              "zero_copy_batch": False}
-    if res.num_gpus:
-        kwargs["num_gpus"] = res.num_gpus
-    if res.memory:
-        kwargs["memory"] = res.memory
-    if res.concurrency or res.num_gpus:
-        return ds.map_batches(type(stage), fn_constructor_kwargs={"config": stage.config, "seed": stage.seed},
-                              concurrency=res.concurrency or 1, **kwargs)
-    return ds.map_batches(stage, **kwargs)
-
-
-def run_stages_local(stages: list[Stage], rows: list[Row]) -> list[Row]:
-    """Run the stages in this process, without Ray (tests, debugging): same code path per batch."""
-    return table_to_rows(_stages_on_table(stages, rows_to_table(rows)))
-
-
-def _stages_on_table(stages: list[Stage], table: pa.Table) -> pa.Table:
-    for st in stages:
-        bs = max(1, st.resources.batch_size)
-        table = pa.concat_tables([st(table.slice(i, bs)) for i in range(0, table.num_rows, bs)] or [table])
-    return table
-
-
 # -- output folder -------------------------------------------------------------------------------
 
 # What the engine writes at an output root; --overwrite removes these and nothing else.
@@ -210,20 +183,21 @@ def prepare_output(cfg: cfgmod.PipelineConfig, root: Path | str, overwrite: bool
 def _remove_dir(target: Location) -> None:
     import shutil
 
-    shutil.rmtree(target.path, ignore_errors=True) if target.local else target.rmtree()
+    if target.local:
+        shutil.rmtree(target.path)
+    else:
+        target.rmtree()
 
 
 def remove_output(loc: Location) -> None:
     """Remove what the engine wrote at an output root (run file last); anything else stays, with a warning."""
-    import shutil
-
     for name in loc.dirs() + loc.names():
         if name == RUN_FILE:
             continue
         target = loc / name
         if name in ENGINE_ENTRIES or name.startswith((f"{MANIFEST}.tmp", f"{RUN_FILE}.tmp")):
             if target.is_dir():
-                shutil.rmtree(target.path) if loc.local else target.rmtree()
+                _remove_dir(target)
             else:
                 target.delete_file()
         else:
@@ -367,8 +341,8 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
         started.update(s.index for s in pending)
         if not pending:
             return
-        results = (_execute_ray(cfg, stages, pending, reader, sink, address) if use_ray
-                   else _execute_local(stages, pending, reader, sink))
+        results = (execute_ray(cfg, stages, pending, reader, sink, lambda: init_ray(cfg.ray, address)) if use_ray
+                   else execute_local(stages, pending, reader, sink))
         bar = tqdm(total=len(pending), desc=f"{cfg.name} shards", unit="shard")
         for res in results:
             bar.update(1)
@@ -490,191 +464,3 @@ def _print_plan(cfg: cfgmod.PipelineConfig, source: Source, loc: Location, summa
     return summary
 
 
-def collect_roots(cfg: cfgmod.PipelineConfig, source: Source) -> dict[str, str]:
-    """Named input roots: paths in rows are written relative to them (``{source.images}/x.jpg``)."""
-    roots = dict(source.roots())
-    for i, spec in enumerate(cfg.stages):
-        for k, v in (spec or {}).items():
-            if isinstance(v, str) and v and k != "type" and not is_uri(v) and ("/" in v or os.sep in v):
-                p = Path(v)
-                if p.exists():
-                    roots[f"stages.{i}.{k}"] = str(p.resolve())
-    return roots
-
-
-# -- the three worker functions ------------------------------------------------------------------
-
-class ReadShard:
-    """Reads the records of one shard spec (one row per spec in, the shard's records out)."""
-
-    def __init__(self, source: Source):
-        self.source = source
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        tables = [self.read(ShardSpec.from_json(t)) for t in batch.column("spec").to_pylist()]
-        return pa.concat_tables(tables)
-
-    def read(self, spec: ShardSpec) -> pa.Table:
-        from collections import Counter as _C
-
-        self.source.stats = _C()
-        try:
-            rows = list(self.source.read(spec))
-            error = None
-        except Exception as e:  # noqa: BLE001 - the shard fails with its error; the others go on
-            log.exception("reading shard %s failed", shard_name(spec.index))
-            rows, error = [], f"reading {spec.label} failed: {type(e).__name__}: {e}"
-        info = {"inputs": {"fingerprint": spec.fingerprint, "label": spec.label,
-                           "files": [[p, *f] for p, *f in _facts_of(spec)]},
-                "reader": dict(self.source.stats)}
-        if error or not rows:
-            from .schema import new_row
-
-            row = new_row(key=f"failed-shard-{spec.index}", keep=False, drop_reason=error or "no records",
-                          drop_class="shard failed")
-            row.update(_shard=spec.index, _rec=-1, _nrec=-1, _sinfo=json.dumps({"error": error or "the shard read no records"}))
-            return rows_to_table([row])
-        for i, r in enumerate(rows):
-            r["_shard"], r["_rec"], r["_nrec"] = spec.index, i, len(rows)
-            r["_sinfo"] = None
-        rows[0]["_sinfo"] = json.dumps(info, sort_keys=True)
-        return rows_to_table(rows)
-
-
-def _facts_of(spec: ShardSpec) -> list:
-    if spec.items is None:
-        return []
-    from .readers._base import file_facts
-
-    return [file_facts(p) for it in spec.items for p in it]
-
-
-class WriteShard:
-    """Checks and commits whole shards from the rows of a block; returns one result row per shard."""
-
-    def __init__(self, root: str, output: str, version: str, roots: dict[str, str], max_rows_per_record: int):
-        self.root, self.output, self.version = root, output, version
-        self.roots, self.max_rows = roots, max_rows_per_record
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        by: dict[int, list[Row]] = {}
-        for r in table_to_rows(batch):
-            by.setdefault(int(r["_shard"]), []).append(r)
-        results = [json.dumps(self.write(shard, rows), sort_keys=True) for shard, rows in sorted(by.items())]
-        return pa.table({"result": pa.array(results, pa.string())})
-
-    def write(self, shard: int, rows: list[Row]) -> dict:
-        bad = [r for r in rows if r.get("_rec") == -1]
-        if bad:
-            return {"shard": shard, "ok": False, "error": json.loads(bad[0]["_sinfo"] or "{}").get("error", "read failed")}
-        nrec = int(rows[0]["_nrec"])
-        per_rec = Counter(int(r["_rec"]) for r in rows)
-        missing = [i for i in range(nrec) if i not in per_rec]
-        if missing:
-            return {"shard": shard, "ok": False,
-                    "error": f"{len(missing)} of {nrec} records reached the writer without any row (first: record "
-                             f"{missing[0]}): the shard arrived in pieces (raise ray.max_block_bytes or lower "
-                             "writer.records_per_shard) or a stage lost rows"}
-        over = [(i, n) for i, n in per_rec.items() if n > self.max_rows]
-        if over:
-            return {"shard": shard, "ok": False,
-                    "error": f"record {over[0][0]} gave {over[0][1]} rows, more than the stages declare "
-                             f"({self.max_rows}): a stage duplicated rows"}
-        info = next((json.loads(r["_sinfo"]) for r in rows if r.get("_rec") == 0 and r.get("_sinfo")), {})
-        info["records"] = nrec
-        info["inputs"] = relativize(info.get("inputs") or {}, self.roots)
-        from .licences import provenance_for
-
-        for r in rows:
-            m = r.get("meta") or {}
-            if r.get("dataset") and m.get("record_id") is not None:  # licence + source id per row
-                m["provenance"] = {**provenance_for(r["dataset"], m["record_id"], image=m.get("image_id")),
-                                   **(m.get("provenance") or {})}
-            r["meta"] = relativize(m, self.roots)
-            if r.get("drop_detail"):
-                r["drop_detail"] = [relativize_text(d, self.roots) for d in r["drop_detail"]]
-            if r.get("drop_reason"):
-                r["drop_reason"] = relativize_text(r["drop_reason"], self.roots)
-        writer = ShardWriter(self.root, output=self.output, version=self.version)
-        try:
-            stats = writer.write_shard(shard, rows, info)
-        except OSError as e:
-            from .cli import describe_os_error
-
-            return {"shard": shard, "ok": False,
-                    "error": describe_os_error(e, [self.root]) or f"{e.strerror or e}: {e.filename or self.root}"}
-        except Exception as e:  # noqa: BLE001 - reported per shard; the other shards commit
-            log.exception("writing shard %s failed", shard_name(shard))
-            return {"shard": shard, "ok": False, "error": f"{type(e).__name__}: {e}"}
-        return {"shard": shard, "ok": True, "records": nrec,
-                "rows": {k: v["rows"] for k, v in stats.items()}}
-
-
-def relativize_text(text: str, roots: dict[str, str]) -> str:
-    """Replace absolute root prefixes in ``text`` by ``{root name}`` (longest root first)."""
-    for name, path in sorted(roots.items(), key=lambda kv: -len(kv[1])):
-        if path and path in text:
-            text = _replace_prefix(text, path, "{" + name + "}")
-    return text
-
-
-def _replace_prefix(text: str, path: str, token: str) -> str:
-    out, i = [], 0
-    while True:
-        j = text.find(path, i)
-        if j < 0:
-            out.append(text[i:])
-            return "".join(out)
-        end = j + len(path)
-        boundary = end == len(text) or text[end] in "/\"',) ;]}"
-        out.append(text[i:j])
-        out.append(token if boundary else path)
-        i = end
-
-
-def relativize(obj: Any, roots: dict[str, str]) -> Any:
-    """``obj`` with every string's absolute root prefix replaced by ``{root name}``."""
-    if not roots:
-        return obj
-    if isinstance(obj, str):
-        return relativize_text(obj, roots) if ("/" in obj or "\\" in obj) else obj
-    if isinstance(obj, dict):
-        return {k: relativize(v, roots) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [relativize(v, roots) for v in obj]
-    return obj
-
-
-def resolve_path(text: str, roots: dict[str, str]) -> str:
-    """The inverse of :func:`relativize_text`: ``{source.images}/x.jpg`` -> ``/data/coco/x.jpg``."""
-    for name, path in roots.items():
-        text = text.replace("{" + name + "}", path)
-    return text
-
-
-def _execute_local(stages: list[Stage], pending: list[ShardSpec], reader: ReadShard, sink: WriteShard) -> Iterator[dict]:
-    for spec in pending:
-        table = _stages_on_table(stages, reader.read(spec))
-        for res in sink(table).column("result").to_pylist():
-            yield json.loads(res)
-
-
-def _execute_ray(cfg: cfgmod.PipelineConfig, stages: list[Stage], pending: list[ShardSpec], reader: ReadShard,
-                 sink: WriteShard, address: str | None) -> Iterator[dict]:
-    init_ray(cfg.ray, address)
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    # The writer needs every row of a shard in one call: no order to keep, and blocks never cut.
-    ctx.execution_options.preserve_order = False
-    ctx.op_resource_reservation_enabled = cfg.ray.reserve_op_resources
-    ctx.target_max_block_size = cfg.ray.max_block_bytes
-    ctx.enable_progress_bars = False
-    ds = ray.data.from_items([{"spec": s.to_json()} for s in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(reader, batch_size=1, batch_format="pyarrow", zero_copy_batch=False, num_cpus=1)
-    for st in stages:
-        ds = _map_stage(ds, st)
-    ds = ds.map_batches(sink, batch_size=None, batch_format="pyarrow", zero_copy_batch=False, num_cpus=1)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for res in batch.column("result").to_pylist():
-            yield json.loads(res)

@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 from instructdiffusion_data.schema import new_row
 from instructdiffusion_data.stages.caption import CaptionStage
 from instructdiffusion_data.stages.llm_instruction import LLMInstruction

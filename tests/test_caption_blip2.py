@@ -9,7 +9,7 @@ import pytest
 from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.imageio import encode_jpeg, encode_png
 from instructdiffusion_data.models.blip2 import crop_region
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 from instructdiffusion_data.schema import new_row
 
 torch = pytest.importorskip("torch")

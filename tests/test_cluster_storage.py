@@ -213,7 +213,7 @@ def test_s3_inputs_config_annotations_and_images(tmp_path, s3, demo_root):
     t_local = pq.read_table(tmp_path / "keypoints_coco" / "v2" / "train" / "000000.parquet").to_pylist()
     assert [r["instruction"] for r in t_remote] == [r["instruction"] for r in t_local]
     # paths in rows are relative to the named input roots; the manifest maps them back to the bucket
-    from instructdiffusion_data.runner import resolve_path
+    from instructdiffusion_data.roots import resolve_path
     with fs.open_input_stream(f"{BUCKET}/in-out/keypoints_coco/v2/manifest.json") as fh:
         roots = json.loads(fh.read())["roots"]
     assert json.loads(t_remote[0]["meta"])["file"].startswith("{source.images}/")

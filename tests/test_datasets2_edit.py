@@ -22,7 +22,7 @@ from instructdiffusion_data.readers.gqa_inpaint import GQAInpaintSource
 from instructdiffusion_data.readers.instructpix2pix import IP2PSource
 from instructdiffusion_data.readers.magicbrush import MagicBrushSource
 from instructdiffusion_data.readers.triplets import TripletsSource
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 from instructdiffusion_data.schema import rows_to_table
 from instructdiffusion_data.stages.ingest_edit import IngestEditStage
 

@@ -15,7 +15,7 @@ from instructdiffusion_data.readers.clwd import CLWDSource
 from instructdiffusion_data.readers.gopro import GoProSource
 from instructdiffusion_data.readers.reds import REDSSource
 from instructdiffusion_data.readers.sidd import SIDDSource
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 from instructdiffusion_data.stages.enhance_pair import EnhancePairStage
 
 from .helpers_readers import rows_of

@@ -15,7 +15,7 @@ from instructdiffusion_data.readers._keypoints import KEYPOINT_COUNT
 from instructdiffusion_data.readers.aic import AICSource
 from instructdiffusion_data.readers.crowdpose import CrowdPoseSource
 from instructdiffusion_data.readers.mpii import MPIISource
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 
 
 def _img(path, w=200, h=100):

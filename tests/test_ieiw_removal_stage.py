@@ -11,7 +11,7 @@ from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.imageio import decode, decode_gray
 from instructdiffusion_data.instructions import load_templates
 from instructdiffusion_data.readers.phrasecut import PhraseCutSource, dilate_mask, polygons_to_mask
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 from instructdiffusion_data.schema import make_key
 from instructdiffusion_data.stages.inpaint_remove import (
     InpaintRemoveStage,

@@ -7,7 +7,7 @@ import pytest
 
 from instructdiffusion_data import runner
 from instructdiffusion_data.config import PipelineConfig, build
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 from instructdiffusion_data.schema import make_key, new_row
 from instructdiffusion_data.stages.llm_instruction import LLMInstruction
 

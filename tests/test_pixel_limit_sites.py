@@ -22,7 +22,7 @@ from instructdiffusion_data.contracts import ReferencePatch
 from instructdiffusion_data.errors import RecordError
 from instructdiffusion_data.render.masks import read_labelmap
 from instructdiffusion_data.replace.regions import decode_png_mask
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 from instructdiffusion_data.schema import new_row
 from instructdiffusion_data.stages.ingest_edit import IngestEditStage
 from tests.test_hardening_image_limits import huge_jpeg, huge_png, small_rgb

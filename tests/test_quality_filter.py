@@ -10,7 +10,7 @@ import pytest
 from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.imageio import encode_jpeg, encode_png
 from instructdiffusion_data.models import classical_quality as cq
-from instructdiffusion_data.runner import run_stages_local
+from instructdiffusion_data.shard_tasks import run_stages_local
 from instructdiffusion_data.schema import new_row
 from instructdiffusion_data.stages.quality_filter import QualityFilter
 from tests.helpers_quality import removal_pair, scene

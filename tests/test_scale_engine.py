@@ -250,7 +250,7 @@ def test_kill_9_of_a_worker_mid_shard_then_rerun_equals_clean_run(tmp_path):
 def test_files_beside_an_annotation_file_are_written_relative_too(tmp_path):
     """A reader that finds files beside its annotation file (GIER's images/) writes them under the
     annotation file's folder token, not as absolute paths."""
-    from instructdiffusion_data.runner import resolve_path, relativize
+    from instructdiffusion_data.roots import resolve_path, relativize
 
     ann = tmp_path / "data" / "ann.txt"
     ann.parent.mkdir()

@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _path_keys(value: Any, roots: dict) -> set[str]:
     if not isinstance(value, str) or not value:
         return set()
-    from ..runner import resolve_path
+    from ..roots import resolve_path
 
     keys = {value, resolve_path(value, roots)}
     base = posixpath.basename(value.replace("\\", "/"))
