@@ -119,12 +119,12 @@ def thumbs_page(client, output: str, n: int = 100) -> float:
 def thumbs_inprocess(app, root: Path, output: str, cache: Path, n: int = 100) -> dict:
     """The thumbnail path alone (no HTTP): sidecar look-up, then read by offset + decode + resize + encode
     (no cache / cold) or a cache hit (warm)."""
-    from instructdiffusion_data.audit.catalog import Filters
     from instructdiffusion_data.audit.images import (
         ThumbCache,
         make_thumbnail,
         read_member,
     )
+    from instructdiffusion_data.audit.query import Filters
 
     cat = app.state.catalog
     rows = cat.search(Filters(output=output), page=3, page_size=n)["rows"]  # the grid page primes the locations

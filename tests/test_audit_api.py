@@ -70,7 +70,7 @@ def classes(r: dict) -> list[str]:
 
 def resolved(obj, roots=ROOTS):
     """``obj`` with the root tokens of its strings expanded, as the sample view shows it."""
-    from instructdiffusion_data.runner import resolve_path
+    from instructdiffusion_data.roots import resolve_path
 
     if isinstance(obj, str):
         return resolve_path(obj, roots)
@@ -538,7 +538,7 @@ def test_reference_patch_sources(tmp_path):
 
 
 def test_thresholds_from_the_quality_filter_layout():
-    from instructdiffusion_data.audit.catalog import (
+    from instructdiffusion_data.audit.query import (
         thresholds_from_filter,
         thresholds_from_reason,
     )

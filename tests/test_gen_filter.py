@@ -196,7 +196,7 @@ def test_every_reader_follows_the_pointer_and_a_mixture_keeps_its_generation(tmp
     assert summaries[0]["splits"]["train"]["rows"] == len(kept)
     cat = Catalog(tmp_path / "shards", refresh_s=0)
     assert set(cat.outputs) == {"qpairs/v1"} and cat.outputs["qpairs/v1"].generation == 1
-    rows = cat.search(__import__("instructdiffusion_data.audit.catalog", fromlist=["Filters"]).Filters(split="train"),
+    rows = cat.search(__import__("instructdiffusion_data.audit.query", fromlist=["Filters"]).Filters(split="train"),
                       page_size=200)["rows"]
     assert {r["key"] for r in rows} == kept
     loc = cat.location("qpairs/v1", "train", rows[0]["key"])

@@ -7,43 +7,36 @@ from the request), tar paths from the sidecars are checked to stay inside their 
 is a 404. Query values are bound parameters in DuckDB and SQLite.
 
 Label posts are checked in this order: the token (401/403, the body is not read), the body size
-(``Content-Length`` and then while reading, :data:`MAX_BODY_BYTES`: 413), then its JSON against a typed
+(``Content-Length`` and then while reading, :data:`.posts.MAX_BODY_BYTES`: 413), then its JSON against a typed
 model (422 naming the field). Every JSON answer is strict JSON: a NaN or infinite number (legacy sidecars
 wrote them) is answered as ``null``.
 
 Paths in written rows carry ``{source.x}`` root tokens (docs/shard-format.md, "Paths"): the sample view and the
 reference patch resolve them through the output's ``manifest["roots"]`` before showing or opening anything.
-A reference is read through :class:`~instructdiffusion_data.contracts.ReferencePatch` (docs/contracts.md).
+A reference is read through :class:`~instructdiffusion_data.contracts.ReferencePatch` (docs/contracts.md,
+:mod:`.reference`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import cv2
-import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..contracts import ReferencePatch
 from ..errors import RecordError, UserError
-from ..imageio import encode_png
-from ..runner import resolve_path
 from ..schema import SCORE_COLUMNS
 from ..writer import SPLITS
 from .alignment import export_alignment
-from .catalog import MAX_PAGE_SIZE, MAX_SCORE_FILTERS, MAX_TEXT, Catalog, Filters
+from .catalog import Catalog
 from .images import (
     MemberError,
     ThumbCache,
@@ -54,6 +47,9 @@ from .images import (
     validate_image,
 )
 from .labels import LabelStore, labels_home, overrides
+from .posts import ExportPost, LabelPost, PickPost, StrictJSONResponse, read_post
+from .query import MAX_PAGE_SIZE, MAX_SCORE_FILTERS, MAX_TEXT, Filters
+from .reference import describe_reference, find_reference, png_response, resolve_paths
 
 log = logging.getLogger(__name__)
 
@@ -66,91 +62,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-
-
-MAX_BODY_BYTES = 64 << 10  # label, pick and export posts are a few hundred bytes
-
-
-class _Post(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # the page may send more fields than a route needs
-
-
-class LabelPost(_Post):
-    output: StrictStr = Field(max_length=500)
-    split: StrictStr = Field(max_length=50)
-    key: StrictStr = Field(max_length=500)
-    verdict: StrictStr = Field(max_length=50)  # accept / reject: checked by the label store (400)
-    auditor: StrictStr = Field(max_length=500)
-    comment: StrictStr | None = Field(None, max_length=10_000)
-
-
-class PickPost(_Post):
-    output: StrictStr = Field(max_length=500)
-    group: StrictStr = Field(max_length=500)
-    keys: list[StrictStr] | None = Field(None, max_length=100)
-    auditor: StrictStr = Field(max_length=500)
-    comment: StrictStr | None = Field(None, max_length=10_000)
-
-
-class ExportPost(_Post):
-    output: StrictStr = Field(max_length=500)
-
-
-def finite_json(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float replaced by None (strict JSON has no such numbers)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
-class StrictJSONResponse(JSONResponse):
-    """JSON that a browser's ``JSON.parse`` accepts: non-finite numbers (from legacy meta) become null
-    instead of a 500."""
-
-    def render(self, content: Any) -> bytes:
-        try:
-            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        except ValueError:
-            return json.dumps(finite_json(content), ensure_ascii=False, allow_nan=False,
-                              separators=(",", ":")).encode("utf-8")
-
-
-def _validation_message(err: ValidationError) -> str:
-    """``comment: Input should be a valid string (got int)``: one clause per wrong field (five at most)."""
-    parts = []
-    for e in err.errors(include_url=False)[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ())) or "body"
-        msg = f"{where}: {e.get('msg', 'invalid')}"
-        if e.get("type") not in ("missing", "json_invalid", "json_type") and "input" in e:
-            got = e["input"]
-            msg += f" (got {'null' if got is None else type(got).__name__})"
-        parts.append(msg)
-    return "; ".join(parts)
-
-
-async def read_post(request: Request, model: type[BaseModel], limit: int = MAX_BODY_BYTES) -> BaseModel:
-    """The request body as ``model``: 413 past ``limit`` bytes (from Content-Length, then counted while
-    reading, so a lying or absent header changes nothing), 422 for JSON that does not fit the model."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise HTTPException(413, f"request body larger than {limit} bytes")
-        except ValueError:
-            raise HTTPException(400, "invalid Content-Length") from None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"request body larger than {limit} bytes")
-    try:
-        return model.model_validate_json(bytes(body) or b"{}")
-    except ValidationError as e:
-        raise HTTPException(422, _validation_message(e)) from None
 
 
 def member_error_response(e: Exception, **headers: str) -> Response:
@@ -482,56 +393,3 @@ def create_app(root: str | os.PathLike, *, token: str | None = None, cache_dir: 
                 else str(dest), "splits": {s: manifest["splits"][s]["rows"] for s in SPLITS}}
 
     return app
-
-
-def resolve_paths(obj: Any, roots: dict[str, str]) -> Any:
-    """``obj`` with the ``{source.x}`` root tokens of every string expanded (``runner.resolve_path`` over the
-    output's ``manifest["roots"]``): the paths a row names, as they were on the machine that ran the pipeline."""
-    if not roots:
-        return obj
-    if isinstance(obj, str):
-        return resolve_path(obj, roots) if "{" in obj else obj
-    if isinstance(obj, dict):
-        return {k: resolve_paths(v, roots) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [resolve_paths(v, roots) for v in obj]
-    return obj
-
-
-def find_reference(meta: dict, roots: dict[str, str] | None = None) -> ReferencePatch | None:
-    """``meta["reference"]`` through its contract (None when absent; RecordError naming the field when
-    malformed), with ``file`` and ``gallery`` resolved through ``roots``."""
-    ref = ReferencePatch.from_meta(meta)
-    if ref is None or not roots:
-        return ref
-    return dataclasses.replace(ref, file=resolve_path(ref.file, roots) if ref.file else ref.file,
-                               gallery=resolve_path(ref.gallery, roots) if ref.gallery else ref.gallery)
-
-
-def png_response(rgba: np.ndarray) -> Response:
-    """An RGB or RGBA uint8 array as a PNG answer (alpha kept)."""
-    if rgba.ndim == 3 and rgba.shape[2] == 4:
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-        if not ok:
-            raise MemberError("PNG encoding failed")
-        return Response(buf.tobytes(), media_type="image/png")
-    return Response(encode_png(rgba), media_type="image/png")
-
-
-def describe_reference(meta: dict, roots: dict[str, str] | None = None) -> dict | None:
-    """What the page says about ``meta["reference"]``: the contract's fields (:meth:`ReferencePatch.to_meta`,
-    paths resolved, long values such as the embedded patch summarised), or the raw value and the error
-    when it is malformed."""
-    try:
-        ref = find_reference(meta, roots)
-    except RecordError as e:
-        raw = meta.get(ReferencePatch.FIELD)
-        fields = raw if isinstance(raw, dict) else {"value": raw if isinstance(raw, (str, int, float, bool)) else str(raw)[:400]}
-        return {"fields": _summarise(resolve_paths(fields, roots or {})), "error": str(e)}
-    if ref is None:
-        return None
-    return {"fields": _summarise(resolve_paths(ref.to_meta(), roots or {}))}
-
-
-def _summarise(fields: dict) -> dict:
-    return {k: (v if len(str(v)) < 400 else f"({len(str(v))} characters)") for k, v in fields.items()}
