@@ -41,6 +41,7 @@ from .errors import ConfigError, UserError
 from .readers._base import PLAN_DIR, RecordSource, ShardSpec, Source
 from .stage import Stage, make_source, make_stage
 from .storage import Location, is_uri, join
+from .resume import changed_inputs
 from .roots import collect_roots
 from .shard_tasks import ReadShard, WriteShard, execute_local, execute_ray
 from .writer import FORMAT, MANIFEST, RUN_FILE, ShardWriter, shard_name
@@ -251,56 +252,6 @@ def _split_task(source: RecordSource, root: str, per_shard: int) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def _changed_inputs(source: Source, writer: ShardWriter, loc: Location, specs: list[ShardSpec],
-                    done: set[int]) -> tuple[list[int], list[int], str]:
-    """Finished shards whose inputs differ from the plan (or that the plan no longer has), and a
-    one-line description of what changed."""
-    by_index = {s.index: s for s in specs}
-    changed, stale = [], sorted(i for i in done if i not in by_index)
-    what = ""
-    for i in sorted(done & set(by_index)):
-        try:
-            st = writer.shard_stats(i)
-        except (OSError, ValueError):
-            changed.append(i)
-            continue
-        rec = (st.get("inputs") or {}).get("fingerprint")
-        if rec != by_index[i].fingerprint:
-            changed.append(i)
-            if not what:
-                what = _describe_change(source, loc, st, by_index[i])
-    if not what and stale:
-        what = f"the inputs now make {len(specs)} shards, shards up to {max(stale)} were written before"
-    return changed, stale, what
-
-
-def _describe_change(source: Source, loc: Location, st: dict, spec: ShardSpec) -> str:
-    old = {f[0]: f[1:] for f in (st.get("inputs") or {}).get("files") or []}
-    if isinstance(source, RecordSource):
-        for d in (loc / PLAN_DIR).dirs():
-            f = loc / PLAN_DIR / d / "index.json"
-            try:
-                idx = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue
-            if idx.get("fingerprint") == (st.get("inputs") or {}).get("fingerprint"):
-                old = {x[0]: x[1:] for x in idx.get("inputs", [])}
-        now = {f[0]: f[1:] for f in source.inputs_fingerprint(0)[1]}
-    else:
-        from .readers._base import file_facts
-
-        now = {p: file_facts(p)[1:] for it in spec.items or [] for p in it}
-    for name in sorted(set(old) | set(now)):
-        a, b = old.get(name), now.get(name)
-        if a != b:
-            if a is None:
-                return f"new input {name}"
-            if b is None or b[0] < 0:
-                return f"input {name} is gone"
-            return f"input {name} changed (size {a[0]} -> {b[0]}, mtime {a[1]} -> {b[1]})"
-    return f"inputs of shard {spec.index} ({spec.label}) changed"
-
-
 def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | None, overwrite: bool,
                 use_ray: bool, redo_changed: bool = False, plan_only: bool = False) -> RunSummary:
     t0 = time.perf_counter()
@@ -326,7 +277,7 @@ def _run_driver(cfg: cfgmod.PipelineConfig, *, address: str | None, out: str | N
 
     def check_changed(specs: list[ShardSpec], final: bool) -> None:
         nonlocal done
-        changed, stale, what = _changed_inputs(source, writer, loc, specs, done if final else done & {s.index for s in specs})
+        changed, stale, what = changed_inputs(source, writer, loc, specs, done if final else done & {s.index for s in specs})
         if changed or stale:
             if not redo_changed:
                 raise UserError(f"{root}: {what}; {len(changed) + len(stale)} finished shards were made from other "
@@ -453,7 +404,7 @@ def _print_plan(cfg: cfgmod.PipelineConfig, source: Source, loc: Location, summa
         return summary
     specs = source.plan(loc, rps)
     done = writer.done_shards() if loc.exists() else set()
-    changed, stale, what = _changed_inputs(source, writer, loc, specs, done) if done else ([], [], "")
+    changed, stale, what = changed_inputs(source, writer, loc, specs, done) if done else ([], [], "")
     lines = [f"{len(specs)} shards of up to {rps} {source.unit}s; {len(done & {s.index for s in specs})} done, "
              f"{len(changed)} changed, {len(stale)} stale{f' ({what})' if what else ''}"]
     for s in specs:
