@@ -75,7 +75,7 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path):
 
 
 def test_the_c_backend_streams():
-    from instructdiffusion_data.readers._coco import ijson_backend
+    from instructdiffusion_data.readers._json_stream import ijson_backend
 
     assert ijson_backend().backend == "yajl2_c"
 

@@ -15,7 +15,8 @@ output (``generations/NNNN/``) and the output's pointer ``CURRENT.json`` is swit
 kill at any point leaves the previous generation whole and current (:mod:`..generations`,
 docs/reliability.md). With ``--out`` a new output folder is written (its manifest last) and the old one
 is left as it was. The new manifest records every file's size and sha256; ``filter_report.json`` and
-the histograms go into the new generation; what moved is printed per rule.
+the histograms go into the new generation; what moved is printed per rule. How one row is decided
+again is :mod:`..refilter`.
 """
 
 from __future__ import annotations
@@ -67,98 +68,6 @@ def parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
-def _clean() -> dict:
-    return {"keep": True, "drop_reason": None, "drop_class": None, "drop_detail": None}
-
-
-def _row_scores(row: dict, meta: dict) -> dict:
-    """A row's scores from the sidecar's typed float32 columns (format 2), else from ``meta["scores"]``.
-    The typed value is what every other reader of the output sees, so the filter decides on it too."""
-    from ..schema import scores_from_columns
-
-    typed = scores_from_columns(row)
-    return typed if typed is not None else (meta.get("scores") or {})
-
-
-def _failures(scores: dict, thresholds: dict) -> list[tuple[str, dict]]:
-    """``(drop class, details)`` of each rule a row fails: what the quality_filter stage passes to
-    ``schema.drop`` (so that a re-filter with the run's thresholds gives the run's bytes)."""
-    from ..models import quality as q
-
-    if hasattr(q, "failures"):
-        return [(f.cls, f.detail()) for f in q.failures(scores, thresholds)]
-    return [(c, {}) for c in q.evaluate(scores, thresholds)]
-
-
-def _prior_state(row: dict, prior: str) -> dict:
-    """The drop state of a row an earlier stage dropped, as the quality_filter stage saw it (rule failures
-    and auditor verdicts that an earlier re-filter added are taken off again)."""
-    detail = [d for d in (row.get("drop_detail") or []) if not _is_rule_class(d)]
-    return {"keep": False, "drop_reason": prior if row.get("drop_reason") else None,
-            "drop_class": row.get("drop_class"), "drop_detail": detail or row.get("drop_detail")}
-
-
-def refilter_row(row: dict, sets: dict, audit: dict[str, str]) -> dict:
-    """The new state of one sidecar row under thresholds ``sets`` and auditor labels: ``{"keep",
-    "drop_reason", "drop_class", "drop_detail", "meta"}``. A row the quality_filter stage scored gets what
-    the stage would have given it with these thresholds; an auditor's newest accept/reject wins."""
-    from ..models.quality import RULES, resolve_threshold
-    from ..schema import drop
-
-    meta = dict(row.get("meta") or {})
-    state = {"keep": bool(row.get("keep")), "drop_reason": row.get("drop_reason"),
-             "drop_class": row.get("drop_class"), "drop_detail": row.get("drop_detail")}
-    flt = meta.get("filter")
-    if isinstance(flt, dict) and "thresholds" in flt:
-        flt = dict(flt)
-        pct = (flt.get("giqa_reference") or {}).get("percentiles")
-        thr = {f: flt["thresholds"].get(f) for f in RULES}
-        specs = dict(flt.get("threshold_specs") or {})
-        for f, v in sets.items():
-            if f.startswith("giqa") and not flt.get("giqa_reference"):
-                continue  # no GIQA scores in this row
-            thr[f] = resolve_threshold(f, v, pct)
-            if isinstance(v, str) and v.strip().lower().startswith("ref:"):
-                specs[f] = v
-            else:
-                specs.pop(f, None)
-        failed = _failures(_row_scores(row, meta), thr)
-        prior = flt.get("prior_drop")
-        if prior is not None:
-            state = _prior_state(row, prior)  # the stage never keeps, nor re-drops, a row dropped before it
-        else:
-            state = _clean()
-            for cls, detail in failed:
-                drop(state, cls, **detail)
-        flt.update(thresholds=thr, failed=[c for c, _ in failed])
-        if specs:
-            flt["threshold_specs"] = specs
-        else:
-            flt.pop("threshold_specs", None)
-        flt.pop("audit", None)
-        meta["filter"] = flt
-    verdict = audit.get(row["key"])
-    if verdict == "accept" and not state["keep"]:
-        if row.get("src_offset") is None:
-            log.warning("%s: accepted by an auditor but has no images; stays rejected", row["key"])
-        else:
-            state = _clean()
-            meta.setdefault("filter", {})["audit"] = "accept"
-    elif verdict == "reject" and state["keep"]:
-        state = drop(_clean(), "audit:reject")
-        meta.setdefault("filter", {})["audit"] = "reject"
-    state["meta"] = meta
-    return state
-
-
-def _cause(old_reason: str | None, new_reason: str | None, moved_out: bool) -> list[str]:
-    from ..models.quality import rule_of_reason
-
-    parts = (new_reason if moved_out else old_reason) or ""
-    causes = [rule_of_reason(p) or p for p in parts.split(";") if p]
-    return causes or ["(none)"]
-
-
 def refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool = False) -> dict:
     """Re-filter; in place under the output's generation lock (see :func:`_refilter`)."""
     from ..generations import as_location, lock
@@ -181,6 +90,7 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
     from ..errors import UserError
     from ..generations import as_location, commit, current, new_generation
     from ..models.quality import RULES, member_tar, read_member, read_sidecar
+    from ..refilter import cause, refilter_row, row_scores
     from ..writer import SPLITS
 
     root_loc = as_location(root)
@@ -221,15 +131,15 @@ def _refilter(root, sets: dict, dest, *, use_audit: bool = True, dry_run: bool =
                     keep, reason, meta = st["keep"], st["drop_reason"], st["meta"]
                     was = bool(r.get("keep"))
                     if was and not keep:
-                        for c in _cause(r.get("drop_reason"), reason, True):
+                        for c in cause(r.get("drop_reason"), reason, True):
                             moved_out[c] += 1
                     elif keep and not was:
                         causes = (["audit:accept"] if audit.get(r["key"]) == "accept"
-                                  else _cause(r.get("drop_reason"), reason, False))
+                                  else cause(r.get("drop_reason"), reason, False))
                         for c in causes:
                             moved_in[c] += 1
                     totals["train" if keep else "rejected"] += 1
-                    scores = _row_scores(r, meta)
+                    scores = row_scores(r, meta)
                     for f in sets:
                         if RULES[f].score in scores:
                             applicable[f] += 1
@@ -417,16 +327,6 @@ def _writer(target, manifest: dict):
     if "output" in params and "version" in params:
         kw = {"output": manifest.get("name"), "version": manifest.get("version")}
     return ShardWriter(target, **kw)
-
-
-def _is_rule_class(entry: str) -> bool:
-    from ..models.quality import rule_of_reason
-
-    try:
-        cls = json.loads(entry).get("class")
-    except (ValueError, AttributeError):
-        return False
-    return isinstance(cls, str) and (rule_of_reason(cls) is not None or cls == "audit:reject")
 
 
 def _digest(loc) -> dict:

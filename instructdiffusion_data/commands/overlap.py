@@ -193,7 +193,7 @@ def eval_splits(path: str, splits: set[str] | None, image_set: str) -> dict[str,
 
 def _load_refs(path: str) -> Any:
     """The refs of a refs pickle or grefs json (an iterable of refs), or None for an id list."""
-    from ..readers._coco import JsonStream
+    from ..readers._json_stream import JsonStream
     from ..readers.refcoco import load_refs_pickle
 
     name = Path(path).name.lower()

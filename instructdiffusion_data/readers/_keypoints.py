@@ -8,7 +8,7 @@ the boxes of every person in the image. Joint names are the plain-English instru
 ("left shoulder"); joints without a COCO counterpart get a readable name ("top of the head", "neck",
 "pelvis", "chest").
 
-COCO-style files are streamed (:class:`~._coco.JsonStream`), never loaded whole. Pass 1 reads
+COCO-style files are streamed (:class:`~._json_stream.JsonStream`), never loaded whole. Pass 1 reads
 ``images`` into a compact index, pass 2 ``categories``, pass 3 the person boxes of ``annotations``
 (compact arrays per image, for ``people``), pass 4 yields one record per annotation in file order.
 Memory is bounded by the image index plus one annotation. Record ids are ``<image_id>_<ann_id>``
@@ -27,8 +27,8 @@ from ..errors import ConfigError, RecordError
 from ..schema import Row
 from ._base import (BAD_FIELD, CROWD, EXCLUDED, NO_JOINTS, NOT_FINITE, UNKNOWN_IMAGE, RecordSource, SourceConfig,
                     bad_record, record_row)
-from ._coco import (DUPLICATE_ID, Boxes, ImageFolder, ImageIndex, JsonStream, Repeats, annotation_inputs, local_or_uri,
-                    valid_id)
+from ._coco import DUPLICATE_ID, Boxes, ImageFolder, ImageIndex, Repeats, annotation_inputs, local_or_uri, valid_id
+from ._json_stream import JsonStream
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from typing import Any, Iterator, Literal
 from ..errors import ConfigError, RecordError
 from ..schema import Row
 from ._base import BAD_FIELD, EXCLUDED, NO_IMAGE_FILE, bad_record, image_path
-from ._coco import DUPLICATE_ID, JsonStream, Repeats, local_or_uri
+from ._coco import DUPLICATE_ID, Repeats, local_or_uri
+from ._json_stream import JsonStream
 from ._keypoints import (BAD_VISIBILITY, KEYPOINT_COUNT, UNREADABLE_IMAGE, CocoKeypointsBase, CocoStyleKeypoints, clip_box,
                          image_size, joints_bbox, number_problem, person_row, readable)
 

@@ -34,8 +34,9 @@ from ..errors import ConfigError
 from ..schema import Row
 from ..storage import Location, child_path
 from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, record_row
-from ._coco import (ImageFolder, ImageIndex, JsonStream, annotation_inputs, clean_name, cocostuff_labels, local_or_uri,
-                    segment_payload, sort_key, valid_id)
+from ._coco import (ImageFolder, ImageIndex, annotation_inputs, clean_name, cocostuff_labels, local_or_uri, segment_payload,
+                    sort_key, valid_id)
+from ._json_stream import JsonStream
 from ._keypoints import UNKNOWN_CATEGORY
 
 OTHER_ID = 183

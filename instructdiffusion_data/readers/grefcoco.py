@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError
 from ._base import SourceConfig
-from ._coco import JsonStream
+from ._json_stream import JsonStream
 from .refcoco import RefSource, split_image_ids
 
 

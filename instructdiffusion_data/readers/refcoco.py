@@ -29,8 +29,9 @@ from ..errors import ConfigError
 from ..schema import Row
 from ..storage import read_bytes
 from ._base import BAD_FIELD, EXCLUDED, UNKNOWN_IMAGE, RecordSource, SourceConfig, bad_record, record_row
-from ._coco import (DUPLICATE_ID, ImageFolder, ImageIndex, JsonStream, Repeats, annotation_inputs, local_or_uri,
-                    segment_payload, valid_id)
+from ._coco import (DUPLICATE_ID, ImageFolder, ImageIndex, Repeats, annotation_inputs, local_or_uri, segment_payload,
+                    valid_id)
+from ._json_stream import JsonStream
 
 UNKNOWN_ANNOTATION = "ref points at an unknown annotation id"
 NO_SENTENCE = "ref has no sentence"
