@@ -127,27 +127,6 @@ def sample_members(row: Row) -> dict[str, bytes]:
     return members
 
 
-class _Hashing:
-    """A write-only stream that forwards to ``fh`` and counts bytes and sha256 on the way."""
-
-    def __init__(self, fh: Any):
-        self.fh, self.sha, self.bytes = fh, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.bytes += len(data)
-        return self.fh.write(data)
-
-    def tell(self) -> int:
-        return self.bytes
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-    def info(self) -> dict:
-        return {"bytes": self.bytes, "sha256": self.sha.hexdigest()}
-
-
 def write_tar(path: Path | Any, rows: list[Row]) -> list[dict]:
     """Write rows (already sorted by key) to ``path`` (or an open binary stream); return per-row member
     offsets."""
