@@ -171,7 +171,7 @@ class ReferencePatch:
             raise RecordError("reference has no gallery patch", record=record, field=f"{self.FIELD}.patch")
         from pathlib import Path
 
-        from .replace.gallery import read_patch
+        from .replace.gallery_read import read_patch
 
         data = read_patch(Path(self.gallery), self.patch.tar, self.patch.offset, self.patch.size, handles)
         return decode_rgba(data, record=record, field=f"{self.FIELD}.patch")
@@ -179,7 +179,7 @@ class ReferencePatch:
     @staticmethod
     def encode_patch(rgba: np.ndarray) -> str:
         """``patch_png_b64`` of an RGBA patch."""
-        from .replace.gallery import encode_rgba
+        from .replace.gallery_patches import encode_rgba
 
         return base64.b64encode(encode_rgba(rgba)).decode("ascii")
 

@@ -19,7 +19,11 @@ import pytest
 
 from instructdiffusion_data.config import apply_overrides, build, load_yaml
 from instructdiffusion_data.replace import gallery as gmod
-from instructdiffusion_data.replace.gallery import Gallery, GalleryConfig, build_gallery
+from instructdiffusion_data.replace import gallery_assemble as amod
+from instructdiffusion_data.replace import gallery_patches as pmod
+from instructdiffusion_data.replace import gallery_shards as smod
+from instructdiffusion_data.replace.gallery import GalleryConfig, build_gallery
+from instructdiffusion_data.replace.gallery_read import Gallery
 
 pytestmark = pytest.mark.ml
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +57,7 @@ def reference(cfg: GalleryConfig) -> dict:
     from instructdiffusion_data.imageio import decode, read_bytes
     from instructdiffusion_data.models.faiss_index import build_index
 
-    emb = gmod.make_embedder(cfg.embedder)
+    emb = pmod.make_embedder(cfg.embedder)
     keys, pngs, patches, rejected, rows = [], [], [], [], []
     for rec in gmod.iter_regions(cfg):
         meta = rec["meta"]
@@ -64,13 +68,13 @@ def reference(cfg: GalleryConfig) -> dict:
             continue
         try:
             img = decode(read_bytes(meta["file"]), file=meta["file"])
-            patch, crop = gmod.region_patch(meta, cfg.patch, img)
+            patch, crop = pmod.region_patch(meta, cfg.patch, img)
         except RecordError as e:
             rejected.append({**base, "drop_class": f"gallery: {e.reason}", "drop_reason": f"gallery: {e}"})
             continue
         reg = meta["region"]
         keys.append(rec["key"])
-        pngs.append(gmod.encode_rgba(patch))
+        pngs.append(pmod.encode_rgba(patch))
         patches.append(patch)
         rows.append({"gallery_id": len(rows), **base, "image_id": str(meta.get("image_id")),
                      "region_id": str(reg["id"]), "label": reg.get("label"), "label_id": reg.get("label_id"),
@@ -174,7 +178,7 @@ def test_failed_shard_is_reported_and_the_rerun_builds_only_what_is_missing(demo
     cfg = demo_config(demo)
     clean = tmp_path / "clean"
     build_gallery(cfg, clean, progress=False)
-    real = gmod.build_shard
+    real = smod.build_shard
     built: list[int] = []
 
     def flaky(cfg_, source, job, root, embedder=None):
@@ -183,7 +187,7 @@ def test_failed_shard_is_reported_and_the_rerun_builds_only_what_is_missing(demo
             raise RuntimeError("disk on fire")
         return real(cfg_, source, job, root, embedder)
 
-    monkeypatch.setattr(gmod, "build_shard", flaky)
+    monkeypatch.setattr(smod, "build_shard", flaky)
     out = tmp_path / "g"
     with pytest.raises(UserError, match=r"1 of \d+ shards failed \(shard 000002: RuntimeError: disk on fire\)"):
         build_gallery(cfg, out, progress=False)
@@ -195,14 +199,14 @@ def test_failed_shard_is_reported_and_the_rerun_builds_only_what_is_missing(demo
         return real(*a, **k)
 
     built.clear()
-    monkeypatch.setattr(gmod, "build_shard", record)
+    monkeypatch.setattr(smod, "build_shard", record)
     build_gallery(cfg, out, progress=False)
     assert built == [2]
     assert _digest(out) == _digest(clean)
 
     # a partial build whose inputs changed since: the changed shard is redone with the missing one
     out2 = tmp_path / "g2"
-    monkeypatch.setattr(gmod, "build_shard", flaky)
+    monkeypatch.setattr(smod, "build_shard", flaky)
     with pytest.raises(UserError):
         build_gallery(cfg, out2, progress=False)
     jobs = gmod.plan_shards(cfg, gmod._make_sources(cfg), tmp_path, False)
@@ -210,18 +214,18 @@ def test_failed_shard_is_reported_and_the_rerun_builds_only_what_is_missing(demo
     f = Path(first_sa1b.spec.items[0][0])
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # same bytes, another mtime
     built.clear()
-    monkeypatch.setattr(gmod, "build_shard", record)
+    monkeypatch.setattr(smod, "build_shard", record)
     build_gallery(cfg, out2, progress=False)
     assert sorted(built) == [2, first_sa1b.shard]
     assert _digest(out2) == _digest(clean)
 
     # a partial build of another config starts over
     out3 = tmp_path / "g3"
-    monkeypatch.setattr(gmod, "build_shard", flaky)
+    monkeypatch.setattr(smod, "build_shard", flaky)
     with pytest.raises(UserError):
         build_gallery(cfg, out3, progress=False)
     built.clear()
-    monkeypatch.setattr(gmod, "build_shard", record)
+    monkeypatch.setattr(smod, "build_shard", record)
     build_gallery(demo_config(demo, ["patch.context=0.2"]), out3, progress=False)
     assert sorted(built) == list(range(n_shards))
     # the index (not a part's input) changes the assembly only
@@ -292,7 +296,7 @@ def test_driver_memory_does_not_grow_with_the_regions(tmp_path, monkeypatch):
     """N and 10N regions: the peak of Python-traced memory (numpy included) of the whole build, in
     this process, stays about the same; a single-process build holding every row, vector and the
     whole matrix grows with the regions."""
-    monkeypatch.setattr(gmod, "CHUNK", 64)  # assembly batches: what bounds the driver when N grows
+    monkeypatch.setattr(amod, "CHUNK", 64)  # assembly batches: what bounds the driver when N grows
     small, big = make_sa1b(tmp_path / "n", 20), make_sa1b(tmp_path / "10n", 200)
     build_gallery(_sa1b_config(make_sa1b(tmp_path / "warm", 3)), tmp_path / "gw", progress=False)  # imports
     peaks, patches = [], []

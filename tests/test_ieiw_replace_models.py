@@ -60,7 +60,7 @@ def test_paint_by_example_loads_real_layout_and_edits_deterministically(tiny_pbe
 
 
 def test_open_clip_embedder_from_local_checkpoint(tmp_path):
-    from instructdiffusion_data.replace.gallery import EmbedderConfig, make_embedder
+    from instructdiffusion_data.replace.gallery_patches import EmbedderConfig, make_embedder
 
     name, cfg, ckpt = build_tiny_open_clip(tmp_path)
     emb = make_embedder(EmbedderConfig(type="clip", model_name=name, pretrained=ckpt, model_config=cfg, device="cpu"))
@@ -102,7 +102,8 @@ def test_classical_embedder_groups_similar_images():
 
 def test_paint_replace_stage_with_paint_by_example_backend(tiny_pbe, tmp_path):
     from instructdiffusion_data.imageio import decode, decode_gray, encode_png
-    from instructdiffusion_data.replace.gallery import _TarShards, encode_rgba
+    from instructdiffusion_data.replace.gallery_patches import encode_rgba
+    from instructdiffusion_data.replace.gallery_shards import _TarShards
     from instructdiffusion_data.replace.regions import encode_rle
     from instructdiffusion_data.schema import make_key, new_row
     from instructdiffusion_data.stages.paint_replace import STAGE

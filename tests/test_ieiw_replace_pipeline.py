@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from instructdiffusion_data.config import build, load_pipeline_config
-from instructdiffusion_data.replace.gallery import Gallery, GalleryConfig, build_gallery
+from instructdiffusion_data.replace.gallery import GalleryConfig, build_gallery
+from instructdiffusion_data.replace.gallery_read import Gallery
 
 pytestmark = pytest.mark.ml
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +212,7 @@ def test_replacement_pipeline_end_to_end(demo, gallery, tmp_path):
         mask = decode_gray(tar[r["mask_offset"]:r["mask_offset"] + r["mask_size"]])
         assert src.shape == tgt.shape and mask.shape == src.shape[:2]
         # the source is the original file, byte for byte
-        from instructdiffusion_data.runner import resolve_path
+        from instructdiffusion_data.roots import resolve_path
 
         original = Path(resolve_path(meta["file"], man["roots"]))  # paths are written relative to input roots
         assert tar[r["src_offset"]:r["src_offset"] + r["src_size"]] == original.read_bytes()

@@ -41,7 +41,8 @@ def main_build(args: argparse.Namespace) -> int:
 
     from .. import faults
     from ..config import apply_overrides, build, load_yaml, to_dict
-    from ..replace.gallery import MANIFEST, GalleryConfig, build_gallery
+    from ..replace.gallery import GalleryConfig, build_gallery
+    from ..replace.gallery_layout import MANIFEST
 
     cfg = build(GalleryConfig, apply_overrides(load_yaml(args.config), args.overrides), where=Path(args.config).name)
     out = Path(args.out or f"shards/{cfg.name}")
@@ -70,7 +71,7 @@ def main_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..replace.gallery import MANIFEST
+    from ..replace.gallery_layout import MANIFEST
 
     mf = Path(args.dir) / MANIFEST
     if not mf.is_file():
@@ -84,7 +85,7 @@ def main_query(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
     from ..models.faiss_index import search
-    from ..replace.gallery import Gallery
+    from ..replace.gallery_read import Gallery
 
     g = Gallery(args.dir)
     hits = [r for r in g.table if r["key"] == args.key]

@@ -38,7 +38,8 @@ import numpy as np
 from ..config import check_path, rng
 from ..contracts import PatchLocation, ReferencePatch
 from ..errors import ConfigError, RecordError
-from ..replace.gallery import Gallery, make_embedder, region_patch
+from ..replace.gallery_patches import make_embedder, region_patch
+from ..replace.gallery_read import Gallery
 from ..schema import Row, drop
 from ..stage import Stage, StageConfig
 
