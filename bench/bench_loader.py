@@ -87,7 +87,8 @@ def raw_read_rate(mixture: Path, seconds: float) -> tuple[float, float]:
 
 
 def loader_rate(mixture: Path, tokenizer, res: int, workers: int, batch: int, seconds: float) -> float:
-    from trainer.data import DataConfig, MixtureDataset, load_mixture, make_loader
+    from trainer.data import DataConfig, MixtureDataset, make_loader
+    from trainer.datasets import load_mixture
 
     cfg = DataConfig(mixture=str(mixture), resolution=res, num_workers=workers, shuffle_buffer=64, shuffle_initial=16,
                      prefetch_factor=4)

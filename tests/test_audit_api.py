@@ -417,7 +417,8 @@ def test_alignment_picks_and_export(env, tmp_path):
             meta = json.loads(s["json"])["meta"]
             assert meta["alignment"]["group_id"] in (g0, g2) and meta["guidance_scale"] == src[key]["meta"]["guidance_scale"]
     # the trainer reads it as an output (data.outputs) and decodes its pairs
-    from trainer.data import decode_pair, specs_from_outputs
+    from trainer.data import decode_pair
+    from trainer.datasets import specs_from_outputs
 
     spec = specs_from_outputs([str(out)], {})[0]
     assert spec.name == "alignment" and spec.samples == 3 and len(spec.shards) == 1

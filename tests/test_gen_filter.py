@@ -162,7 +162,7 @@ def test_broken_pointer_is_one_line(tmp_path, capsys):
 
 def test_every_reader_follows_the_pointer_and_a_mixture_keeps_its_generation(tmp_path, capsys):
     from instructdiffusion_data.audit.catalog import Catalog
-    from trainer.data import load_mixture, specs_from_outputs
+    from trainer.datasets import load_mixture, specs_from_outputs
 
     root = _build(tmp_path, n=8)
     shards = tmp_path / "shards"

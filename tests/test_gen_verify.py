@@ -87,7 +87,8 @@ def test_filter_writes_the_fields_and_verify_reads_the_current_generation(tmp_pa
 
 
 def test_trainer_refuses_or_skips_a_wrong_sized_shard(tmp_path, caplog):
-    from trainer.data import DataConfig, load_mixture, resolve_datasets, specs_from_outputs
+    from trainer.data import DataConfig
+    from trainer.datasets import load_mixture, resolve_datasets, specs_from_outputs
 
     root = _build(tmp_path, n=8)
     mix = tmp_path / "mix.yaml"
@@ -117,7 +118,7 @@ def test_trainer_refuses_or_skips_a_wrong_sized_shard(tmp_path, caplog):
 
 def test_trainer_config_key_and_older_mixtures(tmp_path, caplog):
     from trainer.config import make_config
-    from trainer.data import load_mixture
+    from trainer.datasets import load_mixture
 
     cfg = make_config(output_dir=str(tmp_path / "o"), max_train_steps=1, data={"bad_shards": "skip"})
     assert cfg.data.bad_shards == "skip"

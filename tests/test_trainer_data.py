@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("webdataset")
 
 from tests.helpers_trainer import make_output, write_mixture
-from trainer.data import (AugmentConfig, DataConfig, Mixture, MixtureDataset, StreamState, load_mixture, make_loader,
-                          paired_augment, resolve_datasets, specs_from_outputs)
+from trainer.data import AugmentConfig, DataConfig, Mixture, MixtureDataset, StreamState, make_loader, paired_augment
+from trainer.datasets import load_mixture, resolve_datasets, specs_from_outputs
 from trainer.model import make_tiny_tokenizer
 
 pytestmark = pytest.mark.ml

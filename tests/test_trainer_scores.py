@@ -12,7 +12,8 @@ from instructdiffusion_data.runner import run
 
 
 def test_score_gate_keeps_exactly_the_rows_a_parquet_query_keeps(tmp_path):
-    from trainer.data import DataConfig, ScoreGate, resolve_datasets
+    from trainer.data import DataConfig
+    from trainer.datasets import ScoreGate, resolve_datasets
 
     (tmp_path / "ann.txt").write_text("".join(f"r{i}\n" for i in range(30)))
     run(build(PipelineConfig, {"name": "lines", "source": {"type": "tests.helpers_core:LinesSource",

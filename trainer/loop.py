@@ -31,7 +31,8 @@ from instructdiffusion_data.config import to_dict
 from instructdiffusion_data.errors import ConfigError
 
 from .config import TrainConfig
-from .data import MixtureDataset, StreamState, _seed, make_loader, resolve_datasets, to_model_range, validation_pairs
+from .data import MixtureDataset, StreamState, _seed, make_loader, to_model_range, validation_pairs
+from .datasets import resolve_datasets
 from .model import freeze, load_components, make_ema, make_tiny_model, widen_conv_in
 
 log = logging.getLogger(__name__)
