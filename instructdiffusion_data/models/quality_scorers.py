@@ -137,13 +137,13 @@ class GiqaReferences:
         self.fixed = self.context(where) if where and not self.source_mode else None
 
     def _load(self, where: str):
-        from . import giqa
+        from . import giqa, giqa_images
 
         ck = (str(Path(where).resolve()), self.extractor.feature_id, self.metric, self.build_limit, self.form,
               self.components)
         ref = self._CACHE.get(ck)
         if ref is None:
-            if giqa.is_reference(where):
+            if giqa_images.is_reference(where):
                 ref = giqa.load_reference(where)
             else:
                 log.info("building the GIQA reference from %s", where)

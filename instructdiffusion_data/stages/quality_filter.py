@@ -124,7 +124,7 @@ class QualityFilter(Stage):
         if c.giqa_reference and c.giqa_reference != SOURCE:
             if not Path(c.giqa_reference).exists():
                 raise ConfigError(f"quality_filter.giqa_reference: path not found: {c.giqa_reference}")
-            from ..models.giqa import reference_size
+            from ..models.giqa_images import reference_size
 
             n = reference_size(c.giqa_reference, at_least=2)
             if n < 2:
