@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,43 +17,18 @@ import pytest
 from instructdiffusion_data import storage
 from instructdiffusion_data.runner import run
 from instructdiffusion_data.writer import ShardWriter
+from tests.helpers_s3 import moto_s3
 from tests.test_core_runner import all_keys, cfg, digest_tree
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "idd-test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """An S3-compatible server on 127.0.0.1 with one bucket; the AWS env points at it."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    storage._filesystem.cache_clear()
-    admin = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="test",
-                              secret_key="test", region="us-east-1", allow_bucket_creation=True)
-    admin.create_dir(BUCKET)  # creates the bucket
-    fs = storage.resolve(f"s3://{BUCKET}")[0]  # the engine's own filesystem, configured by the env
-    yield {"fs": fs, "env": env, "port": port}
-    server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    storage._filesystem.cache_clear()
+    with moto_s3(BUCKET) as server:
+        yield server
 
 
 def s3_digest(fs, prefix: str) -> dict:

@@ -4,58 +4,29 @@ reason classes), with URIs in place of paths."""
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 
-from instructdiffusion_data import storage
 
 from .helpers_readers import rows_of
+from .helpers_s3 import moto_s3
 
 BUCKET = "idd-readers"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
     from instructdiffusion_data.demo import generate_all
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    storage._filesystem.cache_clear()
-    admin = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="test",
-                              secret_key="test", region="us-east-1", allow_bucket_creation=True)
-    admin.create_dir(BUCKET)
-    local = tmp_path_factory.mktemp("demo")
-    generate_all(local, n=8, seed=0, only=["gopro", "sidd", "clwd", "sa1b", "instructpix2pix"])
-    fs = storage.resolve(f"s3://{BUCKET}")[0]
-    for p in local.rglob("*"):
-        if p.is_file():
-            with fs.open_output_stream(f"{BUCKET}/{p.relative_to(local).as_posix()}") as fh:
-                fh.write(p.read_bytes())
-    yield local
-    server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    storage._filesystem.cache_clear()
+    with moto_s3(BUCKET) as server:
+        local = tmp_path_factory.mktemp("demo")
+        generate_all(local, n=8, seed=0, only=["gopro", "sidd", "clwd", "sa1b", "instructpix2pix"])
+        for p in local.rglob("*"):
+            if p.is_file():
+                with server["fs"].open_output_stream(f"{BUCKET}/{p.relative_to(local).as_posix()}") as fh:
+                    fh.write(p.read_bytes())
+        yield local
 
 
 def _verdicts(rows):
