@@ -26,7 +26,17 @@ TASKS = (
     "edit_add",
     "edit_replace",
     "edit",
+    "adapt",
 )
+
+# Tasks whose rows carry a target image and no source: ``adapt`` rows (paper 3.3, pretraining adaptation)
+# are a rendered task target and its caption, for a text-to-image fine-tune. Their one image is ``tgt``.
+TARGET_ONLY_TASKS = ("adapt",)
+
+
+def image_column(task: str | None) -> str:
+    """The column that must hold a row's image: ``tgt`` for :data:`TARGET_ONLY_TASKS`, else ``src``."""
+    return "tgt" if task in TARGET_ONLY_TASKS else "src"
 
 # Public columns (docs/architecture.md, "The row") then the runner's bookkeeping columns (underscore):
 # ``_shard`` the shard index, ``_rec`` the record's index inside its shard (every row made from one

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from . import faults
 from .imageio import sniff_ext
-from .schema import SCORE_COLUMNS, Row, dumps_meta, typed_scores
+from .schema import SCORE_COLUMNS, Row, dumps_meta, image_column, typed_scores
 from .storage import Location, is_uri
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def split_stats(rows: list[Row]) -> dict:
             verified["passed"] += bool(meta["verified"])
             if isinstance(meta.get("verify"), dict) and meta["verify"].get("on") == "written":
                 verified["written"] += 1  # checked on the decoded written bytes (the rest on exact pixels)
-    no_image = [r for r in rows if not r.get("src")]
+    no_image = [r for r in rows if not r.get(image_column(r.get("task")))]  # adapt rows: tgt, no src
     return {
         "rows": len(rows),
         "tasks": dict(sorted(tasks.items())),
