@@ -6,7 +6,7 @@ DEMO    ?= demo_data
 OUT     ?= shards
 N       ?= 48
 
-.PHONY: venv venv-ml venv-gpu demo demo-data test bench clean
+.PHONY: venv venv-ml venv-gpu demo demo-data test bench bench-gpu gpu-wheels clean
 
 # Core engine: Ray Data, WebDataset, codecs, readers (enough for every CPU pipeline of the demo).
 $(BIN)/.core: requirements.txt pyproject.toml
@@ -44,6 +44,20 @@ test: venv-ml
 
 bench: venv
 	$(BIN)/python bench/bench_tasks.py
+
+# GPU hosts with only Python and a preinstalled torch (no venv, no package index): `make gpu-wheels` here
+# fetches the few wheels bench/bench_gpu.py needs into $(GPU_WHEELS) (ignored, copied along);
+# `make bench-gpu` there installs them into $(GPU_SITE) (--no-index --no-deps) and runs the benchmark.
+GPU_WHEELS ?= gpu-wheels
+GPU_SITE   ?= /tmp/idd-gpu-site
+GPU_PY     ?= python3
+ARGS       ?=
+gpu-wheels:
+	bash bench/gpu_wheels.sh download $(GPU_WHEELS)
+
+bench-gpu:
+	bash bench/gpu_wheels.sh install $(GPU_WHEELS) $(GPU_SITE) $(GPU_PY)
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PY) bench/bench_gpu.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info
