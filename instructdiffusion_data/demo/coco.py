@@ -3,6 +3,7 @@
 ```
 coco/train2017/<id:012d>.jpg                      coco/annotations/person_keypoints_train2017.json
 coco/train2014/COCO_train2014_<id:012d>.jpg       coco/annotations/instances_train2017.json
+coco/annotations/captions_train2017.json          coco/annotations/captions_train2014.json (3 captions per image)
 cocostuff/annotations/stuff_train2017.json        (RLE, ids 92-182 + 183 "other")
 cocostuff/stuffthingmaps_trainval2017/train2017/<id:012d>.png   (id - 1, 255 unlabeled)
 refcoco/refcoco/refs(unc).p  refcoco/refcoco/instances.json     (also refcoco+ (unc), refcocog (umd))
@@ -24,7 +25,7 @@ from pycocotools import mask as mask_utils
 
 from .. import imageio
 from ..readers.coco_keypoints import COCO_JOINTS
-from .scenes import Scene, make_scene, mask_polygons, name_to_id
+from .scenes import Scene, make_scene, mask_polygons, name_to_id, scene_captions
 
 SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9], [8, 10],
             [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]
@@ -92,7 +93,7 @@ def generate(out: Path, n: int, seed: int) -> dict:
     pixmaps = out / "cocostuff" / "stuffthingmaps_trainval2017" / "train2017"
     pixmaps.mkdir(parents=True, exist_ok=True)
 
-    kp_images, kp_anns, inst_anns, stuff_anns, images14 = [], [], [], [], []
+    kp_images, kp_anns, inst_anns, stuff_anns, images14, caption_anns = [], [], [], [], [], []
     refs = {"refcoco": [], "refcoco+": [], "refcocog": []}
     grefs = []
     ann_id, ref_id, sent_id = 1, 0, [0]
@@ -110,6 +111,8 @@ def generate(out: Path, n: int, seed: int) -> dict:
         os.link(coco / "train2017" / fname, target14)
         kp_images.append(_image_entry(scene, fname))
         images14.append(_image_entry(scene, f14))
+        for text in scene_captions(scene):  # COCO: ~5 captions per image, annotation ids of their own
+            caption_anns.append({"image_id": image_id, "id": 700_000 + len(caption_anns), "caption": text})
 
         ann_ids = []
         for inst in scene.instances:
@@ -197,6 +200,10 @@ def generate(out: Path, n: int, seed: int) -> dict:
                  "annotations": kp_anns, "categories": [person_cat]})
     _write_json(coco / "annotations" / "instances_train2017.json",
                 {"info": {}, "licenses": [], "images": kp_images, "annotations": inst_anns, "categories": thing_cats})
+    for split, images in (("train2017", kp_images), ("train2014", images14)):
+        _write_json(coco / "annotations" / f"captions_{split}.json",
+                    {"info": {"description": "instructdiffusion-data demo"}, "licenses": [], "images": images,
+                     "annotations": caption_anns})
     stuff_cats = [{"id": i, "name": labels[i], "supercategory": "stuff"} for i in range(92, 184)]
     _write_json(out / "cocostuff" / "annotations" / "stuff_train2017.json",
                 {"info": {}, "licenses": [], "images": kp_images, "annotations": stuff_anns, "categories": stuff_cats})
@@ -211,4 +218,5 @@ def generate(out: Path, n: int, seed: int) -> dict:
     _write_json(out / "grefcoco" / "grefs(unc).json", grefs)
     _write_json(out / "grefcoco" / "instances.json", inst14)
     return {"images": n, "people": len(kp_anns), "instances": len(inst_anns),
-            "refs": {k: len(v) for k, v in refs.items()}, "grefs": len(grefs), "stuff_annotations": len(stuff_anns)}
+            "refs": {k: len(v) for k, v in refs.items()}, "grefs": len(grefs), "stuff_annotations": len(stuff_anns),
+            "captions": len(caption_anns)}

@@ -177,3 +177,42 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
         if len(c) >= 3:
             polys.append([float(v) + 0.5 for v in c.reshape(-1)])
     return polys
+
+
+_COUNTS = ["no", "one", "two", "three", "four", "five", "six"]
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def scene_captions(scene: Scene) -> list[str]:
+    """Three captions of a scene in the style of COCO's (sentence case, most with a full stop), from what
+    was drawn: the people (with their colours), up to three things and the two stuff regions."""
+    from ..readers._coco import clean_name
+    from ..text import with_article
+
+    labels = cocostuff_labels()
+    top = clean_name(labels.get(int(scene.stuff[0, 0]), "sky-other"))
+    bottom = clean_name(labels.get(int(scene.stuff[-1, 0]), "grass"))
+    people = [i for i in scene.instances if i.kind == "person"]
+    things = [i for i in scene.instances if i.kind == "thing"][:3]
+    n = len(people)
+    who = None if not n else "a person" if n == 1 else f"{_COUNTS[min(n, 6)]} people"
+    dressed = None if not n else f"a person in {people[0].colour}" if n == 1 else \
+        f"{_COUNTS[min(n, 6)]} people in {_join(sorted({p.colour for p in people}))}"
+    coloured = [with_article(f"{t.colour} {t.category}") for t in things]
+    plain = [with_article(t.category) for t in things]
+    caps = []
+    if who and things:
+        caps.append(f"{who} with {_join(coloured)} on the {bottom}.")
+        caps.append(f"{dressed} standing near {_join(plain)}")
+        caps.append(f"{_join(coloured)} next to {who} under the {top}.")
+    elif who:
+        caps += [f"{who} standing on the {bottom}.", f"{dressed} under the {top}.", f"{who} outside on the {bottom}"]
+    elif things:
+        caps += [f"{_join(coloured)} on the {bottom}.", f"{_join(plain)} under the {top}.",
+                 f"a view of {_join(coloured)}"]
+    else:
+        caps += [f"an empty {bottom} under the {top}.", f"a view of the {bottom}.", f"the {top} above the {bottom}"]
+    return [c[:1].upper() + c[1:] for c in caps]
