@@ -36,21 +36,18 @@ import torch
 import webdataset as wds
 
 from instructdiffusion_data.errors import ConfigError, RecordError
-from instructdiffusion_data.imageio import decode
+from instructdiffusion_data.imageio import decode, decode_gray
 
+from .augment import (AugmentConfig, Geometry, Region, augment_pair, flip_allowed,  # noqa: F401 (re-exported)
+                      paired_augment, region_of)
 from .datasets import DatasetSpec, ScoreGate
 
 log = logging.getLogger(__name__)
 
 # --- configuration --------------------------------------------------------------------------------
 
-@dataclass
-class AugmentConfig:
-    scale: list[float] = field(default_factory=lambda: [1.0, 1.1])  # shorter side = resolution * U(scale)
-    flip_p: float = 0.5  # horizontal flip probability (source and target together)
-    # a flip would make these instructions wrong ("circle the left shoulder", "the rightmost dog")
-    no_flip_tasks: list[str] = field(default_factory=lambda: ["keypoint", "referring_seg"])
-    no_flip_words: list[str] = field(default_factory=lambda: ["left", "right"])
+ADAPT_TASK = "adapt"  # adaptation rows (issue 18): a target image and its caption (``txt``), no source
+ROW_KINDS = ("paired", "adapt")  # MixtureDataset(rows=...): task training, or adaptation training
 
 
 @dataclass
@@ -78,7 +75,11 @@ class DataConfig:
 
 @dataclass
 class StreamState:
-    """Where the data streams of one rank stand: raw samples drawn per logical worker."""
+    """Where the data streams of one rank stand: raw samples drawn per logical worker.
+
+    One per rank: each process checkpoints its own (``to_dict()`` into ``trainer_state_rank<r>.json``,
+    :func:`state_file`) and restores its own (``from_dict(...).for_resume(...)``); the rank and the
+    ``[processes, workers]`` layout travel with it, and a dataset refuses the state of another rank."""
 
     seed: int = 0
     generation: int = 0
@@ -86,6 +87,7 @@ class StreamState:
     corrupt: dict[int, int] = field(default_factory=dict)
     batches: int = 0  # batches consumed from the loader (decides which worker yields the next one)
     layout: list[int] = field(default_factory=list)  # [processes, loader workers] the positions belong to
+    rank: int | None = None  # the process these positions belong to (None: not yet bound to a dataset)
 
     def update(self, batch: dict) -> None:
         w = int(batch["worker"][0])
@@ -99,13 +101,13 @@ class StreamState:
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "generation": self.generation, "batches": self.batches, "layout": self.layout,
-                "positions": {str(k): v for k, v in self.positions.items()},
+                "rank": self.rank, "positions": {str(k): v for k, v in self.positions.items()},
                 "corrupt": {str(k): v for k, v in self.corrupt.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StreamState":
         return cls(seed=d["seed"], generation=d.get("generation", 0), batches=d.get("batches", 0),
-                   layout=list(d.get("layout", [])),
+                   layout=list(d.get("layout", [])), rank=d.get("rank"),
                    positions={int(k): v for k, v in d.get("positions", {}).items()},
                    corrupt={int(k): v for k, v in d.get("corrupt", {}).items()})
 
@@ -120,12 +122,18 @@ class StreamState:
         if moved or mode == "reseed" or (mode == "auto" and drawn > replay_max):
             log.info("data streams: new generation %d (reseed; %d samples drawn per worker at most)",
                      self.generation + 1, drawn)
-            return StreamState(seed=self.seed, generation=self.generation + 1, corrupt=dict(self.corrupt))
+            return StreamState(seed=self.seed, generation=self.generation + 1, corrupt=dict(self.corrupt),
+                               rank=self.rank)
         log.info("data streams: replaying %d raw samples per worker to resume exactly", drawn)
         return StreamState.from_dict(self.to_dict())
 
 
-# --- which datasets ------------------------------------------------------------------------------
+def state_file(rank: int) -> str:
+    """The checkpoint file of one rank's trainer state (step and :class:`StreamState`)."""
+    return f"trainer_state_rank{int(rank)}.json"
+
+
+# --- streams -------------------------------------------------------------------------------------
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
@@ -153,12 +161,17 @@ class _Counter:
         return True
 
 
-def _shard_urls(spec: DatasetSpec, cfg: DataConfig, seed: int, gworker: int, gtotal: int) -> Iterator[dict]:
+def _shard_urls(spec: DatasetSpec, cfg: DataConfig, seed: int, gworker: int, gtotal: int,
+                order_seed: int | None = None) -> Iterator[dict]:
+    """Shard urls of one (rank, worker). Resampled: drawn with replacement by ``seed`` (distinct per rank
+    and worker). Epochs: every epoch one shuffled order, the same on every rank and worker
+    (``order_seed``, shared by all of them), split by global worker, so that the workers of all ranks
+    read each shard exactly once per epoch."""
     if cfg.resampled:
         # a distinct seeded stream per (rank, worker): no split needed, every worker sees every shard
         yield from wds.ResampledShards(spec.shards, seed=seed, worker_seed=lambda: 0, deterministic=True)
         return
-    rng = random.Random(seed)
+    rng = random.Random(seed if order_seed is None else order_seed)
     epoch = 0
     while True:
         order = list(spec.shards)
@@ -188,10 +201,45 @@ def _split_samples(src: Iterator[dict]) -> Iterator[dict]:
             yield s
 
 
+def sample_task(sample: dict) -> str | None:
+    """The task of a raw sample (its json member, parsed once and kept under ``__doc__``)."""
+    if "__doc__" not in sample:
+        doc: Any = {}
+        if "json" in sample:
+            try:
+                doc = json.loads(sample["json"])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                doc = {}
+        sample["__doc__"] = doc if isinstance(doc, dict) else {}
+    return sample["__doc__"].get("task")
+
+
+def row_kind_ok(sample: dict, rows: str) -> bool:
+    """``rows="paired"``: every row but adaptation rows; ``"adapt"``: adaptation rows only."""
+    return (sample_task(sample) == ADAPT_TASK) == (rows == "adapt")
+
+
+def _of_kind(samples: Iterator[dict], rows: str, name: str, patience: int = 10_000) -> Iterator[dict]:
+    """The samples of the training mode ``rows``; a dataset that yields none of them in ``patience``
+    rows in a row (a manifest without task counts, so not caught before training) stops the run."""
+    run = 0
+    for smp in samples:
+        if row_kind_ok(smp, rows):
+            run = 0
+            yield smp
+            continue
+        run += 1
+        if run >= patience:
+            raise ConfigError(f"dataset {name}: {patience} rows in a row are "
+                              f"{'not adaptation rows' if rows == 'adapt' else 'adaptation rows (task adapt)'}; "
+                              f"it does not belong in a {'adaptation' if rows == 'adapt' else 'task'} training mixture")
+
+
 def dataset_stream(spec: DatasetSpec, cfg: DataConfig, seed: int, gworker: int, gtotal: int,
-                   counter: _Counter) -> Iterator[dict]:
-    """Raw (undecoded) samples of one dataset, infinite, shuffled through a buffer."""
-    urls = _shard_urls(spec, cfg, seed, gworker, gtotal)
+                   counter: _Counter, *, order_seed: int | None = None, rows: str = "paired") -> Iterator[dict]:
+    """Raw (undecoded) samples of one dataset, infinite, shuffled through a buffer; only the rows of
+    the training mode ``rows`` (:func:`row_kind_ok`), as the score gate, before the split and shuffle."""
+    urls = _shard_urls(spec, cfg, seed, gworker, gtotal, order_seed)
     if not cfg.resampled:
         split_of: dict[str, Any] = {}
 
@@ -205,6 +253,7 @@ def dataset_stream(spec: DatasetSpec, cfg: DataConfig, seed: int, gworker: int, 
     if cfg.min_scores:
         gate = ScoreGate(cfg.min_scores)
         samples = (smp for smp in samples if gate.ok(smp))
+    samples = _of_kind(samples, rows, spec.name)
     if not cfg.resampled:
         def retag(src):
             for s in src:
@@ -224,13 +273,17 @@ class Mixture:
     """Weighted random choice between dataset streams for one (rank, logical worker)."""
 
     def __init__(self, specs: list[DatasetSpec], cfg: DataConfig, *, seed: int, rank: int, world: int,
-                 worker: int, num_workers: int, generation: int = 0, counter: _Counter | None = None):
+                 worker: int, num_workers: int, generation: int = 0, counter: _Counter | None = None,
+                 rows: str = "paired"):
         self.specs = specs
         self.counter = counter or _Counter(0, cfg.log_corrupt)
         gtotal = world * num_workers
         gworker = rank * num_workers + worker
+        # resampled: shard draws, shuffle buffer and dataset choice seeded per (rank, worker); epochs: the
+        # shard order of an epoch shared by every rank and worker (_shard_urls), the rest per worker
         self.streams = [
-            dataset_stream(s, cfg, _seed(seed, rank, worker, generation, i), gworker, gtotal, self.counter)
+            dataset_stream(s, cfg, _seed(seed, rank, worker, generation, i), gworker, gtotal, self.counter,
+                           order_seed=_seed(seed, generation, i, 5), rows=rows)
             for i, s in enumerate(specs)
         ]
         self.cum = np.cumsum([s.probability for s in specs])
@@ -255,34 +308,6 @@ def _member(sample: dict, prefix: str) -> tuple[str, bytes] | None:
     return None
 
 
-def paired_augment(src: np.ndarray, tgt: np.ndarray, resolution: int, rng: np.random.Generator | None,
-                   aug: AugmentConfig, allow_flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The same random crop, resize and flip for source and target: a square of side
-    ``min(h, w) / s`` (s ~ U(aug.scale), i.e. the shorter side resized to ``resolution * s``) at a
-    random place, resized to ``resolution``, flipped with ``aug.flip_p``. ``rng=None``: the centred
-    square of the whole shorter side, no flip (validation)."""
-    h, w = src.shape[:2]
-    if tgt.shape[:2] != (h, w):
-        tgt = cv2.resize(tgt, (w, h), interpolation=cv2.INTER_AREA)
-    scale = 1.0 if rng is None else float(rng.uniform(aug.scale[0], aug.scale[-1]))
-    side = max(1, min(h, w, round(min(h, w) / scale)))
-    if rng is None:
-        y, x = (h - side) // 2, (w - side) // 2
-    else:
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    # crop first, then resize only the crop (cheaper than resizing the whole image)
-    src = src[y:y + side, x:x + side]
-    tgt = tgt[y:y + side, x:x + side]
-    if side != resolution:
-        # area averaging only where it matters (strong downscale, aliasing); linear is 3x cheaper
-        interp = cv2.INTER_AREA if side > 2 * resolution else cv2.INTER_LINEAR if side > resolution else cv2.INTER_CUBIC
-        src = cv2.resize(src, (resolution, resolution), interpolation=interp)
-        tgt = cv2.resize(tgt, (resolution, resolution), interpolation=interp)
-    if rng is not None and allow_flip and rng.random() < aug.flip_p:
-        src, tgt = src[:, ::-1], tgt[:, ::-1]
-    return np.ascontiguousarray(src), np.ascontiguousarray(tgt)
-
-
 def to_chw(img: np.ndarray) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> uint8 [3, H, W]. Batches travel as uint8 (4x less than float between
     processes); :func:`to_model_range` makes floats in [-1, 1] on the device. The sample path stays in
@@ -291,12 +316,27 @@ def to_chw(img: np.ndarray) -> np.ndarray:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack numpy arrays into tensors, ints into a tensor, keep strings as a list."""
+    """Stack numpy arrays into tensors, ints into a tensor, keep strings as a list.
+
+    Batch contract: every sample of a batch has the same members. A paired batch has ``src`` and
+    ``tgt`` (uint8 [B, 3, H, W]), ``input_ids`` and ``has_src`` (all 1); an adaptation batch
+    (``MixtureDataset(rows="adapt")``, task ``adapt``) has ``tgt``, ``input_ids`` (the caption) and
+    ``has_src`` (all 0) and no ``src``. A stream is of one kind, so a batch is all-adapt or none; a
+    batch that mixes them is refused (ValueError)."""
+    keys = set(samples[0])
+    for s in samples[1:]:
+        if set(s) != keys:
+            if ("src" in s) != ("src" in keys):
+                raise ValueError("a batch mixes adaptation rows (no source image) with paired rows: build the "
+                                 "dataset with rows='adapt' or rows='paired', not both")
+            raise ValueError(f"samples of a batch have different members: {sorted(keys)} vs {sorted(s)}")
     out: dict[str, Any] = {}
     for k in samples[0]:
         vals = [s[k] for s in samples]
         if isinstance(vals[0], np.ndarray):
             out[k] = torch.from_numpy(np.stack(vals))
+        elif isinstance(vals[0], (bool, np.bool_)):
+            out[k] = torch.tensor(vals, dtype=torch.bool)
         elif isinstance(vals[0], (int, np.integer)):
             out[k] = torch.tensor(vals, dtype=torch.int64)
         else:
@@ -308,33 +348,76 @@ def to_model_range(x: torch.Tensor, device, dtype) -> torch.Tensor:
     return x.to(device, non_blocking=True).to(dtype).div_(127.5).sub_(1.0)
 
 
-def decode_pair(sample: dict) -> tuple[np.ndarray, np.ndarray, str, dict]:
-    """Source, target, instruction and json doc of a raw sample; RecordError when unusable."""
+@dataclass
+class Decoded:
+    """A decoded raw sample. ``src`` is None for adaptation rows (task ``adapt``: a target and its
+    caption); ``text`` is the ``txt`` member (the instruction, or the caption of an adaptation row);
+    ``mask`` the optional ``mask`` member ([H, W] uint8, 0/255) when asked for."""
+
+    src: np.ndarray | None
+    tgt: np.ndarray
+    text: str
+    doc: dict
+    mask: np.ndarray | None = None
+
+    @property
+    def task(self) -> str | None:
+        return self.doc.get("task")
+
+    @property
+    def has_src(self) -> bool:
+        return self.src is not None
+
+
+def decode_sample(sample: dict, with_mask: bool = False) -> Decoded:
+    """Decode a raw sample; RecordError when unusable (a missing or corrupt image, no text). A row
+    without a source is usable only as an adaptation row (task ``adapt``)."""
     key = sample.get("__key__")
     where = f"{sample.get('__url__')}"
-    out = []
+    task = sample_task(sample)
+    doc = sample["__doc__"]
+    imgs: dict[str, np.ndarray | None] = {}
     for part in ("src", "tgt"):
         m = _member(sample, part)
         if m is None:
+            if part == "src" and task == ADAPT_TASK:
+                imgs[part] = None
+                continue
             raise RecordError(f"{part} image missing", file=where, record=key)
-        out.append(decode(m[1], file=f"{where}:{key}.{m[0]}", record=key))
+        imgs[part] = decode(m[1], file=f"{where}:{key}.{m[0]}", record=key)
     if "txt" not in sample:
-        raise RecordError("instruction missing", file=where, record=key)
+        raise RecordError("caption missing" if task == ADAPT_TASK else "instruction missing", file=where, record=key)
     text = sample["txt"].decode("utf-8", errors="replace")
-    doc = {}
-    if "json" in sample:
-        try:
-            doc = json.loads(sample["json"])
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            doc = {}
-    return out[0], out[1], text, doc
+    mask = None
+    if with_mask:
+        m = _member(sample, "mask")
+        if m is not None:
+            mask = decode_gray(m[1], file=f"{where}:{key}.{m[0]}", record=key)
+    return Decoded(imgs["src"], imgs["tgt"], text, doc, mask)
 
 
-def flip_allowed(text: str, task: str | None, aug: AugmentConfig) -> bool:
-    if task in aug.no_flip_tasks:
-        return False
-    words = set(text.lower().replace(",", " ").replace(".", " ").split())
-    return not any(w in words or any(x.startswith(w) for x in words) for w in aug.no_flip_words)
+def decode_pair(sample: dict) -> tuple[np.ndarray | None, np.ndarray, str, dict]:
+    """Source, target, instruction and json doc of a raw sample; RecordError when unusable. The source
+    is None for an adaptation row (task ``adapt``), whose text is its caption."""
+    d = decode_sample(sample)
+    return d.src, d.tgt, d.text, d.doc
+
+
+@dataclass
+class Augmented:
+    src: np.ndarray | None  # None for adaptation rows
+    tgt: np.ndarray
+    region: Region  # what the placement kept whole
+    geometry: Geometry  # crop or pad, side, offset, flip
+
+
+def augment_sample(d: Decoded, resolution: int, rng: np.random.Generator | None, aug: AugmentConfig) -> Augmented:
+    """Crop/pad, resize and flip a decoded sample keeping its protected region whole
+    (:mod:`trainer.augment`)."""
+    ref = d.src if d.src is not None else d.tgt
+    region = region_of(d.doc, d.text, ref.shape[:2], d.mask, d.src, d.tgt, aug) if aug.task_aware else Region()
+    src, tgt, g = augment_pair(d.src, d.tgt, resolution, rng, aug, flip_allowed(d.text, d.task, aug), region)
+    return Augmented(src, tgt, region, g)
 
 
 class MixtureDataset(torch.utils.data.IterableDataset):
@@ -343,21 +426,42 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     Each sample carries ``worker`` (its logical worker), ``pos`` (raw samples that worker has drawn,
     this one included) and ``corrupt`` (samples it has skipped so far): :class:`StreamState` keeps
     them to checkpoint the streams' position.
+
+    Ranks: ``rank``/``world`` come from the launcher (accelerate's ``process_index``/``num_processes``).
+    Resampled shards: every (rank, worker) draws its own seeded stream, so ranks see different samples;
+    epochs: each epoch's shard order is shared and split by global worker (rank * workers + worker), so
+    the ranks read disjoint shards that together cover the dataset once per epoch.
+
+    ``rows``: ``"paired"`` (task training: source, target, instruction; adaptation rows are left out
+    of the streams) or ``"adapt"`` (adaptation training: only task ``adapt`` rows, target and caption,
+    no ``src`` member; see :func:`collate`).
     """
 
     def __init__(self, specs: list[DatasetSpec], cfg: DataConfig, tokenizer, *, seed: int, rank: int = 0,
-                 world: int = 1, num_workers: int | None = None, state: StreamState | None = None):
+                 world: int = 1, num_workers: int | None = None, state: StreamState | None = None,
+                 rows: str = "paired"):
         super().__init__()
+        if rows not in ROW_KINDS:
+            raise ValueError(f"rows: {rows!r} is not one of {', '.join(ROW_KINDS)}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1} (world size {world})")
+        _check_row_kind(specs, rows)
         self.specs = specs
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.seed = seed
         self.rank = rank
         self.world = world
+        self.rows = rows
         self.num_workers = max(1, cfg.num_workers if num_workers is None else num_workers)
         state = state or StreamState(seed=seed)
+        if state.rank is not None and state.rank != rank:
+            raise ConfigError(f"data stream state of rank {state.rank} given to rank {rank}: each process resumes "
+                              f"from its own {state_file(rank)}")
         state.layout = [world, self.num_workers]
+        state.rank = rank
         self.state = StreamState.from_dict(state.to_dict())  # a snapshot: the loop keeps updating its own
+
     def tokenize(self, text: str) -> np.ndarray:
         ids = self.tokenizer(text, max_length=self.tokenizer.model_max_length, padding="max_length",
                              truncation=True).input_ids
@@ -375,7 +479,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         start = self.state.positions.get(logical, 0)
         counter = _Counter(self.state.corrupt.get(logical, 0), self.cfg.log_corrupt)
         mix = Mixture(self.specs, self.cfg, seed=self.seed, rank=self.rank, world=self.world, worker=logical,
-                      num_workers=nw, generation=self.state.generation, counter=counter)
+                      num_workers=nw, generation=self.state.generation, counter=counter, rows=self.rows)
         it = iter(mix)
         counter.active = False
         for _ in range(start):  # replay: read, do not decode
@@ -383,18 +487,35 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         counter.active = True
         pos = start
         res = self.cfg.resolution
+        aug = self.cfg.augment
         for ds, raw in it:
             pos += 1
             rng = np.random.default_rng(_seed(self.seed, self.rank, logical, self.state.generation, pos, 99))
             try:
-                src, tgt, text, doc = decode_pair(raw)
-                src, tgt = paired_augment(src, tgt, res, rng, self.cfg.augment,
-                                          flip_allowed(text, doc.get("task"), self.cfg.augment))
+                d = decode_sample(raw, with_mask=aug.task_aware)
+                a = augment_sample(d, res, rng, aug)
+                src, tgt = a.src, a.tgt
             except (RecordError, cv2.error, ValueError) as e:
                 counter.skip(f"{self.specs[ds].name}: {e}")
                 continue
-            yield {"src": to_chw(src), "tgt": to_chw(tgt), "input_ids": self.tokenize(text),
+            out = {"tgt": to_chw(tgt), "input_ids": self.tokenize(d.text), "has_src": int(src is not None),
                    "dataset": ds, "worker": logical, "pos": pos, "corrupt": counter.n, "key": raw.get("__key__", "")}
+            if src is not None:
+                out["src"] = to_chw(src)
+            yield out
+
+
+def _check_row_kind(specs: list[DatasetSpec], rows: str) -> None:
+    """A dataset whose manifest lists its tasks and has no row of this training mode would never
+    yield: one line before training."""
+    for s in specs:
+        if not s.tasks:
+            continue  # not recorded: the stream filters by row
+        n = sum(c for t, c in s.tasks.items() if (t == ADAPT_TASK) == (rows == "adapt"))
+        if n == 0:
+            what = "adaptation rows (task adapt)" if rows == "adapt" else "rows other than adaptation rows"
+            raise ConfigError(f"dataset {s.name}: no {what} (tasks: {', '.join(sorted(s.tasks))}); "
+                              f"{'adaptation' if rows == 'adapt' else 'task'} training cannot read it")
 
 
 def make_loader(dataset: MixtureDataset, batch_size: int) -> torch.utils.data.DataLoader:

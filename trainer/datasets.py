@@ -29,6 +29,7 @@ class DatasetSpec:
     samples: int = 0
     weight: float = 1.0
     shard_bytes: list[int | None] = field(default_factory=list)  # expected tar sizes (None: not recorded)
+    tasks: dict[str, int] = field(default_factory=dict)  # kept rows per task (empty: not recorded)
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -38,6 +39,13 @@ def _resolve(path: str, base: Path) -> str:
 
 def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _task_counts(v: Any) -> dict[str, int]:
+    """``{task: rows}`` from a manifest's ``tasks`` (a mapping of counts); anything else: not recorded."""
+    if not isinstance(v, dict):
+        return {}
+    return {str(k): int(c) for k, c in v.items() if _whole(c)}
 
 
 def load_mixture(path: str | Path, mixing: str = "effective", bad_shards: str = "error") -> list[DatasetSpec]:
@@ -76,7 +84,7 @@ def load_mixture(path: str | Path, mixing: str = "effective", bad_shards: str = 
         eff = float(d.get("effective_per_epoch", samples * float(d["weight"])))
         prob = eff if mixing == "effective" else float(d["weight"])
         specs.append(DatasetSpec(name=d["name"], shards=shards, probability=prob, samples=samples,
-                                 weight=float(d["weight"]), shard_bytes=sizes))
+                                 weight=float(d["weight"]), shard_bytes=sizes, tasks=_task_counts(d.get("tasks"))))
     if unsized:
         log.warning("data.mixture %s: %d shard(s) without a recorded size (a mixture or output written before "
                     "sizes were recorded): checked for presence only", p, unsized)
@@ -114,7 +122,7 @@ def specs_from_outputs(patterns: list[str], weights: dict[str, float], mixing: s
             w = float(weights.get(name, doc.get("mixture_weight") or 1.0))
             samples = int(train.get("rows", 0))
             specs.append(DatasetSpec(name=name, shards=shards, probability=samples * w if mixing == "effective" else w,
-                                     samples=samples, weight=w, shard_bytes=sizes))
+                                     samples=samples, weight=w, shard_bytes=sizes, tasks=_task_counts(train.get("tasks"))))
     if unsized:
         log.warning("data.outputs %s: %d shard(s) without tar_bytes in their manifest (an output written before "
                     "sizes were recorded): checked for presence only", patterns, unsized)
