@@ -48,7 +48,7 @@ from typing import Literal
 from ..config import check_path, rng
 from ..errors import ConfigError, RecordError
 from ..instructions import DEFAULT_DIR as INSTRUCTIONS_DIR
-from ..instructions import Number, fill, load_templates, placeholders, template_path
+from ..instructions import Number, fill, placeholders, template_path, template_problem
 from ..render.common import object_phrase
 from ..schema import Row, drop, make_key
 from ..stage import Stage, StageConfig
@@ -177,21 +177,30 @@ class AdaptCaption(Stage):
             self._check_templates(task)
 
     def _check_templates(self, task: str) -> list[str]:
-        """The task's suffix templates; a template with a placeholder the task cannot fill, or without
-        ``{caption}``, is one ConfigError line naming the file and line."""
-        d = self.config.suffixes_dir or str(DEFAULT_SUFFIXES_DIR)
-        templates = load_templates(task, d)
-        path = template_path(task, d)
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for t in templates:
-            lineno = next((i for i, ln in enumerate(lines, 1) if ln.strip() == t), 0)
-            names = placeholders(t)
-            if "caption" not in names:
-                raise ConfigError(f"{path}:{lineno}: a suffix template must contain {{caption}}")
+        """The task's suffix templates (read afresh, not cached); a template that does not parse, has a
+        placeholder the task cannot fill or lacks ``{caption}`` is one ConfigError line naming the file and
+        line."""
+        path = template_path(task, self.config.suffixes_dir or str(DEFAULT_SUFFIXES_DIR))
+        if not path.is_file():
+            raise ConfigError(f"{path}: adaptation suffix templates not found")
+        templates = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            t = line.strip()
+            if not t or t.startswith("#"):
+                continue
+            problem = template_problem(t)
+            names = placeholders(t) if problem is None else set()
             extra = names - ALLOWED[task]
-            if extra:
-                raise ConfigError(f"{path}:{lineno}: unknown placeholder {{{sorted(extra)[0]}}} "
-                                  f"(a {task} template may use {', '.join(sorted(ALLOWED[task]))})")
+            if problem is None and extra:
+                problem = (f"unknown placeholder {{{sorted(extra)[0]}}} (a {task} template may use "
+                           f"{', '.join(sorted(ALLOWED[task]))})")
+            if problem is None and "caption" not in names:
+                problem = "a suffix template must contain {caption}"
+            if problem:
+                raise ConfigError(f"{path}:{lineno}: {problem}")
+            templates.append(t)
+        if not templates:
+            raise ConfigError(f"{path}: no templates in file")
         return templates
 
     def setup(self) -> None:
