@@ -12,8 +12,8 @@
   ``open_clip.add_model_config`` first. Tests build a tiny one, save its weights and load them back
   through this same path.
 
-``embed_images(list of RGB uint8 arrays) -> float32 [N, D]``, L2-normalised, in batches of
-``batch_size``; on a GPU the model runs in fp16 (``precision="fp16"``), on a CPU in fp32.
+``embed_images(list of RGB uint8 arrays) -> float32 [N, D]`` and ``embed_texts(list of str)`` (the
+model's text tower, for CLIP-Sim), L2-normalised, in batches of ``batch_size``; on a GPU the model runs in fp16 (``precision="fp16"``), on a CPU in fp32.
 Preprocessing is the model's own eval transform (resize, centre crop, normalise).
 
 Sharing embeddings within a run
@@ -129,6 +129,7 @@ class ClipEmbedder:
         self.model = model.eval()
         self.preprocess = preprocess
         self.dim = int(getattr(model.visual, "output_dim", 0) or self._probe_dim())
+        self._tokenizer = None  # open_clip's, built on first embed_texts
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         log.info("open_clip %s on %s (%s), %d-d", self.model_id, self.device, self.precision, self.dim)
@@ -151,6 +152,24 @@ class ClipEmbedder:
             with torch.inference_mode():
                 f = self.model.encode_image(x.to(self.device, dtype))
                 f = torch.nn.functional.normalize(f.float(), dim=-1)
+            out.append(f.cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> float32 [N, D], L2-normalised, with the model's own tokenizer
+        (``open_clip.get_tokenizer``; texts longer than its context are truncated, as open_clip does)."""
+        import open_clip
+        import torch
+
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer(self.model_name)
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self._tokenizer(list(texts[i:i + self.batch_size])).to(self.device)
+            with torch.inference_mode():
+                f = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
             out.append(f.cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
