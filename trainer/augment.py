@@ -14,6 +14,8 @@ the instruction still asks for it. Here each sample first gets its *protected re
   and the reader's ``meta.people`` boxes (file pixels, times ``meta.scale``) cover them when present;
   where the boxes are not in the row (referring expressions, edits, keypoint rows written without
   ``people``) the whole image is protected and padded to a square;
+- adaptation rows (task ``adapt``, no source): their circles (``meta.drawn``) as above; one made from a
+  segmentation target (``meta.mask_area`` > 0) has lost its mask member, so it keeps the whole image;
 - edit tasks without a mask (``diff_tasks``): the box of the pixels the edit changed (source vs
   target, at low resolution); a change over more than ``global_edit_frac`` of the image is a global
   edit (style, colour) that any crop keeps, so it protects nothing.
@@ -201,6 +203,10 @@ def protected_region(*, task: str | None, text: str, meta: dict, hw: tuple[int, 
     if circles:
         boxes.extend(circles)
         why.append("drawn")
+    if task == "adapt" and not boxes and _num(meta.get("mask_area")):
+        # an adaptation row of a segmentation target: adapt_caption drops the mask member and there is
+        # no source to compare with, so the masked region is unknown: keep the whole image
+        return Region(whole=True, why="adaptation row of a masked target without its mask member")
     phrase = positional_phrase(task, text, meta, aug.positional_words)
     if phrase is not None:
         people = _people_boxes(meta, hw)
