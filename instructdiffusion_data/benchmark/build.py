@@ -149,7 +149,7 @@ def _objects(item: BenchItem) -> tuple[str | None, str | None]:
 
 def _annotation_caption(item: BenchItem) -> tuple[str | None, str]:
     if item.caption:
-        return item.caption, "jsonl"
+        return item.caption, "jsonl" if item.line is not None else "meta.source_caption"
     caps = item.meta.get("captions") if isinstance(item.meta.get("captions"), dict) else {}
     if isinstance(caps.get("src"), str) and caps["src"].strip():
         return " ".join(caps["src"].split()), "meta.captions.src"
@@ -390,7 +390,7 @@ def split_tars(output: str | os.PathLike, split: str) -> list[str]:
 
 
 def read_samples(output: str | os.PathLike, split: str) -> Iterator[dict]:
-    """The samples of one half, in key order: ``{key, category, instruction, source_caption,
+    """The samples of one half, in key order: ``{key, record_id, category, instruction, source_caption,
     target_caption, image (bytes), image_ext}`` (read at the sidecar's offsets, no tar scan)."""
     import pyarrow.parquet as pq
 
@@ -402,6 +402,6 @@ def read_samples(output: str | os.PathLike, split: str) -> Iterator[dict]:
                 if meta.get("bench_split") != split:
                     raise UserError(f"{tar}: row {r['key']} is in half {meta.get('bench_split')!r}, listed as {split}")
                 fh.seek(r["src_offset"])
-                yield {"key": r["key"], "category": meta["category"], "instruction": r["instruction"],
+                yield {"key": r["key"], "record_id": meta.get("record_id"), "category": meta["category"], "instruction": r["instruction"],
                        "source_caption": meta["source_caption"], "target_caption": meta["target_caption"],
                        "image": fh.read(r["src_size"]), "image_ext": r["src_member"].rsplit(".", 1)[-1]}

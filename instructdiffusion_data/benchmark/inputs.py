@@ -19,7 +19,8 @@ which the builder keeps as a rejected row; a missing or unreadable JSONL or imag
 
 **An existing output** (``--from-output``): the kept ``edit_remove`` / ``edit_add`` / ``edit_replace``
 rows of its current generation (source image bytes read at the sidecar's offsets, no tar scan), with
-the captions and objects their meta holds (``meta.captions``, ``phrase``, ``src_label``, ``ref_label``).
+the captions and objects their meta holds (``meta.captions``, ``phrase``, ``src_label``, ``ref_label``;
+a benchmark output's ``source_caption``, ``target_caption`` and ``objects``). Local outputs only.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def _line(text: str, lineno: int, name: str, root: Path, seen: dict[str, int]) -
         return bad(UNSAFE_PATH, "image", f"expected a path inside the images folder, got {rel!r}")
     file = root / rel
     if not file.is_file():
-        return bad(NO_IMAGE, "image", f"no file {rel} in {root}")
+        return bad(NO_IMAGE, "image", f"no file {rel} in the images folder")  # the path stays out of the rows
     rid = values["id"] or sample_id(rel, values["instruction"], cat)
     if rid in seen:
         return bad(DUPLICATE, "id" if values["id"] else "image",
@@ -193,9 +194,10 @@ def read_output(output: str) -> Iterator[BenchItem]:
     for s in shards:
         if not s.get("rows"):
             continue
-        table = pq.read_table(gen.file(s["parquet"]).path if gen.file(s["parquet"]).local
-                              else str(gen.file(s["parquet"])))
-        tar_loc = gen.file(s["tar"])
+        pq_loc, tar_loc = gen.file(s["parquet"]), gen.file(s["tar"])
+        if not (pq_loc.local and tar_loc.local):
+            raise UserError(f"{output}: --from-output reads local outputs only (got {tar_loc})")
+        table = pq.read_table(pq_loc.path)
         with open(tar_loc.path, "rb") as tar:
             for r in table.to_pylist():
                 cat = CATEGORY_ALIASES.get(r.get("task") or "")
@@ -204,5 +206,14 @@ def read_output(output: str) -> Iterator[BenchItem]:
                 tar.seek(int(r["src_offset"]))
                 data = tar.read(int(r["src_size"]))
                 meta = json.loads(r["meta"]) if r.get("meta") else {}
+                objects = meta.get("objects") if isinstance(meta.get("objects"), dict) else {}
                 yield BenchItem(record_id=r["key"], category=cat, instruction=r.get("instruction") or "",
-                                image=data, file=f"{name}:{r['key']}", meta={**meta, "task": r["task"]})
+                                image=data, file=f"{name}:{r['key']}", meta={**meta, "task": r["task"]},
+                                # a benchmark output as the input (another seed, a subset): its captions
+                                caption=_given(meta.get("source_caption")),
+                                target_caption=_given(meta.get("target_caption")),
+                                object=_given(objects.get("object")), target_object=_given(objects.get("target_object")))
+
+
+def _given(value) -> str | None:
+    return " ".join(value.split()) if isinstance(value, str) and value.strip() else None

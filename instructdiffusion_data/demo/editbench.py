@@ -2,7 +2,7 @@
 
 ```
 editbench/images/<image_id:06d>.jpg
-editbench/benchmark.jsonl      {"image", "instruction", "category", "caption", "object"[, "target_object"]}
+editbench/benchmark.jsonl      {"image" (relative to the JSONL's folder), "instruction", "category", "caption", "object"[, "target_object"]}
 ```
 One line per scene, the categories in turn (remove, add, replace). ``caption`` is the scene's first
 caption (the weight-free profile's source caption); ``object`` is a thing the caption names (removed or
@@ -44,7 +44,7 @@ def generate(out: Path, n: int, seed: int) -> dict:
         named = [f"{t.colour} {t.category}" for t in things if f"{t.colour} {t.category}" in caption.lower()]
         category = CATEGORIES[k % 3] if named else "add"
         present = {t.category for t in things}
-        entry: dict = {"image": name, "category": category, "caption": caption}
+        entry: dict = {"image": f"images/{name}", "category": category, "caption": caption}
         if category == "remove":
             entry.update(object=named[0], instruction=f"Remove the {named[0]}.")
         elif category == "replace":
