@@ -110,7 +110,7 @@ def test_loss_falls_on_one_repeated_batch(tmp_path, tiny_model, mixture):
 def _unet_state(run_dir, step):
     from safetensors.torch import load_file
 
-    return load_file(str(run_dir / f"checkpoint-{step}" / "model.safetensors"))
+    return load_file(str(run_dir / f"checkpoint-{step}" / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
 def test_train_4_equals_train_2_resume_2(tmp_path, tiny_model, mixture):
@@ -127,10 +127,12 @@ def test_train_4_equals_train_2_resume_2(tmp_path, tiny_model, mixture):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
     # EMA and the stream state travelled too
-    ema_a = torch.load(tmp_path / "a" / "run" / "checkpoint-4" / "custom_checkpoint_1.pkl", weights_only=False)
-    ema_b = torch.load(tmp_path / "b" / "run" / "checkpoint-4" / "custom_checkpoint_1.pkl", weights_only=False)
-    assert ema_a["optimization_step"] == ema_b["optimization_step"] == 4
-    for x, y in zip(ema_a["shadow_params"], ema_b["shadow_params"]):
+    from trainer.export import load_unet_folder
+
+    ema_a, state_a = load_unet_folder(tmp_path / "a" / "run" / "checkpoint-4" / "unet_ema")
+    ema_b, state_b = load_unet_folder(tmp_path / "b" / "run" / "checkpoint-4" / "unet_ema")
+    assert state_a["optimization_step"] == state_b["optimization_step"] == 4
+    for x, y in zip(ema_a.parameters(), ema_b.parameters()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
     sa = json.loads((tmp_path / "a" / "run" / "checkpoint-4" / "trainer_state_rank0.json").read_text())["stream"]
     sb = json.loads((tmp_path / "b" / "run" / "checkpoint-4" / "trainer_state_rank0.json").read_text())["stream"]
@@ -163,7 +165,11 @@ def test_idd_train_end_to_end_writes_checkpoints_grid_and_logs(tmp_path):
     grids = sorted((run / "validation").glob("*.png"))
     assert [g.name for g in grids] == ["step-0000002.png", "step-0000003.png"]
     grid = np.asarray(Image.open(grids[-1]))
-    assert grid.shape == (2 * (32 + 18), 3 * 32, 3)  # 2 rows of source | edited | target + caption strip
+    # 2 rows of source | edited | target, each with its instruction wrapped under it (no line cut)
+    from trainer.validation import text_strip
+
+    strip = text_strip("invert the colours of picture 0", 3 * 32).shape[0]
+    assert strip > 18 and grid.shape == (2 * (32 + strip), 3 * 32, 3)
     assert grid[:32, :32].std() > 10  # the source image is there, not a blank
     assert list((run / "logs").rglob("events.out.tfevents.*"))
     from diffusers import UNet2DConditionModel

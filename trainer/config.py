@@ -27,6 +27,8 @@ class ModelConfig:
     use_ema: bool = True
     ema_decay: float = field(default=0.9999, metadata=rng(0, 1))  # paper: 0.9999; 0.99 for the alignment fine-tune
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # None: the scheduler's own
+    # xformers attention (needs the xformers package); off: PyTorch SDPA, diffusers' default
+    enable_xformers_memory_efficient_attention: bool = False
 
 
 @dataclass
@@ -40,6 +42,9 @@ class OptimConfig:
     lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
     lr_warmup_steps: int = field(default=500, metadata=rng(0))
     max_grad_norm: float = field(default=1.0, metadata=rng(0))  # 0: no clipping
+    # min-SNR loss weighting (Hang et al. 2023, as diffusers' --snr_gamma; 5.0 is the usual value). None: plain MSE
+    snr_gamma: float | None = field(default=None, metadata=rng(0))
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit (needs the bitsandbytes package)
 
 
 @dataclass
@@ -63,11 +68,19 @@ class ValidationConfig:
     seed: int = 0
 
 
+# accelerate's tracker names (report_to); "all": every one installed
+REPORTERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio")
+
+
 @dataclass
 class TrainConfig:
     output_dir: str
     max_train_steps: int = field(metadata=rng(1))
     name: str = "instructdiffusion"
+    # edit: InstructPix2Pix training on (source, instruction, target), conv_in widened to 8 channels.
+    # adapt: text-to-image fine-tune of the 4-channel UNet on the target image + caption of rows of
+    # task ``adapt`` (paper 3.3, pretraining adaptation); its final/ is the model.pretrained of edit training
+    mode: Literal["edit", "adapt"] = "edit"
     seed: int = 0
     train_batch_size: int = field(default=4, metadata=rng(1))  # per device
     gradient_accumulation_steps: int = field(default=1, metadata=rng(1))
@@ -79,8 +92,11 @@ class TrainConfig:
     checkpoints_total_limit: int = field(default=3, metadata=rng(0))  # keep the last K checkpoints (0: all)
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     log_every_steps: int = field(default=10, metadata=rng(1))
-    report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
-    save_final_model: bool = True  # write <output_dir>/final (EMA UNet in the SD layout + pipeline pieces)
+    report_to: Literal["tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab",
+                       "trackio", "all", "none"] = "tensorboard"
+    # write <output_dir>/final: a diffusers pipeline folder (EMA UNet when model.use_ema) in final_dtype
+    save_final_model: bool = True
+    final_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # every component of final/ in this dtype
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

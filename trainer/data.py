@@ -526,27 +526,3 @@ def make_loader(dataset: MixtureDataset, batch_size: int) -> torch.utils.data.Da
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=nw, collate_fn=collate,
                                        pin_memory=torch.cuda.is_available(), **kw)
 
-
-def validation_pairs(specs: list[DatasetSpec], n: int, resolution: int) -> list[dict]:
-    """A fixed set of (source, instruction, target) pairs: the first samples of each dataset's first
-    shard, taken round-robin over datasets, centre-cropped. The same for every run on these shards."""
-    per: list[list[dict]] = []
-    for s in specs:
-        got = []
-        counter = _Counter(0, 0)
-        for raw in wds.tarfile_to_samples(handler=counter.tar_handler)(iter([{"url": u} for u in s.shards[:2]])):
-            try:
-                src, tgt, text, _ = decode_pair(raw)
-            except RecordError:
-                continue
-            src, tgt = paired_augment(src, tgt, resolution, None, AugmentConfig())
-            got.append({"src": src, "tgt": tgt, "instruction": text, "dataset": s.name, "key": raw["__key__"]})
-            if len(got) >= n:
-                break
-        per.append(got)
-    out = []
-    for i in range(n):
-        for got in per:
-            if i < len(got) and len(out) < n:
-                out.append(got[i])
-    return out

@@ -9,6 +9,8 @@ and a local copy take the same code path.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -38,11 +40,12 @@ def _is_local(path: str) -> bool:
 
 
 def load_components(pretrained: str, *, revision: str | None = None, local_files_only: bool = False,
-                    unet_path: str | None = None) -> Components:
+                    unet_path: str | None = None, load_unet: bool = True) -> Components:
     """Load UNet, VAE, text encoder, tokenizer and DDPM scheduler (SD-1.5 layout) from ``pretrained``.
 
     ``unet_path`` (optional) loads the UNet from another folder/hub id (e.g. a previous stage's EMA
-    UNet, already 8 channels) with the rest from ``pretrained``.
+    UNet, already 8 channels) with the rest from ``pretrained``. ``load_unet=False``: the frozen parts
+    only (``unet`` is None).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -55,7 +58,9 @@ def load_components(pretrained: str, *, revision: str | None = None, local_files
         text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kw)
         vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kw)
         noise_scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kw)
-        if unet_path:
+        if not load_unet:
+            unet = None
+        elif unet_path:
             unet = UNet2DConditionModel.from_pretrained(unet_path, local_files_only=local_files_only)
         else:
             unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", **kw)
@@ -87,6 +92,50 @@ def widen_conv_in(unet, in_channels: int = 2 * LATENT_CHANNELS):
     unet.register_to_config(in_channels=in_channels)
     log.info("conv_in widened %d -> %d input channels (new weights zero)", old.in_channels, in_channels)
     return unet
+
+
+def check_unet_for_mode(unet, mode: str) -> None:
+    """Adaptation (text-to-image) trains the 4-channel UNet as it is; an 8-channel (InstructPix2Pix)
+    UNet has no text-to-image form."""
+    if mode == "adapt" and unet.config.in_channels != LATENT_CHANNELS:
+        raise ConfigError(f"mode adapt: the UNet has {unet.config.in_channels} input channels; adaptation "
+                          f"fine-tunes a {LATENT_CHANNELS}-channel text-to-image UNet (SD-1.5 as released)")
+
+
+def require_package(module: str, pip_name: str, key: str) -> None:
+    """One line, before anything loads, when an option needs a package that is not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{key}: needs {pip_name}, which is not installed (pip install {pip_name}), "
+                          f"or turn {key} off")
+
+
+def enable_xformers(unet) -> None:
+    require_package("xformers", "xformers", "model.enable_xformers_memory_efficient_attention")
+    unet.enable_xformers_memory_efficient_attention()
+    log.info("xformers memory-efficient attention on (instead of PyTorch SDPA)")
+
+
+def make_optimizer(params, *, lr: float, betas: tuple[float, float], weight_decay: float, eps: float,
+                   use_8bit_adam: bool = False):
+    """AdamW, or bitsandbytes' AdamW8bit (``optim.use_8bit_adam``), as diffusers' examples choose."""
+    if use_8bit_adam:
+        require_package("bitsandbytes", "bitsandbytes", "optim.use_8bit_adam")
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.AdamW8bit
+    else:
+        cls = torch.optim.AdamW
+    return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
+
+
+def weights_digest(module) -> str:
+    """sha256 of a module's state (names and raw bytes, in order): equal on every rank of a
+    data-parallel run, written into each rank's checkpoint state."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def freeze(*modules) -> None:
