@@ -219,3 +219,37 @@ def test_shipped_adapt_configs_load():
         assert cfg.stages[-1]["type"] == "adapt_caption" and cfg.name == name
         stage_cfg = {k: v for k, v in cfg.stages[-1].items() if k not in ("type", "coco_captions")}
         AdaptCaption(stage_cfg)  # the shipped suffix templates pass the checks
+
+
+class _FakeCaptioner:
+    """Stands in for :class:`Blip2Captioner` (the real one is covered by tests/test_caption_blip2.py): its
+    caption names the mean grey level of the pixels it was given, "" for a black image."""
+
+    def __init__(self, model, **kw):
+        self.model_id = f"fake:{model}"
+
+    def caption(self, images):
+        return [f"a picture of grey level {int(img.mean())}" if img.mean() > 1 else "" for img in images]
+
+
+def test_blip2_fallback_captions_the_source_image(monkeypatch, fixtures):
+    import numpy as np
+
+    from instructdiffusion_data.imageio import encode_png
+    from instructdiffusion_data.models import blip2
+    from instructdiffusion_data.schema import new_row, rows_to_table, table_to_rows
+
+    monkeypatch.setattr(blip2, "Blip2Captioner", _FakeCaptioner)
+    stage = AdaptCaption({"fallback": "blip2", "suffixes_dir": fixtures["suffixes"], "blip2": {"model": "tiny"}})
+    rows = []
+    for i, grey in enumerate((120, 0)):
+        src = encode_png(np.full((8, 8, 3), grey, np.uint8))
+        rows.append(new_row(key=f"k{i}", task="semantic_seg", dataset="cocostuff", src=src, tgt=encode_png(
+            np.full((8, 8, 3), 200, np.uint8)), mask=src, instruction="Place a red mask on the grass.",
+            meta={"record_id": str(i), "image_id": 5 + i, "image_set": "coco", "variant": 0, "color": "red",
+                  "category": "grass", "mask_area": 10}))
+    out = table_to_rows(stage(rows_to_table(rows)))
+    ok, empty = sorted(out, key=lambda r: r["meta"]["record_id"])
+    assert ok["instruction"] == "A picture of grey level 120, with a few different color patches here and there"
+    assert ok["meta"]["adapt"]["caption_source"] == "blip2:fake:tiny" and ok["src"] is None and ok["mask"] is None
+    assert empty["keep"] is False and empty["drop_class"] == "adapt_caption: no caption" and empty["task"] == "adapt"

@@ -242,3 +242,32 @@ def test_from_output_subset(built, tmp_path):
     again = build(load_config(None, [], from_output=str(root), out=str(tmp_path / "again"), name="sub", limit=3, seed=7))
     assert [s["tar_sha256"] for s in again["splits"]["train"]["shards"]] == \
         [s["tar_sha256"] for s in m["splits"]["train"]["shards"]]
+
+
+class _FakeCaptioner:
+    """Stands in for :class:`Blip2Captioner` (the real one is covered by tests/test_caption_blip2.py): the
+    caption names the image's size and mean level, so the test sees which pixels were captioned."""
+
+    def __init__(self, model, **kw):
+        self.model_id = f"fake:{model}"
+
+    def caption(self, images):
+        return [f"an image of {img.shape[1]}x{img.shape[0]} at {int(img.mean())}" for img in images]
+
+
+def test_blip2_captioner_captions_the_written_source(bench_input, tmp_path, monkeypatch):
+    from instructdiffusion_data.imageio import decode
+    from instructdiffusion_data.models import blip2
+
+    monkeypatch.setattr(blip2, "Blip2Captioner", _FakeCaptioner)
+    folder, _ = bench_input
+    cfg = load_config(None, ["captioner.backend=blip2", "captioner.model=tiny"], jsonl=str(folder / "benchmark.jsonl"),
+                      out=str(tmp_path), name="b2")
+    m = build(cfg)
+    rows = [r for h in ("align", "eval") for r in read_samples(tmp_path / "b2" / "v1", h)]
+    assert len(rows) + m["splits"]["rejected"]["rows"] == 12
+    for r in rows:
+        img = decode(r["image"])
+        assert r["source_caption"] == f"an image of {img.shape[1]}x{img.shape[0]} at {int(img.mean())}"
+    # the demo's given captions are not used, so the offline rule finds no object to remove in them
+    assert set(m["splits"]["rejected"]["drop_reasons"]) <= {OBJECT_NOT_IN_CAPTION}
