@@ -30,6 +30,10 @@ CONFIGS=(
   configs/pipelines/edit_gqa_inpaint.yaml
   # IEIW (paper 3.2): object removal and addition.
   configs/pipelines/ieiw_removal.yaml
+  # Pretraining adaptation (paper 3.3): rendered task targets + "<image caption><suffix>" (task adapt).
+  configs/pipelines/adapt_keypoints_coco.yaml
+  configs/pipelines/adapt_semseg_cocostuff.yaml
+  configs/pipelines/adapt_refseg_refcoco.yaml
 )
 # IEIW object replacement needs its patch gallery (a global pass: crops, embeddings, FAISS index) first.
 "$IDD" gallery build configs/pipelines/ieiw_replacement_gallery.yaml --out "$OUT/ieiw_gallery"
@@ -45,6 +49,9 @@ if [ ${#EXTRA[@]} -gt 0 ]; then
   "$IDD" run "${EXTRA[@]}" --out "$OUT" --set stages.retrieve_reference.gallery="$OUT/ieiw_gallery"
 fi
 "$IDD" mix configs/mixtures/instructdiffusion.yaml --root "$OUT" --out "$OUT/mixture.json"
+"$IDD" mix configs/mixtures/adapt.yaml --root "$OUT" --out "$OUT/mixture-adapt.json"
+# The editing benchmark (paper 4.4): align and eval halves of the demo JSONL (a rerun rebuilds it whole).
+"$IDD" benchmark build configs/benchmark/editbench.yaml --out "$OUT"
 "$IDD" inspect "$OUT"
 # The dataset card over every output: Hugging Face datasets.load_dataset("$OUT", "<output name>") reads it.
 "$IDD" card "$OUT"
