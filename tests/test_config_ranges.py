@@ -13,6 +13,7 @@ from instructdiffusion_data.stage import _available, make_stage
 
 # stage type -> (a count set to zero or below, an out-of-range ratio or bounded number)
 CASES = {
+    "adapt_caption": (("max_annotation_names", 0), ("blip2", {"caption_batch_size": 0})),
     "caption": (("caption_batch_size", 0), ("pad_frac", 2.5)),
     "enhance_pair": (("crops_per_pair", 0), ("quality", 101)),
     "ingest_edit": (("max_side", 0), ("quality", 0)),
