@@ -42,7 +42,7 @@ def fixtures(tmp_path_factory):
     return {"captions": str(captions), "suffixes": str(sdir)}
 
 
-def _pipeline(name: str, demo: Path, render: dict, adapt: dict, source: dict) -> cfgmod.PipelineConfig:
+def _pipeline(name: str, render: dict, adapt: dict, source: dict) -> cfgmod.PipelineConfig:
     raw = {"name": name, "version": "v1", "seed": 0, "source": source,
            "stages": [render, {"type": "adapt_caption", **adapt}], "writer": {"records_per_shard": 64}}
     return cfgmod.build(cfgmod.PipelineConfig, raw, where=name)
@@ -58,14 +58,14 @@ def outputs(demo_root, fixtures, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapt_out")
     coco = demo_root / "coco"
     adapt = {"coco_captions": [fixtures["captions"]], "caption_pick": "first", "suffixes_dir": fixtures["suffixes"]}
-    kp = _pipeline("adapt_kp", demo_root, {"type": "render_keypoints", "variants_per_record": 1},
+    kp = _pipeline("adapt_kp", {"type": "render_keypoints", "variants_per_record": 1},
                    adapt, {"type": "coco_keypoints", "annotations": str(coco / "annotations/person_keypoints_train2017.json"),
                            "images": str(coco / "train2017")})
-    ss = _pipeline("adapt_ss", demo_root, {"type": "render_semseg", "variants_per_record": 1, "absent_ratio": 0.5},
+    ss = _pipeline("adapt_ss", {"type": "render_semseg", "variants_per_record": 1, "absent_ratio": 0.5},
                    adapt, {"type": "coco_stuff", "images": str(coco / "train2017"),
                            "annotations": [str(demo_root / "cocostuff/annotations/stuff_train2017.json"),
                                            str(coco / "annotations/instances_train2017.json")]})
-    rs = _pipeline("adapt_rs", demo_root, {"type": "render_refseg", "variants_per_record": 1},
+    rs = _pipeline("adapt_rs", {"type": "render_refseg", "variants_per_record": 1},
                    {**adapt, "fallback": "none"},
                    {"type": "refcoco", "dataset": "refcoco", "refs": str(demo_root / "refcoco/refcoco/refs(unc).p"),
                     "instances": str(demo_root / "refcoco/refcoco/instances.json"), "images": str(coco / "train2014"),
@@ -107,7 +107,7 @@ def test_keypoint_rows_members_and_captions(outputs):
         assert doc["meta"]["adapt"]["caption"] == base
     assert seen_coco and seen_fallback
     # the caption of image 100 is the fixture's first one, whitespace collapsed and final full stop gone
-    assert any(s["txt"].decode() .startswith("A man in a park with a dog, surrounded with ") for s in samples)
+    assert any(s["txt"].decode().startswith("A man in a park with a dog, surrounded with ") for s in samples)
 
 
 def test_semseg_rows_exact_text_and_unmarked_targets_rejected(outputs):

@@ -11,7 +11,7 @@ import webdataset as wds
 
 from instructdiffusion_data.benchmark import bench_split, build, load_config, read_samples, split_tars
 from instructdiffusion_data.benchmark.captions import LLM_REJECTED, NO_OBJECT, NO_SOURCE_CAPTION, OBJECT_NOT_IN_CAPTION
-from instructdiffusion_data.benchmark.inputs import (DUPLICATE, INVALID_JSON, MISSING_FIELD, NO_IMAGE, UNKNOWN_CATEGORY,
+from instructdiffusion_data.benchmark.inputs import (BAD_FIELD_VALUE, DUPLICATE, INVALID_JSON, MISSING_FIELD, NO_IMAGE, UNKNOWN_CATEGORY,
                                                      UNSAFE_PATH)
 from instructdiffusion_data.cli import main as idd
 from instructdiffusion_data.demo import generate_all
@@ -37,6 +37,7 @@ BAD = [  # (line text, drop class, field)
     ('{"image": "000504.jpg", "category": "remove", "caption": "A cat."}', MISSING_FIELD, "instruction"),
     ('{"image": "nope.jpg", "instruction": "Remove the cat", "category": "remove"}', NO_IMAGE, "image"),
     ('{"image": "../images/000504.jpg", "instruction": "Remove the cat", "category": "remove"}', UNSAFE_PATH, "image"),
+    ('{"image": "000504.jpg", "instruction": 5, "category": "remove"}', BAD_FIELD_VALUE, "instruction"),
     (json.dumps(GOOD[0][0]), DUPLICATE, "image"),
 ]
 # valid lines that cannot be captioned: rejected after reading, with the reason

@@ -86,7 +86,7 @@ class BadLine:
         return f"{self.file}:{self.line}: {at}{self.message}"
 
 
-def _text(value, name: str) -> tuple[str | None, str | None]:
+def _text(value) -> tuple[str | None, str | None]:
     """(the cleaned text, or None) and a problem for an optional text field."""
     if value is None:
         return None, None
@@ -148,8 +148,10 @@ def _line(text: str, lineno: int, name: str, root: Path, seen: dict[str, int]) -
             return bad(MISSING_FIELD, req, "required field is missing or empty")
     values = {}
     for fld in ("image", "instruction", "caption", "object", "target_object", "target_caption", "id"):
-        v, problem = _text(obj.get(fld), fld) if fld != "id" or not isinstance(obj.get("id"), int) \
-            else (str(obj["id"]), None)
+        raw = obj.get(fld)
+        if fld == "id" and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)  # a numeric id is its decimal text
+        v, problem = _text(raw)
         if problem:
             return bad(BAD_FIELD_VALUE, fld, problem)
         values[fld] = v
