@@ -8,16 +8,26 @@ CPU mode (default):
 GPU mode (``--gpu``): a real-size SD-1.5 UNet/VAE/CLIP text encoder with random weights at 256 px in
 bf16; steps/s with the loader feeding it against steps/s on one batch kept on the GPU (the GPU-bound
 ceiling): a ratio near 1 and a small data-wait fraction mean the loader keeps the GPU busy.
+Ranks mode (``--ranks``): the loader of each rank of a 2-process run against the loader of a 1-process
+run, on demo shards (keypoints, semantic and referring segmentation made by ``idd demo-data`` +
+``idd run``, or ``--shards DIR`` of an earlier ``make demo``): each rank is its own process with
+``RANK``/``WORLD_SIZE`` set, as torchrun starts them, building ``MixtureDataset(rank, world)``; all
+ranks of a run start timing together. Prints samples/s per rank, the ratio of the 2-process per-rank
+rate to the 1-process rate (and of the 2-process total), and the share of keys the two ranks have in
+common (about what two independent draws share).
 
   .venv/bin/python bench/bench_loader.py [--samples 512] [--res 256] [--gpu --workers 8 --batch 32]
+  .venv/bin/python bench/bench_loader.py --ranks [--shards shards] [--rank-workers 1] [--seconds 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -190,6 +200,112 @@ def trainer_for(tmp: Path, model: Path, mixture: Path, res: int, batch: int, wor
     return Trainer(cfg)
 
 
+# --- ranks: per-rank loader throughput, 2 processes vs 1 -------------------------------------------
+
+DEMO_PIPELINES = ("keypoints_coco", "semseg_cocostuff", "refseg_refcoco")
+
+
+def demo_outputs(tmp: Path, shards: str | None) -> list[str]:
+    """Output folders of the demo task pipelines: under ``shards`` when given (``make demo``), else made
+    here with ``idd demo-data`` (COCO family) and ``idd run --no-ray``."""
+    if shards:
+        outs = sorted(d for name in DEMO_PIPELINES for d in glob.glob(str(Path(shards) / name / "*"))
+                      if (Path(d) / "manifest.json").is_file())
+        if not outs:
+            raise SystemExit(f"--shards {shards}: none of {', '.join(DEMO_PIPELINES)} has an output there (make demo)")
+        return outs
+    root = Path(__file__).resolve().parents[1]
+    idd = [sys.executable, "-m", "instructdiffusion_data.cli"]
+    work = tmp / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    subprocess.run([*idd, "demo-data", str(work / "demo_data"), "--n", "48", "--only", "coco"], check=True,
+                   cwd=root, stdout=subprocess.DEVNULL)
+    # the pipeline configs name demo_data/... relative to the working directory
+    subprocess.run([*idd, "run", *(str(root / "configs" / "pipelines" / f"{n}.yaml") for n in DEMO_PIPELINES),
+                    "--out", str(work / "shards"), "--no-ray"], check=True, cwd=work, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": str(root)})
+    print(f"demo shards: {', '.join(DEMO_PIPELINES)} written in {time.perf_counter() - t:.0f} s")
+    return sorted(str(Path(d)) for n in DEMO_PIPELINES for d in glob.glob(str(work / "shards" / n / "*")))
+
+
+def rank_worker(args) -> int:
+    """One rank (RANK/WORLD_SIZE from the environment, as torchrun sets them): warm up, wait for every
+    rank, time the loader for ``--seconds``, print one JSON line."""
+    from trainer.data import DataConfig, MixtureDataset, make_loader
+    from trainer.datasets import specs_from_outputs
+    from trainer.model import make_tiny_tokenizer
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    sync = Path(args.sync)
+    tok = make_tiny_tokenizer(sync / f"tok{rank}")
+    cfg = DataConfig(resolution=args.res, num_workers=args.rank_workers, shuffle_buffer=64, shuffle_initial=16,
+                     prefetch_factor=4)
+    specs = specs_from_outputs(args.outputs, {})
+    loader = make_loader(MixtureDataset(specs, cfg, tok, seed=0, rank=rank, world=world), args.batch)
+    it = iter(loader)
+    keys: list[str] = []
+    for _ in range(2):  # warm-up: workers started, buffers filled
+        keys += next(it)["key"]
+    (sync / f"ready{rank}").touch()
+    deadline = time.time() + 600
+    while not all((sync / f"ready{r}").exists() for r in range(world)):
+        if time.time() > deadline:
+            raise SystemExit(f"rank {rank}: other ranks never became ready")
+        time.sleep(0.01)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < args.seconds:
+        b = next(it)
+        n += len(b["key"])
+        keys += b["key"]
+    rate = n / (time.perf_counter() - t0)
+    del it
+    print(json.dumps({"rank": rank, "world": world, "samples_per_s": rate, "keys": keys}))
+    return 0
+
+
+def run_ranks(outputs: list[str], world: int, args, tmp: Path) -> list[dict]:
+    sync = Path(tempfile.mkdtemp(dir=tmp, prefix=f"world{world}-"))
+    base = [sys.executable, str(Path(__file__).resolve()), "--rank-worker", "--sync", str(sync), "--res", str(args.res),
+            "--batch", str(args.batch), "--seconds", str(args.seconds), "--rank-workers", str(args.rank_workers),
+            "--outputs", *outputs]
+    procs = [subprocess.Popen(base, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r)})
+             for r in range(world)]
+    res = []
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        if p.returncode != 0:
+            raise SystemExit(f"a rank of the {world}-process run failed (exit {p.returncode})")
+        res.append(json.loads(out.strip().splitlines()[-1]))
+    return sorted(res, key=lambda r: r["rank"])
+
+
+def ranks_bench(args, tmp: Path) -> dict:
+    outputs = demo_outputs(tmp, args.shards)
+    print(f"outputs: {', '.join(str(Path(o).relative_to(Path(o).parents[1])) for o in outputs)}; "
+          f"batch {args.batch}, {args.res} px, {args.rank_workers} loader worker(s) per rank, {args.seconds:.0f} s "
+          f"timed per run, cpus {os.cpu_count()}")
+    one = run_ranks(outputs, 1, args, tmp)[0]
+    two = run_ranks(outputs, 2, args, tmp)
+    base = one["samples_per_s"]
+    print(f"1 process : rank 0 {base:8.1f} samples/s  (baseline)")
+    for r in two:
+        print(f"2 processes: rank {r['rank']} {r['samples_per_s']:8.1f} samples/s  = {r['samples_per_s'] / base:.2f} x baseline")
+    per_rank = sum(r["samples_per_s"] for r in two) / len(two) / base
+    total = sum(r["samples_per_s"] for r in two) / base
+    k0, k1 = two[0]["keys"], two[1]["keys"]
+    n = min(len(k0), len(k1))
+    same_pos = sum(a == b for a, b in zip(k0[:n], k1[:n])) / max(1, n)
+    common = len(set(k0) & set(k1)) / max(1, len(set(k0) | set(k1)))
+    print(f"ratio per rank (2 processes / 1): {per_rank:.2f}; total of both ranks / 1 process: {total:.2f}")
+    print(f"distinct data: {same_pos:.1%} of positions hold the same sample on both ranks; "
+          f"{common:.0%} of the keys seen are seen by both (shared dataset, independent draws)")
+    return {"one_process": base, "two_processes": [r["samples_per_s"] for r in two], "ratio_per_rank": per_rank,
+            "ratio_total": total, "same_position_share": same_pos, "common_key_share": common,
+            "rank_workers": args.rank_workers, "batch": args.batch, "res": args.res, "seconds": args.seconds}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=512, help="samples written to the bench shards")
@@ -201,7 +317,16 @@ def main() -> int:
     p.add_argument("--gpu", action="store_true", help="real-size SD-1.5 UNet (random weights) on the GPU")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads of the main process (default: torch's)")
     p.add_argument("--keep", default=None, help="write shards/models here instead of a temp dir")
+    p.add_argument("--ranks", action="store_true", help="per-rank loader rate, 2 processes vs 1, on demo shards")
+    p.add_argument("--shards", default=None, help="--ranks: output root of `make demo` (default: build demo shards)")
+    p.add_argument("--rank-workers", type=int, default=1, help="--ranks: loader workers per rank")
+    p.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)  # one rank (internal)
+    p.add_argument("--sync", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--outputs", nargs="*", default=[], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.rank_worker:
+        logging.basicConfig(level=logging.ERROR)
+        return rank_worker(args)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -211,6 +336,15 @@ def main() -> int:
     tmp_ctx = tempfile.TemporaryDirectory() if args.keep is None else None
     tmp = Path(args.keep or tmp_ctx.name)
     tmp.mkdir(parents=True, exist_ok=True)
+    if args.ranks:
+        results = ranks_bench(args, tmp)
+        out = Path("bench/results")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "loader_ranks.json").write_text(json.dumps(results, indent=1))
+        print(f"wrote {out / 'loader_ranks.json'}")
+        if tmp_ctx:
+            tmp_ctx.cleanup()
+        return 0
     t = time.perf_counter()
     mixture = write_shards(tmp / "shards", args.samples, args.res)
     print(f"shards: {args.samples} samples, {args.res} px crops from {int(args.res * 1.25)}x{int(args.res * 1.5)} JPEGs "

@@ -15,7 +15,6 @@ pytest.importorskip("torch")
 import cv2
 
 from instructdiffusion_data import imageio
-from instructdiffusion_data.render.palette import PALETTE
 from instructdiffusion_data.schema import make_key, new_row, rows_to_table, table_to_rows
 from instructdiffusion_data.stages.render_keypoints import RenderKeypoints
 from instructdiffusion_data.stages.render_refseg import RenderRefseg

@@ -3,8 +3,12 @@
 Per dataset: shard urls -> (resampled with a seeded rng | shuffled per epoch and split by rank and
 worker) -> ``webdataset`` tar expansion and grouping -> a sample shuffle buffer. The mixture draws the
 dataset of each sample with a seeded rng (weights from the mixture manifest), then the sample is
-decoded, augmented (the same crop, resize and flip for source and target) and its instruction
-tokenised. Everything is a pure function of ``(seed, rank, logical worker, generation)``, so the
+decoded, augmented (the same crop or pad, resize and flip for source and target, keeping the mask,
+the drawn marks and the edited region whole: :mod:`trainer.augment`) and its instruction tokenised.
+Ranks: resampled shards give every (rank, worker) its own seeded stream; in epoch mode each epoch's
+shard order is shared and split by global worker, so the ranks read disjoint shards covering the
+epoch. Adaptation rows (task ``adapt``: target and caption, no source) are read only by
+``MixtureDataset(rows="adapt")`` and left out of task training (:func:`collate` has the batch contract). Everything is a pure function of ``(seed, rank, logical worker, generation)``, so the
 position of a stream is one number per worker: how many raw samples it has drawn. Resume replays that
 many raw samples (tar reads only, no decoding) and continues exactly where the run stopped
 (``resume_mode: replay``); for very long runs ``reseed`` starts fresh streams with a new generation
@@ -38,11 +42,15 @@ import webdataset as wds
 from instructdiffusion_data.errors import ConfigError, RecordError
 from instructdiffusion_data.imageio import decode, decode_gray
 
-from .augment import (AugmentConfig, Geometry, Region, augment_pair, flip_allowed,  # noqa: F401 (re-exported)
-                      paired_augment, region_of)
+from .augment import AugmentConfig, Geometry, Region, augment_pair, flip_allowed, paired_augment, region_of
 from .datasets import DatasetSpec, ScoreGate
 
 log = logging.getLogger(__name__)
+
+# the augmentation lives in trainer/augment.py; its names stay importable from here
+__all__ = ["AugmentConfig", "DataConfig", "StreamState", "Mixture", "MixtureDataset", "Decoded", "Augmented",
+           "decode_sample", "decode_pair", "augment_sample", "paired_augment", "flip_allowed", "collate",
+           "make_loader", "to_chw", "to_model_range", "state_file", "row_kind_ok", "sample_task", "ADAPT_TASK"]
 
 # --- configuration --------------------------------------------------------------------------------
 
@@ -216,6 +224,9 @@ def sample_task(sample: dict) -> str | None:
 
 def row_kind_ok(sample: dict, rows: str) -> bool:
     """``rows="paired"``: every row but adaptation rows; ``"adapt"``: adaptation rows only."""
+    j = sample.get("json")
+    if rows == "paired" and "__doc__" not in sample and (not isinstance(j, bytes) or b"adapt" not in j):
+        return True  # no "adapt" anywhere in the json: not an adaptation row (replay reads stay cheap)
     return (sample_task(sample) == ADAPT_TASK) == (rows == "adapt")
 
 
