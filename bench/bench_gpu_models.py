@@ -113,14 +113,15 @@ class Workload:
     name: str
     item: str  # what one item is (the unit of items/s)
     batch: int
-    make: Callable[[torch.dtype, bool], tuple[Callable[[], object], int]]  # -> (one timed batch, params)
+    make: Callable[[torch.dtype, bool], tuple[Callable[[], object], int]]  # (dtype, compiled) -> (batch fn, params)
     published: dict | None = None  # {"items_per_s": x, "source": "..."} or a per-image figure
     compile_ok: bool = True
     note: str = ""
     extra: dict = field(default_factory=dict)
 
 
-def _unet_workload(name: str, tiny: bool, device: str, batch: int, published: dict | None, note: str) -> Workload:
+def _unet_workload(name: str, tiny: bool, device: str, batch: int, published: dict | None, note: str,
+                   backend: str) -> Workload:
     cfg = model_config(name, tiny)
     side = cfg["sample_size"]
 
@@ -130,7 +131,7 @@ def _unet_workload(name: str, tiny: bool, device: str, batch: int, published: di
         x = torch.randn(batch, cfg["in_channels"], side, side, generator=g, device=device).to(dtype)
         t = torch.randint(0, 1000, (batch,), generator=g, device=device)
         ctx = torch.randn(batch, 77, cfg["cross_attention_dim"], generator=g, device=device).to(dtype)
-        fwd = torch.compile(unet) if compiled else unet
+        fwd = torch.compile(unet, backend=backend) if compiled else unet
 
         def step():
             with torch.inference_mode():
@@ -141,14 +142,14 @@ def _unet_workload(name: str, tiny: bool, device: str, batch: int, published: di
                     extra={"latent_side": side, "image_px": side * 8})
 
 
-def _vae_workload(tiny: bool, device: str, batch: int) -> Workload:
+def _vae_workload(tiny: bool, device: str, batch: int, backend: str) -> Workload:
     cfg = model_config("sd15_vae", tiny)
     side = cfg["sample_size"] // 8
 
     def make(dtype: torch.dtype, compiled: bool):
         vae = on_device(lambda: build_vae(tiny), device, dtype)
         z = torch.randn(batch, cfg["latent_channels"], side, side, device=device).to(dtype)
-        dec = torch.compile(vae.decode) if compiled else vae.decode
+        dec = torch.compile(vae.decode, backend=backend) if compiled else vae.decode
 
         def step():
             with torch.inference_mode():
@@ -159,20 +160,23 @@ def _vae_workload(tiny: bool, device: str, batch: int) -> Workload:
                     note="the last step of every 50-step sample (SD-1.5 and PaintByExample)")
 
 
-def _clip_workload(tiny: bool, device: str, batch: int, published: dict) -> Workload:
+def _clip_workload(tiny: bool, device: str, batch: int, published: dict, backend: str) -> Workload:
     def make(dtype: torch.dtype, compiled: bool):
         model = on_device(lambda: build_clip(tiny, device), device, dtype)
         side = model.visual.image_size
         side = side[0] if isinstance(side, (tuple, list)) else side
         x = torch.randn(batch, 3, side, side, device=device).to(dtype)
-        enc = torch.compile(model.visual) if compiled else model.visual
+        enc = torch.compile(model.visual, backend=backend) if compiled else model.visual
 
         def step():
             with torch.inference_mode():
                 return torch.nn.functional.normalize(enc(x), dim=-1)
         return step, n_params(model)
 
-    return Workload("clip_vit_l14", "image embedded (224 px, image tower)", batch, make, published,
+    import open_clip
+
+    px = open_clip.get_model_config(clip_name(tiny))["vision_cfg"]["image_size"]
+    return Workload("clip_vit_l14", f"image embedded ({px} px, image tower)", batch, make, published,
                     note=f"open_clip {clip_name(tiny)}, pretrained=None")
 
 
@@ -214,16 +218,17 @@ def _lama_workload(path: str | None, device: str, batch: int, side: int) -> Work
                     extra={"available": bool(path)})
 
 
-def workloads(tiny: bool, device: str, *, lama: str | None, image_batch: int, published: dict) -> list[Workload]:
+def workloads(tiny: bool, device: str, *, lama: str | None, image_batch: int, published: dict,
+              compile_backend: str = "inductor") -> list[Workload]:
     """Everything the bench times, in order (the trainer is separate: bench_gpu.train_bench)."""
-    b = image_batch
+    b, be = image_batch, compile_backend
     return [
         _unet_workload("sd15_unet_ip2p", tiny, device, 2 * b, published.get("sd15"),
-                       f"batch = {b} images x 2 (classifier-free guidance: conditional + unconditional)"),
-        _vae_workload(tiny, device, max(1, b // 2)),
+                       f"batch = {b} images x 2 (classifier-free guidance: conditional + unconditional)", be),
+        _vae_workload(tiny, device, max(1, b // 2), be),
         _unet_workload("pbe_unet", tiny, device, 2 * b, None,
-                       f"batch = {b} images x 2 (guidance scale 5: conditional + unconditional)"),
-        _clip_workload(tiny, device, 4 if tiny else 256, published.get("clip")),
+                       f"batch = {b} images x 2 (guidance scale 5: conditional + unconditional)", be),
+        _clip_workload(tiny, device, 4 if tiny else 256, published.get("clip"), be),
         _blip2_workload(tiny, device, 2 if tiny else 32, 4 if tiny else 20, published.get("blip2")),
         _lama_workload(lama, device, 2 if tiny else 8, 64 if tiny else 512),
     ]
