@@ -272,3 +272,37 @@ def test_blip2_captioner_captions_the_written_source(bench_input, tmp_path, monk
         assert r["source_caption"] == f"an image of {img.shape[1]}x{img.shape[0]} at {int(img.mean())}"
     # the demo's given captions are not used, so the offline rule finds no object to remove in them
     assert set(m["splits"]["rejected"]["drop_reasons"]) <= {OBJECT_NOT_IN_CAPTION}
+
+
+def test_from_an_editing_output_uses_its_captions(tmp_path):
+    """Rows of an IEIW-style output: the captions their caption stage wrote (``meta.captions``), else the
+    annotation caption from the phrase and the offline rule; other tasks and dropped rows are not read."""
+    import numpy as np
+
+    from instructdiffusion_data.imageio import encode_png
+    from instructdiffusion_data.schema import drop, new_row
+    from instructdiffusion_data.writer import ShardWriter
+
+    img = encode_png(np.full((16, 16, 3), 90, np.uint8))
+    rows = [
+        new_row(key="a", task="edit_add", dataset="phrasecut", src=img, tgt=img, instruction="Add a kite.",
+                meta={"record_id": "1", "phrase": "kite",
+                      "captions": {"src": "a photo without the kite", "tgt": "a photo with the kite"}}),
+        new_row(key="b", task="edit_remove", dataset="phrasecut", src=img, tgt=img, instruction="Remove the dog.",
+                meta={"record_id": "2", "phrase": "dog"}),
+        new_row(key="c", task="keypoint", dataset="coco", src=img, tgt=img, instruction="Circle the nose.",
+                meta={"record_id": "3"}),
+        drop(new_row(key="d", task="edit_remove", dataset="phrasecut", src=img, tgt=img, instruction="Remove x.",
+                     meta={"record_id": "4", "phrase": "x"}), "dropped for the test"),
+    ]
+    root = tmp_path / "src_out" / "v1"
+    w = ShardWriter(root, output="src_out", version="v1")
+    w.write_shard(0, rows)
+    w.write_manifest(config={})
+    m = build(load_config(None, [], from_output=str(root), out=str(tmp_path), name="fromout"))
+    got = {r["record_id"]: r for h in ("align", "eval") for r in read_samples(tmp_path / "fromout" / "v1", h)}
+    assert set(got) == {"a", "b"} and m["splits"]["rejected"]["rows"] == 0
+    assert (got["a"]["category"], got["a"]["source_caption"], got["a"]["target_caption"]) == \
+        ("add", "a photo without the kite", "a photo with the kite")
+    assert (got["b"]["category"], got["b"]["source_caption"], got["b"]["target_caption"]) == \
+        ("remove", "a photo with the dog", "a photo")

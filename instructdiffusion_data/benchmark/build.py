@@ -205,11 +205,16 @@ def target_captions(rows: list[Row], items: list[BenchItem], cfg: BenchmarkConfi
             continue
         obj, new = _objects(item)
         row["meta"]["objects"] = {k: v for k, v in (("object", obj), ("target_object", new)) if v}
+        caps = item.meta.get("captions") if isinstance(item.meta.get("captions"), dict) else {}
         if item.target_caption:
             row["meta"]["target_caption"] = item.target_caption
             row["meta"]["target_caption_provenance"] = {"path": "given"}
         elif tc.llm.base_url:
             ask.append(i)
+        elif isinstance(caps.get("tgt"), str) and caps["tgt"].strip():
+            # a row of an output whose caption stage captioned its target: offline, that caption is the target's
+            row["meta"]["target_caption"] = " ".join(caps["tgt"].split())
+            row["meta"]["target_caption_provenance"] = {"path": "meta.captions.tgt"}
         else:
             text, how = rule_target_caption(item.category, row["meta"]["source_caption"], obj, new)
             if text is None:

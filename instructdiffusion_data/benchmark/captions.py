@@ -10,7 +10,8 @@ stage's annotation backend does).
 endpoint (``llm.base_url``: any OpenAI-compatible server, through :class:`..llm.LLMClient` with its
 cache, retries and budget) the LLM is asked for ``{"caption": "..."}`` given the source caption, the
 instruction and the category, and the answer is checked (one line, ``min_words``..``max_words``, not the
-source caption again; one more ask with another seed, then the sample is rejected). Without an endpoint
+source caption again; one more ask with another seed, then the sample is rejected). Without an endpoint, a
+row of an output keeps its own ``meta.captions.tgt`` (the caption its `caption` stage wrote); otherwise
 (offline, weight-free) :func:`rule_target_caption` rewrites the source caption: ``remove`` takes the
 object's noun phrase out of it ("A person and a red dog on the grass." -> "A person on the grass."),
 ``add`` appends it ("..., with a red umbrella"), ``replace`` puts the new object in the old one's place.
