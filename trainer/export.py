@@ -2,7 +2,8 @@
 
 A model folder is what ``StableDiffusionInstructPix2PixPipeline.from_pretrained(DIR)`` (edit mode) or
 ``StableDiffusionPipeline.from_pretrained(DIR)`` (adapt mode) loads and runs with no ``torch_dtype``:
-every component in one dtype (fp32 by default, or fp16/bf16 on request), the UNet's EMA weights when
+every component stored in one dtype (fp32 by default, or fp16/bf16 on request: half the bytes; loaded
+without ``torch_dtype`` every component comes up in fp32, with ``torch_dtype`` in that one), the UNet's EMA weights when
 the run kept an EMA (as diffusers' ``train_instruct_pix2pix.py`` saves them), the VAE, text encoder,
 tokenizer and scheduler of ``model.pretrained`` (frozen during training, so reloaded at full precision
 rather than taken from the half-precision copies a bf16/fp16 run computes with).
@@ -90,6 +91,16 @@ def write_pipeline(out: str | Path, unet, *, pretrained: str, mode: str = "edit"
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp))
+    if td != torch.float32:
+        # diffusers loads its models (UNet, VAE) in fp32 unless given torch_dtype, transformers loads the text
+        # encoder in the dtype its config names: name fp32 there too, so that a plain from_pretrained gets
+        # one dtype (fp32) and from_pretrained(torch_dtype=...) another, never a mix
+        conf_path = tmp / "text_encoder" / "config.json"
+        conf = json.loads(conf_path.read_text())
+        for k in ("dtype", "torch_dtype"):
+            if k in conf:
+                conf[k] = "float32"
+        conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)

@@ -370,6 +370,8 @@ class Trainer:
             window["wait"] += waited
             total["wait"] += waited
             self.stream.update(batch)
+            if not losses and not micro_losses:  # each rank's first batch: shows that ranks read different data
+                log.info("rank %d first batch: %s", acc.process_index, " ".join(map(str, batch["key"])))
             with acc.accumulate(self.unet):
                 loss = self.loss(batch)
                 acc.backward(loss)

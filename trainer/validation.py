@@ -70,6 +70,9 @@ def validation_pairs(specs: list[DatasetSpec], n: int, resolution: int, *, rows:
             if not row_kind_ok(raw, rows):
                 continue
             task = str(sample_task(raw) or spec.name)
+            if task == "adapt":  # adaptation rows: round-robin over the tasks their targets were rendered for
+                origin = (raw["__doc__"].get("meta") or {}).get("adapt") or {}
+                task = f"adapt/{origin['from_task']}" if isinstance(origin, dict) and origin.get("from_task") else task
             if kept.get(task, 0) >= n:
                 continue
             try:
