@@ -219,12 +219,18 @@ def demo_outputs(tmp: Path, shards: str | None) -> list[str]:
     work = tmp / "demo"
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    subprocess.run([*idd, "demo-data", str(work / "demo_data"), "--n", "48", "--only", "coco"], check=True,
-                   cwd=root, stdout=subprocess.DEVNULL)
+
+    def idd_run(cmd: list[str], cwd: Path) -> None:
+        done = subprocess.run([*idd, *cmd], cwd=cwd, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr[-4000:])
+            raise SystemExit(f"idd {cmd[0]} failed (exit {done.returncode}) while making the demo shards")
+
+    idd_run(["demo-data", str(work / "demo_data"), "--n", "48", "--only", "coco"], root)
     # the pipeline configs name demo_data/... relative to the working directory
-    subprocess.run([*idd, "run", *(str(root / "configs" / "pipelines" / f"{n}.yaml") for n in DEMO_PIPELINES),
-                    "--out", str(work / "shards"), "--no-ray"], check=True, cwd=work, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(root)})
+    idd_run(["run", *(str(root / "configs" / "pipelines" / f"{n}.yaml") for n in DEMO_PIPELINES),
+             "--out", str(work / "shards"), "--no-ray"], work)
     print(f"demo shards: {', '.join(DEMO_PIPELINES)} written in {time.perf_counter() - t:.0f} s")
     return sorted(str(Path(d)) for n in DEMO_PIPELINES for d in glob.glob(str(work / "shards" / n / "*")))
 
