@@ -152,7 +152,7 @@ def table(doc: dict) -> str:
     pr = doc.get("projections")
     if pr:
         ie, calls, parts = doc["ieiw"], doc["replacement_calls"], pr["ieiw_replacement_parts_gpu_h"]
-        lines += ["", "Projected GPU-hours on this GPU from the measured rates (fastest variant of each model):",
+        lines += ["", "Projected GPU-hours on this device from the measured rates (fastest variant of each model):",
                   f"- IEIW removal, {ie['removal_pairs']:,} LaMa inpaintings: " +
                   (f"{pr['ieiw_removal_gpu_h']:.2f} h" if pr["ieiw_removal_gpu_h"] is not None else
                    "not measured (LaMa not built: no TorchScript file given)"),

@@ -120,7 +120,8 @@ def train_bench(args, res, time_cap, CapReached) -> dict:
             tr = Trainer(cfg)
             out["trainer_init_s"] = time.perf_counter() - t
             acc = tr.accelerator
-            out.update(batch=cfg.train_batch_size, resolution=cfg.data.resolution, precision=acc.mixed_precision,
+            out.update(batch=cfg.train_batch_size, resolution=cfg.data.resolution,
+                       precision=acc.mixed_precision if acc.mixed_precision != "no" else "fp32",
                        loader_workers=cfg.data.num_workers, ema=tr.ema is not None,
                        gradient_checkpointing=cfg.model.gradient_checkpointing,
                        unet_params=sum(p.numel() for p in tr.unet.parameters()))
