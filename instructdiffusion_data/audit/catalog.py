@@ -51,7 +51,7 @@ LOC_CACHE = 20_000
 
 # The meta JSON is parsed once per row (json_extract with a list of paths; try() turns invalid JSON into NULL).
 _META_PATHS = ("$.scores", "$.filter", "$.pair_id", "$.group_id", "$.align_group", "$.guidance_scale",
-               "$.record_id", "$.file", "$.reference")
+               "$.record_id", "$.file", "$.reference", "$.image_guidance_scale")
 
 # Format 1 sidecars (no drop_class / drop_detail): the classes are the reason text without its trailing
 # "(details)", part by part; a "threshold=" among the details is the rule's threshold.
@@ -124,6 +124,7 @@ SELECT ?::VARCHAR AS output, ?::VARCHAR AS split, key, task, dataset, instructio
                           || coalesce({_js('$.record_id')}, {_js('$.file')}, '') || ':'
                           || md5(coalesce(instruction, '')) END) AS group_id,
        TRY_CAST({_js('$.guidance_scale')} AS DOUBLE) AS guidance_scale,
+       TRY_CAST({_js('$.image_guidance_scale')} AS DOUBLE) AS image_guidance_scale,
        coalesce(json_type({_j('$.reference')}), 'NULL') <> 'NULL' AS has_reference
 FROM c
 """
@@ -134,7 +135,8 @@ keep BOOLEAN, drop_reason VARCHAR, drop_class VARCHAR, reasons VARCHAR[], reason
 tar VARCHAR, pq_file VARCHAR, src_offset BIGINT, src_size BIGINT,
 tgt_offset BIGINT, tgt_size BIGINT, mask_offset BIGINT, mask_size BIGINT, scores MAP(VARCHAR, DOUBLE),
 {", ".join(f"{c} DOUBLE" for c in SCORE_COLUMNS)},
-filter_json VARCHAR, pair_id VARCHAR, group_id VARCHAR, guidance_scale DOUBLE, has_reference BOOLEAN"""
+filter_json VARCHAR, pair_id VARCHAR, group_id VARCHAR, guidance_scale DOUBLE,
+image_guidance_scale DOUBLE, has_reference BOOLEAN"""
 
 
 @dataclass

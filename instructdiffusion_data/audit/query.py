@@ -118,7 +118,7 @@ class CatalogQueries:
         total = self._q(f"SELECT count(*) AS n FROM samples s WHERE {where}", params)[0]["n"]
         rows = self._q(
             f"""SELECT s.output, s.split, s.key, s.task, s.dataset, s.instruction, s.keep, s.drop_reason, s.reason,
-                       s.scores, s.pair_id, s.group_id, s.guidance_scale, s.has_reference,
+                       s.scores, s.pair_id, s.group_id, s.guidance_scale, s.image_guidance_scale, s.has_reference,
                        coalesce(s.mask_size, 0) > 0 AS has_mask, coalesce(s.src_size, 0) > 0 AS has_src,
                        coalesce(s.tgt_size, 0) > 0 AS has_tgt, {", ".join(LOC_COLUMNS)}
                 FROM samples s WHERE {where} ORDER BY {order_sql} LIMIT ? OFFSET ?""",
@@ -223,8 +223,9 @@ class CatalogQueries:
             return []
         rows = self._q(
             f"""SELECT s.output, s.split, s.key, s.task, s.dataset, s.instruction, s.keep, s.reason, s.scores,
-                       s.guidance_scale, coalesce(s.tgt_size, 0) > 0 AS has_tgt FROM samples s
-                WHERE s.output = ? AND {col} = ? ORDER BY s.guidance_scale NULLS LAST, s.key LIMIT 64""",
+                       s.guidance_scale, s.image_guidance_scale, coalesce(s.tgt_size, 0) > 0 AS has_tgt FROM samples s
+                WHERE s.output = ? AND {col} = ?
+                ORDER BY s.guidance_scale NULLS LAST, s.image_guidance_scale NULLS LAST, s.key LIMIT 64""",
             [row["output"], row[column]])
         for r in rows:
             r["scores"] = dict(r["scores"] or {})
@@ -241,7 +242,7 @@ class CatalogQueries:
                              GROUP BY 1, 2 HAVING count(*) >= 2)""", params)[0]["n"]
         rows = self._q(
             f"""SELECT s.output, s.group_id, count(*) AS candidates, any_value(s.instruction) AS instruction,
-                       any_value(s.dataset) AS dataset, list(s.key ORDER BY s.guidance_scale NULLS LAST, s.key) AS keys
+                       any_value(s.dataset) AS dataset, list(s.key ORDER BY s.guidance_scale NULLS LAST, s.image_guidance_scale NULLS LAST, s.key) AS keys
                 FROM samples s WHERE {cond} GROUP BY 1, 2 HAVING count(*) >= 2
                 ORDER BY 1, 2 LIMIT ? OFFSET ?""", params + [page_size, max(0, int(page)) * page_size])
         return {"total": total, "rows": rows}

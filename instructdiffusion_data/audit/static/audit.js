@@ -291,7 +291,8 @@ async function openGroup(output, group) {
   const cands = d.candidates.map((r) => {
     const box = el("div", { class: `candidate ${state.group.picked.has(r.key) ? "picked" : ""}`, "data-key": r.key },
       el("img", { src: imgUrl(r, "tgt", true), alt: r.key }),
-      el("div", {}, r.guidance_scale != null ? badge(`guidance ${r.guidance_scale}`) : null, r.keep ? badge("kept", "kept") : badge(r.reason, "reason")),
+      el("div", {}, r.guidance_scale != null ? badge(`guidance ${r.guidance_scale}`) : null,
+        r.image_guidance_scale != null ? badge(`image guidance ${r.image_guidance_scale}`) : null, r.keep ? badge("kept", "kept") : badge(r.reason, "reason")),
       el("div", { class: "key" }, r.key));
     box.addEventListener("click", () => {
       const s = state.group.picked;
