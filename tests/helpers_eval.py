@@ -4,18 +4,13 @@
   saved as an InstructPix2Pix pipeline folder (what ``runs/<name>/final`` holds);
 - :func:`make_tiny_clip`: an open_clip architecture JSON (768-d, so the LAION head fits) and a checkpoint;
 - :func:`make_aesthetic_head`: a state_dict in the published improved-predictor layout;
-- :func:`make_benchmark`: a benchmark output in the shard format (``meta["benchmark"]``).
+- :func:`make_benchmark`: the demo editing benchmark built by ``idd benchmark build``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from instructdiffusion_data.imageio import encode_jpeg
-from instructdiffusion_data.schema import make_key, new_row
-from instructdiffusion_data.writer import ShardWriter
-from tests.helpers_quality import scene
 
 TINY_CLIP_NAME = "idd-test-eval-clip"
 # 768-d like ViT-L/14 (the aesthetic head's input); the full BPE vocabulary so open_clip's tokenizer fits
@@ -27,12 +22,6 @@ MLP_LAYOUT = {"layers.0.weight": (1024, 768), "layers.0.bias": (1024,), "layers.
               "layers.2.bias": (128,), "layers.4.weight": (64, 128), "layers.4.bias": (64,),
               "layers.6.weight": (16, 64), "layers.6.bias": (16,), "layers.7.weight": (1, 16),
               "layers.7.bias": (1,)}
-
-CATEGORY_WORDS = {"remove": ("remove the {c} circle", "a picture without the {c} circle"),
-                  "add": ("add a {c} square", "a picture with a {c} square"),
-                  "replace": ("replace the circle with a {c} star", "a picture with a {c} star")}
-COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
-
 
 def make_ip2p_model(root: Path, seed: int = 0) -> Path:
     """``root/ip2p``: a tiny InstructPix2Pix pipeline folder (8-channel UNet), loadable with
@@ -80,31 +69,21 @@ def make_aesthetic_head(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def benchmark_rows(n: int, *, seed: int = 0, size: tuple[int, int] = (48, 64)) -> list[dict]:
-    """``n`` benchmark samples: categories cycle remove/add/replace, the halves alternate align/eval
-    (in pairs, so that each half holds every category)."""
-    cats = list(CATEGORY_WORDS)
-    rows = []
-    for i in range(n):
-        cat = cats[i % 3]
-        colour = COLOURS[i % len(COLOURS)]
-        instr, target = (t.format(c=colour) for t in CATEGORY_WORDS[cat])
-        split = "align" if (i // 3) % 2 == 0 else "eval"
-        meta = {"record_id": f"img{i:03d}",
-                "benchmark": {"caption": f"a picture of coloured circles number {i}", "target_caption": target,
-                              "category": cat, "split": split}}
-        rows.append(new_row(key=make_key("bench", f"img{i:03d}", 0), task=f"edit_{cat}", dataset="bench",
-                            src=encode_jpeg(scene(seed * 1000 + i, *size)), instruction=instr, meta=meta))
-    return rows
+def make_benchmark(root: Path, n: int = 12, *, seed: int = 0, name: str = "editbench") -> Path:
+    """A benchmark output at ``root/shards/<name>/v1``, made the way a user makes one: the demo editing
+    benchmark (``idd demo-data --only editbench``) through ``idd benchmark build`` (weight-free profile:
+    the JSONL's captions, target captions by the offline rule)."""
+    from instructdiffusion_data.benchmark import build, load_config
+    from instructdiffusion_data.demo.editbench import generate
+
+    generate(root / "demo", n, seed)
+    cfg = load_config(None, name=name, version="v1", out=str(root / "shards"), seed=seed,
+                      jsonl=str(root / "demo" / "editbench" / "benchmark.jsonl"))
+    build(cfg)
+    return root / "shards" / name / "v1"
 
 
-def make_benchmark(root: Path, n: int = 12, *, seed: int = 0, shards: int = 2) -> Path:
-    """A benchmark output at ``root/benchmark/v1`` (the layout ``idd benchmark build`` writes)."""
-    out = root / "benchmark" / "v1"
-    rows = benchmark_rows(n, seed=seed)
-    w = ShardWriter(out, output="benchmark", version="v1")
-    per = (n + shards - 1) // shards
-    for s in range(shards):
-        w.write_shard(s, rows[s * per:(s + 1) * per])
-    w.write_manifest(config={"name": "benchmark"}, extra={"name": "benchmark", "version": "v1", "roots": {}})
-    return out
+def halves(bench: Path) -> dict:
+    """``{half: {category: count}}`` from the benchmark's manifest."""
+    man = json.loads((bench / "manifest.json").read_text())
+    return {h: v["categories"] for h, v in man["benchmark"]["splits"].items()}

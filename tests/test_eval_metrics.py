@@ -11,8 +11,8 @@ import pytest
 
 from instructdiffusion_data.cli import main as idd
 from instructdiffusion_data.errors import ConfigError, UserError
-from tests.helpers_eval import (MLP_LAYOUT, TINY_CLIP_NAME, make_aesthetic_head, make_benchmark, make_ip2p_model,
-                                make_tiny_clip)
+from tests.helpers_eval import (MLP_LAYOUT, TINY_CLIP_NAME, halves, make_aesthetic_head, make_benchmark,
+                                make_ip2p_model, make_tiny_clip)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -89,7 +89,7 @@ def assets(tmp_path_factory):
     cfg, ckpt = make_tiny_clip(root / "clip")
     head = make_aesthetic_head(root / "sac+logos+ava1-l14-linearMSE.pth")
     model = make_ip2p_model(root / "model")
-    bench = make_benchmark(root / "shards", n=12)
+    bench = make_benchmark(root, n=12)
     return {"root": root, "clip_cfg": cfg, "clip_ckpt": ckpt, "head": head, "model": model, "bench": bench}
 
 
@@ -156,34 +156,37 @@ def test_evaluate_per_category_deterministic_and_checked(assets, tmp_path):
     scorer = EditScorer(_metric_cfg(assets))
     rep = evaluate(cfg, scorer=scorer)
     doc = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert doc["benchmark"]["split"] == "eval" and doc["benchmark"]["samples"] == 6  # the held-out half only
+    want = halves(assets["bench"])["eval"]  # the held-out half only
+    assert doc["benchmark"]["split"] == "eval" and doc["benchmark"]["samples"] == sum(want.values())
     assert {r["split"] for r in doc["samples"]} == {"eval"}
-    assert list(doc["per_category"]) == ["remove", "add", "replace"]
+    assert list(doc["per_category"]) == ["remove", "add", "replace"] and len(want) == 3
     for cat, b in doc["per_category"].items():
-        assert b["samples"] == 2
+        assert b["samples"] == want[cat]
         for m in ("clip_sim", "aesthetic", "source_clip_sim", "source_aesthetic"):
-            assert b[m]["n"] == 2 and math.isfinite(b[m]["mean"])
+            assert b[m]["n"] == want[cat] and math.isfinite(b[m]["mean"])
         assert Image.open(tmp_path / "a" / doc["grids"][cat]).size[0] > 0
     assert doc["overall"]["clip_sim"]["mean"] == pytest.approx(np.mean([r["clip_sim"] for r in doc["samples"]]))
     assert doc["guidance"] == {"text": 5.0, "image": 1.25} and doc["editor"]["dtype"] == "fp32"
     # each sample's CLIP-Sim is 100 x cosine of its saved edit and its target caption
     r0 = doc["samples"][0]
     edit = decode((tmp_path / "a" / "edited" / f"{r0['key']}.png").read_bytes())
-    assert edit.shape == (64, 64, 3)  # 48x64 source: longer side 64, sides rounded to 64
+    assert edit.shape == (64, 64, 3)  # 240x320 source: longer side 64, sides rounded to 64
     v_img = scorer.clip.embed_images([edit])[0]
     v_txt = scorer.clip.embed_texts([r0["target_caption"]])[0]
     assert r0["clip_sim"] == pytest.approx(100 * float(v_img @ v_txt), abs=1e-3)
     # the same seed gives the same numbers whatever the batch size (noise seeded per sample)
-    cfg2 = EvalConfig(model=cfg.model, benchmark=cfg.benchmark, out=str(tmp_path / "b"), metrics=cfg.metrics,
+    # (first sample of each category, one at a time; batched convolutions round differently: ~1e-4 on 0-100)
+    cfg2 = EvalConfig(model=cfg.model, benchmark=cfg.benchmark, out=str(tmp_path / "b"), metrics=cfg.metrics, limit=1,
                       editor=EditorConfig(**{**ecfg.__dict__, "batch_size": 1}))
     editor1 = Editor(cfg2.editor)
     rep2 = evaluate(cfg2, editor=editor1, scorer=scorer)
-    # (batched convolutions round differently: equal to ~1e-4 on the 0-100 scale)
-    assert [r["clip_sim"] for r in rep2["samples"]] == pytest.approx([r["clip_sim"] for r in rep["samples"]], abs=2e-3)
+    first = {r["key"]: r["clip_sim"] for r in rep["samples"]}
+    assert len(rep2["samples"]) == 3
+    assert [r["clip_sim"] for r in rep2["samples"]] == pytest.approx([first[r["key"]] for r in rep2["samples"]], abs=2e-3)
     # another guidance pair changes the edits
     cfg3 = EvalConfig(**{**cfg2.__dict__, "out": str(tmp_path / "c"), "text_guidance": 9.0, "image_guidance": 1.0})
     rep3 = evaluate(cfg3, editor=editor1, scorer=scorer)
-    assert [r["clip_sim"] for r in rep3["samples"]] != pytest.approx([r["clip_sim"] for r in rep["samples"]], abs=0.05)
+    assert [r["clip_sim"] for r in rep3["samples"]] != pytest.approx([first[r["key"]] for r in rep3["samples"]], abs=0.05)
 
 
 def test_cli_eval_table_json_and_errors(assets, tmp_path, capsys):
@@ -193,10 +196,11 @@ def test_cli_eval_table_json_and_errors(assets, tmp_path, capsys):
     assert idd(["eval", *common, "--aesthetic-weights", str(assets["head"]), "--split", "align", "--limit", "1",
                 "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
-    for cat in ("remove", "add", "replace", "overall"):
+    for cat in (*halves(assets["bench"])["align"], "overall"):
         assert any(ln.startswith(cat) for ln in out.splitlines())
     doc = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert doc["benchmark"]["samples"] == 3 and {r["split"] for r in doc["samples"]} == {"align"}
+    assert doc["benchmark"]["samples"] == len(halves(assets["bench"])["align"])  # --limit 1: one per category
+    assert {r["split"] for r in doc["samples"]} == {"align"}
     # no aesthetic weights: one line naming the option
     assert idd(["eval", *common, "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -211,18 +215,32 @@ def test_cli_eval_table_json_and_errors(assets, tmp_path, capsys):
     assert "not a shard output" in capsys.readouterr().err
 
 
-def test_benchmark_rows_are_checked(tmp_path):
+def test_benchmark_rows_are_checked(assets, tmp_path):
+    from instructdiffusion_data.benchmark.build import FORMAT
     from instructdiffusion_data.evaluation.benchmark import read_benchmark
+    from instructdiffusion_data.imageio import encode_jpeg
+    from instructdiffusion_data.schema import make_key, new_row
     from instructdiffusion_data.writer import ShardWriter
-    from tests.helpers_eval import benchmark_rows
+    from tests.helpers_quality import scene
 
-    rows = benchmark_rows(3)
-    del rows[1]["meta"]["benchmark"]["target_caption"]
-    out = tmp_path / "bad" / "v1"
-    w = ShardWriter(out)
-    w.write_shard(0, rows)
-    w.write_manifest(config={}, extra={"name": "bad", "version": "v1"})
-    with pytest.raises(UserError, match=r"field meta.benchmark.target_caption missing"):
-        read_benchmark(out, "all")
+    meta = {"category": "add", "bench_split": "eval", "source_caption": "a scene", "target_caption": "a scene, a cat"}
+
+    def output(name, rows, section=True):
+        out = tmp_path / name / "v1"
+        w = ShardWriter(out)
+        w.write_shard(0, rows)
+        w.write_manifest(config={}, extra={"name": name, "version": "v1",
+                                           **({"benchmark": {"format": FORMAT}} if section else {})})
+        return out
+
+    row = lambda i, **m: new_row(key=make_key("b", i), task="edit_add", dataset="b", src=encode_jpeg(scene(i, 32, 32)),
+                                 instruction="add a cat", meta={**meta, **m})
+    assert len(read_benchmark(output("ok", [row(0), row(1, bench_split="align")]), "eval").samples) == 1
+    with pytest.raises(UserError, match=r"row b_1_0_\w+: field meta.target_caption missing or empty"):
+        read_benchmark(output("bad", [row(0), row(1, target_caption=" ")]), "all")
+    with pytest.raises(UserError, match=r"field meta.bench_split is 'test'"):
+        read_benchmark(output("half", [row(0, bench_split="test")]), "all")
+    with pytest.raises(UserError, match="not a benchmark output"):
+        read_benchmark(output("plain", [row(0)], section=False), "eval")
     with pytest.raises(UserError, match="--split"):
-        read_benchmark(out, "train")
+        read_benchmark(assets["bench"], "train")

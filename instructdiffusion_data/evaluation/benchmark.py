@@ -1,11 +1,13 @@
 """The editing benchmark read back from a shard output (paper section 4.4).
 
-A benchmark is a regular output (``idd benchmark build``): one kept row per sample with the source image
-(``src``), the instruction, and in ``meta["benchmark"]`` the BLIP-2 caption of the source (``caption``),
-the caption the edited image should have (``target_caption``), the category (``remove``, ``add`` or
-``replace``) and the half it belongs to (``split``: ``align``, where alignment candidates come from, or
-``eval``, where metrics are reported). Rows are read at the output's current generation, from the train
-sidecars (no JSON parsing of what is not needed) and the tars by their member offsets.
+A benchmark is a regular output written by ``idd benchmark build`` (:mod:`..benchmark.build`, whose
+manifest has a ``benchmark`` section of format ``instructdiffusion-data/benchmark/1``): one kept row per
+sample with the source image (``src``), the instruction, and in ``meta`` the caption of the source
+(``source_caption``: BLIP-2, or the given caption in the weight-free profile), the caption the edited image
+should have (``target_caption``), the ``category`` (``remove``, ``add`` or ``replace``) and the half it
+belongs to (``bench_split``: ``align``, where alignment candidates come from, or ``eval``, where metrics are
+reported). Rows are read at the output's current generation, from the train sidecars and the tars by their
+member offsets.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ..benchmark.build import FORMAT as BENCHMARK_FORMAT
+from ..benchmark.build import SPLITS
+from ..benchmark.inputs import CATEGORIES
 from ..errors import UserError
 from ..generations import current, is_output
 
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("remove", "add", "replace")
-SPLITS = ("align", "eval")
 SPLIT_CHOICES = (*SPLITS, "all")
 _COLUMNS = ["key", "task", "dataset", "instruction", "meta", "tar", "src_offset", "src_size", "keep"]
 
@@ -52,18 +55,17 @@ class BenchmarkSample:
             meta = json.loads(row.get("meta") or "{}")
         except ValueError:
             raise UserError(f"{where}: row {key}: meta is not JSON") from None
-        bench = meta.get("benchmark") if isinstance(meta, dict) else None
-        if not isinstance(bench, dict):
-            raise UserError(f"{where}: row {key}: field meta.benchmark missing (not a benchmark output? "
-                            "make one with `idd benchmark build`)")
+        if not isinstance(meta, dict):
+            raise UserError(f"{where}: row {key}: meta is not a JSON object")
         vals = {}
-        for name in ("caption", "target_caption", "category", "split"):
-            v = bench.get(name)
+        for name, fld in (("caption", "source_caption"), ("target_caption", "target_caption"),
+                          ("category", "category"), ("split", "bench_split")):
+            v = meta.get(fld)
             if not isinstance(v, str) or not v.strip():
-                raise UserError(f"{where}: row {key}: field meta.benchmark.{name} missing or empty")
+                raise UserError(f"{where}: row {key}: field meta.{fld} missing or empty")
             vals[name] = v.strip()
         if vals["split"] not in SPLITS:
-            raise UserError(f"{where}: row {key}: field meta.benchmark.split is {vals['split']!r}, "
+            raise UserError(f"{where}: row {key}: field meta.bench_split is {vals['split']!r}, "
                             f"expected one of {', '.join(SPLITS)}")
         if not (row.get("instruction") or "").strip():
             raise UserError(f"{where}: row {key}: no instruction")
@@ -105,6 +107,10 @@ def read_benchmark(path: str | Path, split: str = "eval", limit: int | None = No
     if not path.is_dir() or not is_output(path):
         raise UserError(f"{path}: not a shard output (no manifest.json); build one with `idd benchmark build`")
     gen = current(path)
+    section = (gen.manifest or {}).get("benchmark")
+    if not isinstance(section, dict) or section.get("format") != BENCHMARK_FORMAT:
+        raise UserError(f"{path}/manifest.json: field benchmark missing or not of format {BENCHMARK_FORMAT} "
+                        "(not a benchmark output; build one with `idd benchmark build`)")
     gdir = Path(gen.loc.path)
     train = gdir / "train"
     files = sorted(p for p in train.glob("*.parquet")
