@@ -89,7 +89,7 @@ def train_config(tmp: Path, layout: Path, shards: Path, tiny: bool, batch: int |
     return make_config(**raw)
 
 
-def train_bench(args, res, time_cap, CapReached) -> dict:
+def train_bench(args, budget: float, time_cap, CapReached) -> dict:
     """Warm-up steps, then ``args.train_steps`` timed optimisation steps with the loader feeding them."""
     import torch
 
@@ -105,7 +105,7 @@ def train_bench(args, res, time_cap, CapReached) -> dict:
     tmp = Path(tmp_ctx.name)
     it = None
     try:
-        with time_cap(args.cap_for.get("trainer", 2 * args.cap), "trainer"):
+        with time_cap(min(args.cap_for.get("trainer", 2 * args.cap), budget), "trainer"):
             t = time.perf_counter()
             shards = write_demo_shards(tmp / "shards", n, *((80, 96) if args.tiny else (320, 384)))
             out["demo_shards"] = {"pairs": n, "seconds": time.perf_counter() - t}

@@ -92,6 +92,14 @@ def test_model_over_its_cap_is_cut_and_the_others_kept(tmp_path):
     assert "| clip_vit_l14 | - |" in (tmp_path / "bench_gpu_tiny.md").read_text()
 
 
+def test_total_cap_skips_what_it_cannot_start(tmp_path):
+    bench = _load("bench_gpu")
+    assert bench.main(["--tiny", "--out", str(tmp_path), "--models", "sd15_unet_ip2p,trainer", "--total-cap", "5"]) == 0
+    doc = json.loads((tmp_path / "bench_gpu_tiny.json").read_text())
+    assert doc["complete"] and [m["status"] for m in doc["models"]] == ["skipped"]
+    assert doc["trainer"]["status"] == "skipped" and doc["projections"]["epoch"]["gpu_h"] is None
+
+
 def test_killed_run_keeps_what_it_measured(tmp_path):
     """A run killed mid-way (a host's time limit) leaves valid JSON and a table with the finished models."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
