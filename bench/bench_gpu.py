@@ -110,6 +110,11 @@ class Results:
             os.replace(tmp, path)
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 def sync_fn(device: str):
     import torch
 
@@ -192,7 +197,7 @@ def run_workload(w, args, res: Results, budget: float) -> None:
                 except Exception as e:  # noqa: BLE001 - one failed variant (compile, dtype) is a row, not a stop
                     if not compiled:
                         raise
-                    row["status"] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                    row["status"] = f"failed: {first_line(e, 200)}"
                     entry["rows"].append(row)
                     res.save()
                     continue
@@ -213,7 +218,7 @@ def run_workload(w, args, res: Results, budget: float) -> None:
         log.warning("%s", e)
     except Exception as e:  # noqa: BLE001 - a model that fails is recorded and the run goes on
         entry["status"] = "failed"
-        entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        entry["error"] = first_line(e)
         log.exception("%s failed", w.name)
     entry["seconds"] = time.perf_counter() - t0
     free(args.device)
@@ -233,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile: off, on (compiled only), both (eager and compiled; default on a GPU)")
     p.add_argument("--compile-models", default="sd15_unet_ip2p,clip_vit_l14",
                    help="models compiled when --compile is on/both (each compile costs about a minute)")
-    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: trace only, for CPU checks)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (eager: trace only, for CPU checks)")
     p.add_argument("--image-batch", type=int, default=None, help="images per diffusion batch (GPU 16, tiny 1)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=None, help="timed batches per variant (GPU 10, tiny 2)")

@@ -143,7 +143,8 @@ def table(doc: dict) -> str:
         lines += ["", f"SD-1.5, {steps}-step sampling at {px} px with classifier-free guidance (compared: 2 UNet passes "
                   "per step, as the published figure; InstructPix2Pix uses 3), VAE decode added, text encoder left out:",
                   "", "| precision | compiled | UNet batch | ms per UNet pass | VAE ms/image | s/image (2 passes/step) "
-                  "| published s/image | ratio | s/image InstructPix2Pix (3 passes/step) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| published s/image | ratio | s/image InstructPix2Pix (3 passes/step) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for s in sd:
             lines.append(f"| {s['precision']} | {'yes' if s['compiled'] else 'no'} | {s['unet_batch']} | "
                          f"{s['ms_per_unet_pass']:.1f} | {_f(s['vae_decode_ms_per_image'], '.1f')} | "

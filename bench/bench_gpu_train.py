@@ -91,9 +91,7 @@ def train_config(tmp: Path, layout: Path, shards: Path, tiny: bool, batch: int |
 
 def train_bench(args, budget: float, time_cap, CapReached) -> dict:
     """Warm-up steps, then ``args.train_steps`` timed optimisation steps with the loader feeding them."""
-    import torch
-
-    from bench_gpu import free, peak_gib, peak_reset, sync_fn
+    from bench_gpu import first_line, free, peak_gib, peak_reset, sync_fn
 
     gpu = args.device.startswith("cuda")
     steps = args.train_steps or (20 if gpu else 3)
@@ -157,8 +155,7 @@ def train_bench(args, budget: float, time_cap, CapReached) -> dict:
         out.update(status="cut", cut=str(e))
         log.warning("%s", e)
     except Exception as e:  # noqa: BLE001 - recorded in the results, the run goes on to the table
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        out.update(status="failed", error=f"{type(e).__name__}: {msg}")
+        out.update(status="failed", error=first_line(e))
         log.exception("trainer bench failed")
     finally:
         del it
