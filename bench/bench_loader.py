@@ -13,8 +13,9 @@ run, on demo shards (keypoints, semantic and referring segmentation made by ``id
 ``idd run``, or ``--shards DIR`` of an earlier ``make demo``): each rank is its own process with
 ``RANK``/``WORLD_SIZE`` set, as torchrun starts them, building ``MixtureDataset(rank, world)``; all
 ranks of a run start timing together. Prints samples/s per rank, the ratio of the 2-process per-rank
-rate to the 1-process rate (and of the 2-process total), and the share of keys the two ranks have in
-common (about what two independent draws share).
+rate to the 1-process rate (measured before and after the 2-process run, the mean is the baseline), the
+ratio of the 2-process total, and the share of keys the two ranks have in common (about what two
+independent draws share). Each rank process gets OMP_NUM_THREADS=1 unless set, as torchrun does.
 
   .venv/bin/python bench/bench_loader.py [--samples 512] [--res 256] [--gpu --workers 8 --batch 32]
   .venv/bin/python bench/bench_loader.py --ranks [--shards shards] [--rank-workers 1] [--seconds 8]
@@ -276,7 +277,8 @@ def run_ranks(outputs: list[str], world: int, args, tmp: Path) -> list[dict]:
             "--batch", str(args.batch), "--seconds", str(args.seconds), "--rank-workers", str(args.rank_workers),
             "--outputs", *outputs]
     procs = [subprocess.Popen(base, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r)})
+                              env={"OMP_NUM_THREADS": "1", **os.environ,  # as torchrun sets it for each rank
+                                   "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r)})
              for r in range(world)]
     res = []
     for p in procs:
@@ -292,10 +294,13 @@ def ranks_bench(args, tmp: Path) -> dict:
     print(f"outputs: {', '.join(str(Path(o).relative_to(Path(o).parents[1])) for o in outputs)}; "
           f"batch {args.batch}, {args.res} px, {args.rank_workers} loader worker(s) per rank, {args.seconds:.0f} s "
           f"timed per run, cpus {os.cpu_count()}")
-    one = run_ranks(outputs, 1, args, tmp)[0]
+    # the 1-process baseline before and after the 2-process run (a shared machine's load drifts): the
+    # mean is the baseline, both are printed
+    before = run_ranks(outputs, 1, args, tmp)[0]["samples_per_s"]
     two = run_ranks(outputs, 2, args, tmp)
-    base = one["samples_per_s"]
-    print(f"1 process : rank 0 {base:8.1f} samples/s  (baseline)")
+    after = run_ranks(outputs, 1, args, tmp)[0]["samples_per_s"]
+    base = (before + after) / 2
+    print(f"1 process : rank 0 {before:8.1f} samples/s before, {after:.1f} after: baseline {base:.1f}")
     for r in two:
         print(f"2 processes: rank {r['rank']} {r['samples_per_s']:8.1f} samples/s  = {r['samples_per_s'] / base:.2f} x baseline")
     per_rank = sum(r["samples_per_s"] for r in two) / len(two) / base
@@ -307,7 +312,7 @@ def ranks_bench(args, tmp: Path) -> dict:
     print(f"ratio per rank (2 processes / 1): {per_rank:.2f}; total of both ranks / 1 process: {total:.2f}")
     print(f"distinct data: {same_pos:.1%} of positions hold the same sample on both ranks; "
           f"{common:.0%} of the keys seen are seen by both (shared dataset, independent draws)")
-    return {"one_process": base, "two_processes": [r["samples_per_s"] for r in two], "ratio_per_rank": per_rank,
+    return {"one_process": base, "one_process_before_after": [before, after], "two_processes": [r["samples_per_s"] for r in two], "ratio_per_rank": per_rank,
             "ratio_total": total, "same_position_share": same_pos, "common_key_share": common,
             "rank_workers": args.rank_workers, "batch": args.batch, "res": args.res, "seconds": args.seconds}
 

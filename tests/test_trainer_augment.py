@@ -327,3 +327,28 @@ def test_positional_phrases():
                              {"person": "the person in the middle"}, words)
     assert positional_phrase("edit_remove", "Remove the blue bird on top of the tree.", {}, words)
     assert not positional_phrase("edit_remove", "Remove the bottle.", {}, words)  # "bottle" is not "bottom"
+
+
+def test_training_stream_applies_the_task_aware_placement(img_file, tmp_path):
+    """MixtureDataset decodes the mask member and places each sample as augment_sample does: the
+    segmentation masks of the shard it reads stay whole."""
+    from instructdiffusion_data.writer import ShardWriter
+    from trainer.data import DataConfig, MixtureDataset, _seed
+    from trainer.datasets import specs_from_outputs
+    from trainer.model import make_tiny_tokenizer
+
+    rows = seg_rows(img_file, [[400, 20, 470, 20, 470, 110, 400, 110]])
+    out = tmp_path / "ss" / "v1"
+    w = ShardWriter(out)
+    w.write_shard(0, rows)
+    w.write_manifest(config={}, extra={"name": "ss", "version": "v1"})
+    by_key = {r["key"]: r for r in rows}
+    cfg = DataConfig(resolution=RES, num_workers=0, shuffle_buffer=0, augment=AUG)
+    ds = MixtureDataset(specs_from_outputs([str(out)], {}), cfg, make_tiny_tokenizer(tmp_path / "tok"), seed=4)
+    for _, s in zip(range(12), ds):
+        r = by_key[s["key"]]
+        d = decode_sample(raw(r), with_mask=True)
+        a = augment_sample(d, RES, np.random.default_rng(_seed(4, 0, 0, 0, s["pos"], 99)), AUG)
+        src, tgt = s["src"].transpose(1, 2, 0), s["tgt"].transpose(1, 2, 0)
+        assert np.array_equal(src, a.src) and np.array_equal(tgt, a.tgt)
+        assert region_whole(src, tgt, int(r["meta"]["mask_area"]), a.geometry.side)
