@@ -102,7 +102,9 @@ class Results:
         return entry
 
     def save(self) -> None:
-        from bench_gpu_report import table
+        from bench_gpu_report import sd15_sampling, table
+
+        self.doc["sd15_sampling"] = sd15_sampling(self.doc, DIFFUSION_STEPS)
 
         for path, text in ((self.json_path, json.dumps(self.doc, indent=1)), (self.md_path, table(self.doc))):
             tmp = path.with_suffix(path.suffix + ".tmp")
@@ -208,6 +210,8 @@ def run_workload(w, args, res: Results, budget: float) -> None:
                 per_item = m["median_batch_s"] / w.batch
                 row.update(status="ok", items_per_s=1.0 / per_item, ms_per_item=1000 * per_item,
                            ms_per_batch=1000 * m["median_batch_s"], peak_mem_gib=peak_gib(args.device), **m)
+                pub = (w.published or {}).get("items_per_s")
+                row["ratio_to_published"] = row["items_per_s"] / pub if pub else None
                 entry["rows"].append(row)
                 free(args.device)
                 res.save()

@@ -37,7 +37,7 @@ def _load(name: str):
 
 
 ROW_FIELDS = {"model", "batch", "precision", "compiled", "status", "items_per_s", "ms_per_item", "ms_per_batch",
-              "peak_mem_gib", "timed_batches", "first_call_s"}
+              "peak_mem_gib", "timed_batches", "first_call_s", "ratio_to_published"}
 TABLE_HEAD = "| model | batch | precision | compiled | items/s | ms/item | peak GiB | published | ratio |"
 
 
@@ -57,6 +57,12 @@ def test_tiny_run_writes_table_and_json(tmp_path, capsys):
             assert ROW_FIELDS <= set(r), r
             assert r["status"] == "ok" and r["items_per_s"] > 0 and r["ms_per_item"] > 0 and r["precision"] == "fp32"
             assert abs(r["items_per_s"] * r["ms_per_item"] - 1000) < 1e-6 * r["items_per_s"] * r["ms_per_item"]
+    clip = doc["models"][3]["rows"][0]
+    assert clip["ratio_to_published"] == pytest.approx(clip["items_per_s"] / 312.0)
+    (sd,) = doc["sd15_sampling"]  # the 50-step per-image figure, 2 UNet passes per step + VAE decode
+    vae = doc["models"][1]["rows"][0]["ms_per_item"]
+    assert sd["s_per_image_cfg2"] == pytest.approx(100 * sd["ms_per_item"] / 1000 + vae / 1000)
+    assert sd["s_per_image_ip2p_cfg3"] > sd["s_per_image_cfg2"] and sd["published_s_per_image"] == 1.03
     lama = doc["models"][-1]
     assert lama["status"] == "not built" and "TorchScript" in lama["note"]
     tr = doc["trainer"]
