@@ -243,7 +243,7 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
     people = Boxes(len(images))
     repeats = Repeats()
     n_anns = 0
-    for i, ann in enumerate(stream.items("annotations.item")):
+    for i, ann in enumerate(stream.fields("annotations", ("id", "image_id", "iscrowd", "bbox"))):
         n_anns += 1
         repeats.note(_ann_ids(ann, i)[2])
         if not isinstance(ann, dict) or ann.get("iscrowd"):
@@ -255,8 +255,6 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
         people.add(pos, box)
     if n_anns == 0:
         stream.require_list("annotations")
-    if stream.nonstandard:
-        stats["nonstandard_numbers"] = stream.nonstandard
     repeats.freeze()
 
     # pass 4: one record per annotation, in file order
@@ -269,6 +267,8 @@ def coco_people(src: CocoStyleKeypoints, stream: JsonStream) -> Iterator[Row]:
                              annotation_index=i)
             continue
         yield _person(src, dataset, ann_file, images, folder, cats, default_names, people, ann, i)
+    if stream.nonstandard:  # counted by this full pass
+        stats["nonstandard_numbers"] = stream.nonstandard
 
 
 def _person(src: CocoStyleKeypoints, dataset: str, ann_file: str, images: ImageIndex, folder: ImageFolder,
