@@ -8,16 +8,13 @@ rejects the record that holds them (``NOT_FINITE``) instead of the whole file fa
 that is not JSON, or whose top level is not what the format says (``"annotations": {}``, ``images``
 missing), is one :class:`~..errors.ConfigError` line naming the file and the field.
 
-Speed: a pass first tries the standard library's C decoder item by item over a sliding text window
-(:class:`_FastItems`, about 2-3x ijson's items on COCO annotations, same bounded memory). It yields exactly
-what the ijson pass would; anything it cannot read that way (a non-standard number it would read
-differently, invalid UTF-8, a parse error, a deeper prefix) hands over to the ijson pass, which skips the
-items already yielded and reports errors as above.
+Speed: a pass that needs only a few members of each item (:meth:`JsonStream.fields`) reads the structure
+instead of parsing (:mod:`._json_scan`, about 3x faster), and parses where that scan cannot read the file
+exactly.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import math
@@ -156,155 +153,6 @@ def restore(obj: Any) -> Any:
     return obj
 
 
-# -- fast path: the standard library's C decoder, one item at a time --------------------------------
-
-class _Unsupported(Exception):
-    """The fast path cannot read this file exactly as the ijson pass would: that pass takes over."""
-
-
-# tokens whose reading differs between the two paths (numbers overflowing int64 or maybe a double): a
-# chunk that holds one is left to the ijson pass, which rewrites them (an over-cautious match inside a
-# string only costs speed). Found by mapping the bytes to a 4-letter alphabet (digits, e/E, signs, other)
-# and searching for 19 digits or an exponent of 3 digits: C speed, unlike a regular expression.
-_CLASSES = bytes(48 if 48 <= b <= 57 else 101 if b in b"eE" else 43 if b in b"+-" else 32 for b in range(256))
-_RISKY = (b"0" * 19, b"e000", b"e+000")
-_WS = re.compile(r"[ \t\n\r]*")
-_WINDOW = 64 << 20  # characters of one value the fast path holds at most
-
-
-class _FastItems:
-    """Items of the top-level array, or of the arrays under one top-level key, decoded item by item with
-    :meth:`json.JSONDecoder.raw_decode` over a sliding text window: the file is read in ``CHUNK`` pieces
-    and at most one item (plus a chunk) is held. Everything the ijson pass handles specially (NaN and
-    Infinity are counted, overflowing numbers, invalid UTF-8, a parse error, a prefix deeper than
-    ``key.item``) raises :class:`_Unsupported` so that pass takes over, skipping the items handed out."""
-
-    def __init__(self, fh: Any):
-        self.fh = fh
-        self.text = ""
-        self.pos = 0
-        self.eof = False
-        self.decoder = codecs.getincrementaldecoder("utf-8")()
-        self.tail = b""
-        self.constants = 0
-
-        def constant(tok: str) -> float:
-            self.constants += 1
-            return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[tok]
-
-        self.json = json.JSONDecoder(parse_constant=constant)
-
-    def _more(self) -> bool:
-        """Read one more chunk into the window; False at the end of the file."""
-        if self.eof:
-            return False
-        data = self.fh.read(CHUNK)
-        classes = (self.tail + data).translate(_CLASSES)
-        if any(t in classes for t in _RISKY):
-            raise _Unsupported("a number the ijson pass rewrites")
-        self.tail = data[-24:]  # a token may span two chunks
-        try:
-            piece = self.decoder.decode(data or b"", final=not data)
-        except UnicodeDecodeError:
-            raise _Unsupported("invalid UTF-8") from None
-        if not data:
-            self.eof = True
-        if self.pos > (1 << 20) and self.pos > len(self.text) // 2:
-            self.text, self.pos = self.text[self.pos:], 0
-        if len(self.text) - self.pos > _WINDOW:  # one huge value, or an error read on to the end: ijson's pass
-            raise _Unsupported("a value larger than the window")
-        self.text += piece
-        return bool(data) or bool(piece)
-
-    def _skip_ws(self) -> str:
-        """The next non-blank character ('' at the end of the file), the window positioned on it."""
-        while True:
-            self.pos = _WS.match(self.text, self.pos).end()
-            if self.pos < len(self.text):
-                return self.text[self.pos]
-            if not self._more():
-                return ""
-
-    def _expect(self, chars: str) -> str:
-        c = self._skip_ws()
-        if not c or c not in chars:
-            raise _Unsupported(f"expected one of {chars!r}")
-        self.pos += 1
-        return c
-
-    def _value(self) -> Any:
-        """Decode the value at the window's position; reads on until it is whole. A number or literal
-        touching the window's end is read again with more text (it may go on)."""
-        self._skip_ws()
-        while True:
-            try:
-                obj, end = self.json.raw_decode(self.text, self.pos)
-            except json.JSONDecodeError:
-                if self._more():
-                    continue
-                raise _Unsupported("not valid JSON") from None
-            if end >= len(self.text) and not self.eof:
-                if self._more():
-                    continue
-            self.pos = end
-            return obj
-
-    def _array(self) -> Iterator[Any]:
-        """After the ``[``: each item, decoded."""
-        if self._skip_ws() == "]":
-            self.pos += 1
-            return
-        while True:
-            yield self._value()
-            if self._expect(",]") == "]":
-                return
-
-    def _skip(self) -> None:
-        """Past the value at the window's position: an array item by item (bounded memory, e.g. COCO's
-        ``images`` on the way to ``annotations``), anything else decoded whole."""
-        if self._skip_ws() == "[":
-            self.pos += 1
-            for _ in self._array():
-                pass
-        else:
-            self._value()
-
-    def _members(self, key: str | None) -> Iterator[Any]:
-        """After the top-level ``{``: the items of every member ``key`` that is an array (ijson's ``key.item``
-        also yields from a repeated key); other members skipped."""
-        if self._skip_ws() == "}":
-            self.pos += 1
-            return
-        while True:
-            if self._skip_ws() != '"':
-                raise _Unsupported("expected a member name")
-            name = self._value()
-            self._expect(":")
-            if name == key and self._skip_ws() == "[":
-                self.pos += 1
-                yield from self._array()
-            else:
-                self._skip()
-            if self._expect(",}") == "}":
-                return
-
-    def items(self, prefix: str) -> Iterator[Any]:
-        parts = prefix.split(".")
-        if self._more() and self.text.startswith("\ufeff"):
-            self.pos = 1
-        c = self._skip_ws()
-        if parts == ["item"] and c == "[":
-            self.pos += 1
-            yield from self._array()
-        elif len(parts) == 2 and parts[1] == "item" and c == "{":
-            self.pos += 1
-            yield from self._members(parts[0])
-        else:
-            raise _Unsupported(f"prefix {prefix!r}")
-        if self._skip_ws() != "":
-            raise _Unsupported("text after the top-level value")
-
-
 @lru_cache(maxsize=1)
 def ijson_backend() -> Any:
     """ijson's C backend (yajl2_c, about 10x the pure-Python one); the default backend, with a warning,
@@ -355,22 +203,9 @@ class JsonStream:
     def items(self, prefix: str) -> Iterator[Any]:
         from ijson.common import JSONError
 
-        done, careful = 0, self.careful
-        if not careful:
-            fh = self._open()
-            fast = _FastItems(fh)
-            try:
-                for obj in fast.items(prefix):
-                    done += 1
-                    yield obj
-                self.nonstandard = fast.constants
-                return
-            except _Unsupported as e:
-                log.debug("%s: %s: the ijson pass takes over after %d items (%s)", self.where, self.path, done, e)
-            finally:
-                fh.close()
-
         ijson = ijson_backend()
+
+        done, careful = 0, self.careful
         while True:
             fh = self._open()
             src = _Sanitizer(fh, careful=careful)
