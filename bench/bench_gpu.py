@@ -196,11 +196,11 @@ def run_workload(w, args, res: Results, budget: float) -> None:
                     free(args.device)
                     peak_reset(args.device)  # from here: the weights in this precision + what the batches need
                     m = time_batches(step, sync, args.warmup, args.iters, args.batch_seconds)
-                except Exception as e:  # noqa: BLE001 - one failed variant (compile, dtype) is a row, not a stop
-                    if not compiled:
-                        raise
+                except Exception as e:  # noqa: BLE001 - a failed variant (compile, dtype, memory) is a row, not a stop
                     row["status"] = f"failed: {first_line(e, 200)}"
+                    log.warning("%s %s%s: %s", w.name, prec, " compiled" if compiled else "", row["status"])
                     entry["rows"].append(row)
+                    free(args.device)
                     res.save()
                     continue
                 finally:
@@ -215,7 +215,10 @@ def run_workload(w, args, res: Results, budget: float) -> None:
                 entry["rows"].append(row)
                 free(args.device)
                 res.save()
-        entry["status"] = "ok"
+        ok = [r for r in entry["rows"] if r.get("status") == "ok"]
+        entry["status"] = "ok" if ok else "failed"
+        if not ok:
+            entry["error"] = "every variant failed"
     except CapReached as e:
         entry["status"] = "cut"
         entry["cut"] = str(e)

@@ -98,6 +98,15 @@ def test_model_over_its_cap_is_cut_and_the_others_kept(tmp_path):
     assert "| clip_vit_l14 | - |" in (tmp_path / "bench_gpu_tiny.md").read_text()
 
 
+def test_failed_variant_is_a_row_and_the_rest_stays(tmp_path):
+    bench = _load("bench_gpu")
+    assert bench.main(["--tiny", "--out", str(tmp_path), "--models", "sd15_unet_ip2p", "--compile", "both",
+                       "--compile-backend", "no_such_backend"]) == 0
+    (m,) = json.loads((tmp_path / "bench_gpu_tiny.json").read_text())["models"]
+    assert m["status"] == "ok" and [r["compiled"] for r in m["rows"]] == [False, True]
+    assert m["rows"][0]["status"] == "ok" and m["rows"][1]["status"].startswith("failed: InvalidBackend")
+
+
 def test_total_cap_skips_what_it_cannot_start(tmp_path):
     bench = _load("bench_gpu")
     assert bench.main(["--tiny", "--out", str(tmp_path), "--models", "sd15_unet_ip2p,trainer", "--total-cap", "5"]) == 0
