@@ -77,7 +77,8 @@ def test_candidates_output_grouped_by_sample(env):
         assert r["output"] == "align_candidates" and r["version"] == "v1"
     assert len(groups) == n
     for metas in groups.values():
-        assert sorted((g["guidance_scale"], g["image_guidance_scale"]) for g in metas) == [(5, 1.5), (7.5, 1.2), (7.5, 1.5)]
+        pairs = sorted((g["guidance_scale"], g["image_guidance_scale"]) for g in metas)
+        assert pairs == [(5, 1.5), (7.5, 1.2), (7.5, 1.5)]
         assert len({g["seed"] for g in metas}) == 1  # the same noise at every guidance pair
     with tarfile.open(env["out"] / "train" / "000000.tar") as tf:
         members = {m.name: tf.extractfile(m).read() for m in tf.getmembers()}

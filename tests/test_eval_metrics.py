@@ -61,9 +61,9 @@ def test_aesthetic_head_on_a_fixed_vector(tmp_path):
 def test_summary_per_category_and_overall():
     from instructdiffusion_data.evaluation.metrics import format_table, summarise
 
-    recs = [{"category": "remove", "clip_sim": 20.0, "aesthetic": 5.0, "source_clip_sim": 18.0, "source_aesthetic": 5.5},
-            {"category": "remove", "clip_sim": 30.0, "aesthetic": None, "source_clip_sim": 19.0, "source_aesthetic": 5.0},
-            {"category": "add", "clip_sim": 25.0, "aesthetic": 6.0, "source_clip_sim": 21.0, "source_aesthetic": 6.5}]
+    names = ("category", "clip_sim", "aesthetic", "source_clip_sim", "source_aesthetic")
+    recs = [dict(zip(names, v)) for v in (("remove", 20.0, 5.0, 18.0, 5.5), ("remove", 30.0, None, 19.0, 5.0),
+                                          ("add", 25.0, 6.0, 21.0, 6.5))]
     s = summarise(recs, ["remove", "add", "replace"])
     rm = s["per_category"]["remove"]
     assert rm["samples"] == 2 and rm["clip_sim"]["mean"] == pytest.approx(25.0)
@@ -182,11 +182,13 @@ def test_evaluate_per_category_deterministic_and_checked(assets, tmp_path):
     rep2 = evaluate(cfg2, editor=editor1, scorer=scorer)
     first = {r["key"]: r["clip_sim"] for r in rep["samples"]}
     assert len(rep2["samples"]) == 3
-    assert [r["clip_sim"] for r in rep2["samples"]] == pytest.approx([first[r["key"]] for r in rep2["samples"]], abs=2e-3)
+    assert [r["clip_sim"] for r in rep2["samples"]] == pytest.approx([first[r["key"]] for r in rep2["samples"]],
+                                                                   abs=2e-3)
     # another guidance pair changes the edits
     cfg3 = EvalConfig(**{**cfg2.__dict__, "out": str(tmp_path / "c"), "text_guidance": 9.0, "image_guidance": 1.0})
     rep3 = evaluate(cfg3, editor=editor1, scorer=scorer)
-    assert [r["clip_sim"] for r in rep3["samples"]] != pytest.approx([first[r["key"]] for r in rep3["samples"]], abs=0.05)
+    assert [r["clip_sim"] for r in rep3["samples"]] != pytest.approx([first[r["key"]] for r in rep3["samples"]],
+                                                                   abs=0.05)
 
 
 def test_cli_eval_table_json_and_errors(assets, tmp_path, capsys):

@@ -145,8 +145,8 @@ def test_paper_loop_end_to_end(tmp_path, capsys):
 
     # 5. candidates on the align half, picked through the auditor API, exported
     cands = shards / "align_candidates" / "v1"
-    assert idd(["align", "candidates", str(task_model), str(bench), "--out", str(cands), "--scales", "7.5:1.5,5:1.2,3:1.5",
-                *common]) == 0
+    assert idd(["align", "candidates", str(task_model), str(bench), "--out", str(cands),
+                "--scales", "7.5:1.5,5:1.2,3:1.5", *common]) == 0
     n_align = sum(h["align"].values())
     cand_rows = _tar_samples(cands)
     assert len(cand_rows) == 3 * n_align
@@ -160,8 +160,8 @@ def test_paper_loop_end_to_end(tmp_path, capsys):
         keys = [c["key"] for c in client.get("/api/align/group", params={"output": "align_candidates/v1",
                                                                           "group": g["group_id"]}).json()["candidates"]]
         choice = [keys[:2], keys[1:2], []][i % 3]  # the best two, one, or none is good
-        res = client.post("/api/align/pick", headers={"X-Audit-Token": TOKEN},
-                          json={"output": "align_candidates/v1", "group": g["group_id"], "keys": choice, "auditor": "e2e"})
+        body = {"output": "align_candidates/v1", "group": g["group_id"], "keys": choice, "auditor": "e2e"}
+        res = client.post("/api/align/pick", headers={"X-Audit-Token": TOKEN}, json=body)
         assert res.status_code == 200
         picked += choice
     assert picked

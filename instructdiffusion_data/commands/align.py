@@ -42,6 +42,7 @@ def main(args: argparse.Namespace) -> int:
     cand = manifest["candidates"]
     print(f"output: {args.out}")
     print(f"  {cand['samples']} samples x {len(cand['scales'])} guidance pairs x {cand['per_scale']} = "
-          f"{train['rows']} candidates in {len(train['shards'])} shard(s)  [{', '.join(f'{k}={v}' for k, v in train['tasks'].items())}]")
+          f"{train['rows']} candidates in {len(train['shards'])} shard(s)  "
+          f"[{', '.join(f'{k}={v}' for k, v in train['tasks'].items())}]")
     print(f"  review: idd audit {Path(args.out).parent.parent} --token-env AUDIT_TOKEN  (Alignment tab)")
     return 0

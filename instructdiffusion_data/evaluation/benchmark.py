@@ -102,6 +102,8 @@ def read_benchmark(path: str | Path, split: str = "eval", limit: int | None = No
     """The benchmark samples of ``split`` (``align``, ``eval`` or ``all``), sorted by key; ``limit`` keeps
     the first N of each category (a quick look; the sample set stays balanced)."""
     path = Path(path)
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit: must be at least 1, got {limit}")
     if split not in SPLIT_CHOICES:
         raise UserError(f"--split: {split!r} is not one of {', '.join(SPLIT_CHOICES)}")
     if not path.is_dir() or not is_output(path):

@@ -17,7 +17,6 @@ first unfinished shard, one with other settings is refused unless ``overwrite``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,7 +31,7 @@ from ..schema import make_key, new_row
 from ..writer import MANIFEST, RUN_FILE, SPLITS, ShardWriter
 from .benchmark import CATEGORIES, BenchmarkSample, read_benchmark
 from .editor import Editor, EditorConfig, EditJob, sample_seed
-from .run import source_jobs
+from .run import load_sources
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,8 @@ def _prepare(out: Path, fp: dict, overwrite: bool) -> None:
             except ValueError:
                 prev = None
         if not isinstance(prev, dict) or prev.get("kind") != KIND:
-            raise UserError(f"{out}: exists and is not an earlier `idd align candidates` output; choose an empty folder")
+            raise UserError(f"{out}: exists and is not an earlier `idd align candidates` output; "
+                            "choose an empty folder")
         if prev == fp:
             return
         if not overwrite:
@@ -158,7 +158,7 @@ def make_candidates(cfg: CandidatesConfig, *, editor: Editor | None = None) -> d
             log.info("candidates shard %d: done before, skipped", index)
             continue
         rows = []
-        for chunk, srcs, _ in source_jobs(samples, ecfg.resolution, 0.0, 0.0):
+        for chunk, srcs in load_sources(samples, ecfg.resolution):
             src_jpg = {s.key: encode_jpeg(src) for s, src in zip(chunk, srcs)}
             by_key = {s.key: s for s in chunk}
             for t, i in cfg.scales:

@@ -70,21 +70,20 @@ def default_out(cfg: EvalConfig, bench: Benchmark) -> Path:
         f"{bench.name or bench.path.name}-{cfg.split}-t{cfg.text_guidance:g}-i{cfg.image_guidance:g}")
 
 
-def source_jobs(samples: Sequence[BenchmarkSample], resolution: int, text: float, image: float,
-                variants: int = 1) -> Iterator[tuple[list[BenchmarkSample], list[np.ndarray], list[EditJob]]]:
-    """Chunks of ``(samples, fitted sources, jobs)``: each sample decoded once, ``variants`` jobs per sample."""
+def load_sources(samples: Sequence[BenchmarkSample], resolution: int
+                 ) -> Iterator[tuple[list[BenchmarkSample], list[np.ndarray]]]:
+    """Chunks of ``(samples, sources)``: each source decoded once and fitted to ``resolution``
+    (:func:`.editor.fit_source`); at most :data:`CHUNK` decoded images held at once."""
     for i in range(0, len(samples), CHUNK):
         chunk = list(samples[i:i + CHUNK])
-        srcs, jobs = [], []
+        srcs = []
         for s in chunk:
             try:
                 rgb = decode(s.read_src())
             except UserError as e:
                 raise UserError(f"{s.tar}: source image of {s.key} unreadable: {e}") from None
-            src = fit_source(rgb, resolution)
-            srcs.append(src)
-            jobs += [EditJob(s.key, src, s.instruction, text, image, v) for v in range(variants)]
-        yield chunk, srcs, jobs
+            srcs.append(fit_source(rgb, resolution))
+        yield chunk, srcs
 
 
 def _finite(x: float) -> float | None:
@@ -115,8 +114,10 @@ def evaluate(cfg: EvalConfig, *, editor: Editor | None = None, scorer: EditScore
     done0, secs0 = editor.images_done, editor.seconds
     records: list[dict] = []
     grids: dict[str, list[GridRow]] = {c: [] for c in bench.categories()}
-    for chunk, srcs, jobs in source_jobs(bench.samples, ecfg.resolution, cfg.text_guidance, cfg.image_guidance):
+    for chunk, srcs in load_sources(bench.samples, ecfg.resolution):
         by_key = {s.key: (s, src) for s, src in zip(chunk, srcs)}
+        jobs = [EditJob(s.key, src, s.instruction, cfg.text_guidance, cfg.image_guidance)
+                for s, src in zip(chunk, srcs)]
         edited = dict((j.key, img) for j, img in editor.edit(jobs))
         keys = [s.key for s in chunk]
         caps = [by_key[k][0].target_caption for k in keys]
