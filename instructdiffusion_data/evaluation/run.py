@@ -106,6 +106,8 @@ def evaluate(cfg: EvalConfig, *, editor: Editor | None = None, scorer: EditScore
     bench = read_benchmark(cfg.benchmark, cfg.split, cfg.limit)
     out = Path(cfg.out) if cfg.out else default_out(cfg, bench)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("grid-*.png"):  # an earlier run's grids (its categories may differ)
+        old.unlink()
     editor = editor or Editor(ecfg)
     scorer = scorer or EditScorer(cfg.metrics)
     if cfg.save_images:
@@ -133,9 +135,10 @@ def evaluate(cfg: EvalConfig, *, editor: Editor | None = None, scorer: EditScore
             if cfg.save_images:
                 Image.fromarray(edited[k]).save(out / "edited" / f"{k}.png")
             if len(grids[s.category]) < cfg.grid_rows:
-                ap = "" if rec["aesthetic"] is None else f" AP {rec['aesthetic']:.2f}"
-                grids[s.category].append(GridRow([by_key[k][1], edited[k]],
-                                                 f"{s.instruction} | CLIP-Sim {rec['clip_sim']:.2f}{ap}"))
+                nums = " ".join(f"{label} {rec[m]:.2f}" for label, m in (("CLIP-Sim", "clip_sim"), ("AP", "aesthetic"))
+                                if rec[m] is not None)
+                grids[s.category].append(GridRow([by_key[k][1], edited[k]], f"{s.instruction} | {nums}"))
+        log.info("eval: %d / %d samples edited and scored", len(records), len(bench.samples))
     summary = summarise(records, bench.categories())
     n_img, secs = editor.images_done - done0, editor.seconds - secs0
     grid_files = {}
