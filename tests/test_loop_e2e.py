@@ -182,8 +182,12 @@ def test_paper_loop_end_to_end(tmp_path, capsys):
     task_unet = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(task_model)).unet
     assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), task_unet.parameters()))  # it trained
     lap("alignment run")
-    assert idd(["eval", str(aligned_model), str(bench), *common, *metric, "--out", str(tmp_path / "eval-aligned")]) == 0
+    capsys.readouterr()
+    assert idd(["eval", str(aligned_model), str(bench), *common, *metric, "--out", str(tmp_path / "eval-aligned"),
+                "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
     after = json.loads((tmp_path / "eval-aligned" / "metrics.json").read_text())
+    assert printed["overall"] == after["overall"] and "samples" not in printed
     _check_eval(after, bench)
     assert [r["key"] for r in after["samples"]] == [r["key"] for r in before["samples"]]  # the same held-out samples
     assert after["model"] == str(aligned_model) and after["guidance"] == before["guidance"]
