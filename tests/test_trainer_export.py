@@ -25,6 +25,19 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one mixed-precision setting per process: this module trains in bf16 after and
+    before modules that train without; start and leave the (non-distributed) state empty."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory):
     """3 steps in bf16 with EMA, a checkpoint at 2 and 3, final/ in the default fp32; the YAML kept."""
