@@ -246,3 +246,25 @@ def test_benchmark_rows_are_checked(assets, tmp_path):
         read_benchmark(output("plain", [row(0)], section=False), "eval")
     with pytest.raises(UserError, match="--split"):
         read_benchmark(assets["bench"], "train")
+
+
+def test_openai_tag_gets_quick_gelu(assets, monkeypatch):
+    """open_clip's plain ViT-L-14 config uses GELU; OpenAI's weights were trained with QuickGELU. The embedder
+    asks for QuickGELU when the tag's config says so (the factory is stubbed: no download, a tiny model)."""
+    import open_clip
+
+    from instructdiffusion_data.models.clip import ClipEmbedder
+
+    real = open_clip.create_model_and_transforms
+    seen = []
+
+    def factory(name, pretrained=None, **kw):
+        seen.append((name, pretrained, kw["force_quick_gelu"]))
+        return real(TINY_CLIP_NAME, pretrained=None, **kw)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", factory)
+    ClipEmbedder("ViT-L-14", "openai", "cpu")
+    ClipEmbedder("ViT-L-14", "laion2b_s32b_b82k", "cpu")
+    ClipEmbedder(TINY_CLIP_NAME, str(assets["clip_ckpt"]), "cpu", model_config=str(assets["clip_cfg"]))
+    assert seen == [("ViT-L-14", "openai", True), ("ViT-L-14", "laion2b_s32b_b82k", False),
+                    (TINY_CLIP_NAME, str(assets["clip_ckpt"]), False)]

@@ -4,8 +4,10 @@
 ``open_clip.create_model_and_transforms`` the way open_clip users do:
 
 * ``ClipEmbedder("ViT-L-14", "openai")``: a built-in architecture and a pretrained tag (downloads
-  through open_clip's own cache unless ``HF_HUB_OFFLINE=1``);
-* ``ClipEmbedder("ViT-L-14", "/weights/ViT-L-14.pt")``: a local checkpoint file;
+  through open_clip's own cache unless ``HF_HUB_OFFLINE=1``); the activation follows the tag (OpenAI's
+  weights get QuickGELU, as they were trained; open_clip itself would only warn);
+* ``ClipEmbedder("ViT-L-14-quickgelu", "/weights/ViT-L-14.pt")``: a local checkpoint file (OpenAI's own
+  checkpoints need the ``-quickgelu`` architecture);
 * ``ClipEmbedder("local-dir:/weights/clip")`` or ``"hf-hub:org/repo"`` (``pretrained`` is ignored);
 * ``ClipEmbedder("my-tiny", None, model_config="my-tiny.json")``: a custom architecture from an
   open_clip config JSON (the file stem is the model name), registered with
@@ -123,9 +125,14 @@ class ClipEmbedder:
         self.pretrained = pretrained
         tag = Path(pretrained).name if pretrained and Path(pretrained).is_file() else (pretrained or "random")
         self.model_id = f"{model_name}:{tag}"
+        # OpenAI's weights were trained with QuickGELU: open_clip's plain "ViT-L-14" config uses GELU and only
+        # warns, so the activation follows the pretrained tag (a local OpenAI checkpoint file needs the
+        # "-quickgelu" model name, e.g. ViT-L-14-quickgelu)
+        quick_gelu = bool(not has_schema and pretrained and not looks_like_file
+                          and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=None if has_schema else pretrained, precision=self.precision,
-            device=self.device)
+            device=self.device, force_quick_gelu=quick_gelu)
         self.model = model.eval()
         self.preprocess = preprocess
         self.dim = int(getattr(model.visual, "output_dim", 0) or self._probe_dim())
