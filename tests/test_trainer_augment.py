@@ -212,14 +212,14 @@ def test_keypoint_circles_close_together_are_cropped_not_padded(tmp_path):
 
 
 def test_keypoint_positional_person_pads_to_square(img_file):
-    # two people: the instruction says "the leftmost person"; the row does not carry the other
-    # person's box (render_keypoints keeps bbox only), so no crop can be proven right: pad
+    # two people: the instruction says "the leftmost person"; the row carries both boxes
+    # (meta.people) and together they span the whole width, so no square crop holds them: pad
     rows = keypoint_rows(img_file, people=[[10.0, 10.0, 460.0, 160.0], [470.0, 5.0, 9.0, 20.0]])
     s, meta = raw(rows[0]), rows[0]["meta"]
     assert meta["person"] == "the leftmost person" and "leftmost person" in rows[0]["instruction"]
     for seed in SEEDS[:10]:
         ok, a = check(s, AUG, seed, circles=(meta["drawn"], meta["radius"]))
-        assert ok and a.region.whole and a.geometry.kind == "pad"
+        assert ok and "people" in a.region.why and a.geometry.kind == "pad"
         side = a.geometry.side
         content_h = round(H * RES / side)
         oy = round(a.geometry.y * RES / side)

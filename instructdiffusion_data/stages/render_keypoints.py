@@ -85,7 +85,7 @@ class RenderKeypoints(RenderStage):
         joints = [j.scaled(src.scale).to_meta() for j in kp.joints]
         person = describe_person(kp.bbox, kp.people)
         palette = {n: PALETTE[n] for n in palette_names(cfg.colors)}
-        base = {k: v for k, v in meta.items() if k not in ("joints", "people")}
+        base = {k: v for k, v in meta.items() if k != "joints"}  # people stay: the trainer crops around them
         rows = []
         for v in range(cfg.variants_per_record):
             rng = self.rng(rec["key"], v)
