@@ -135,7 +135,17 @@ def watch(cmd: list[str], out_root: Path, settle: float, timeout: float, env: di
             time.sleep(0.1)
     finally:
         if proc.poll() is None:
+            try:  # the embedded Ray (GCS, raylet, workers) runs in child processes of other sessions
+                family = ps.children(recursive=True)
+            except psutil.Error:
+                family = []
             os.killpg(proc.pid, 9)
+            for c in family:
+                try:
+                    c.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(family, timeout=30)
         proc.wait()
     text = log_path.read_text()
     split = {}
@@ -202,7 +212,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0)
     args = ap.parse_args()
     small = args.small or (20000 if args.mode == "coco" else 200)
-    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_scale_", ignore_cleanup_errors=True) as tmp:
         rows = [run_size(args.mode, n, Path(tmp), args.settle, args.timeout) for n in (small, small * args.factor)]
     unit = "people" if args.mode == "coco" else "images"
     print(f"\nbench_scale ({args.mode}): driver = the idd process alone; split = the worker streaming the annotation file")
