@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from instructdiffusion_data.config import apply_overrides, build, load_yaml, rng
+from instructdiffusion_data.errors import ConfigError
 
 from .data import DataConfig
 
@@ -68,10 +69,6 @@ class ValidationConfig:
     seed: int = 0
 
 
-# accelerate's tracker names (report_to); "all": every one installed
-REPORTERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio")
-
-
 @dataclass
 class TrainConfig:
     output_dir: str
@@ -92,6 +89,7 @@ class TrainConfig:
     checkpoints_total_limit: int = field(default=3, metadata=rng(0))  # keep the last K checkpoints (0: all)
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     log_every_steps: int = field(default=10, metadata=rng(1))
+    # an accelerate tracker ("all": every one installed); one not installed is a one-line error
     report_to: Literal["tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab",
                        "trackio", "all", "none"] = "tensorboard"
     # write <output_dir>/final: a diffusers pipeline folder (EMA UNet when model.use_ema) in final_dtype
@@ -112,3 +110,21 @@ def load_train_config(path: str | os.PathLike, overrides: list[str] | None = Non
 def make_config(**kw) -> TrainConfig:
     """A TrainConfig from nested dicts (tests, scripts)."""
     return build(TrainConfig, kw, where="config")
+
+
+def check_options(cfg: TrainConfig) -> None:
+    """Options that need a package which is not installed: one line before anything loads."""
+    if cfg.report_to not in ("none", "all"):
+        from accelerate.tracking import get_available_trackers
+
+        have = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+        if cfg.report_to not in have:
+            pkg = cfg.report_to.replace("_", "-")
+            raise ConfigError(f"report_to: {cfg.report_to} is not installed (pip install {pkg}), "
+                              f"or set report_to: none (or one of the installed: {', '.join(sorted(have)) or 'none'})")
+    from .model import require_package
+
+    if cfg.optim.use_8bit_adam:
+        require_package("bitsandbytes", "bitsandbytes", "optim.use_8bit_adam")
+    if cfg.model.enable_xformers_memory_efficient_attention:
+        require_package("xformers", "xformers", "model.enable_xformers_memory_efficient_attention")

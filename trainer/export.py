@@ -18,20 +18,53 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from instructdiffusion_data.errors import ConfigError, UserError
 
+from .data import state_file
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
 log = logging.getLogger(__name__)
 
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # keys EMAModel.save_pretrained adds to unet_ema/config.json: EMA state, not UNet architecture
 EMA_CONFIG_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup",
                    "inv_gamma", "power")
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (rank-0 state written), oldest first."""
+    d = Path(output_dir)
+    found = []
+    for p in d.glob("checkpoint-*") if d.is_dir() else []:
+        m = CKPT_RE.match(p.name)
+        if m and (p / state_file(0)).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(cfg: TrainConfig, resume: str | None) -> Path | None:
+    if not resume:
+        return None
+    if resume == "latest":
+        ck = list_checkpoints(cfg.output_dir)
+        if not ck:
+            log.info("resume_from_checkpoint latest: no checkpoint in %s, starting from step 0", cfg.output_dir)
+            return None
+        return ck[-1]
+    p = Path(resume)
+    if not (p / state_file(0)).is_file():
+        raise ConfigError(f"resume_from_checkpoint: not a complete checkpoint: {resume}")
+    return p
 
 
 def load_scheduler(pretrained: str, *, revision: str | None = None, local_files_only: bool = False,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,15 +33,15 @@ import torch.nn.functional as F
 from instructdiffusion_data.config import to_dict
 from instructdiffusion_data.errors import ConfigError
 
-from .config import TrainConfig
+from .config import TrainConfig, check_options
 from .data import MixtureDataset, StreamState, _seed, make_loader, state_file, to_model_range
 from .datasets import resolve_datasets
+from .export import list_checkpoints, resolve_resume  # noqa: F401 (list_checkpoints: part of the loop's API)
 from .model import (check_unet_for_mode, enable_xformers, freeze, load_components, make_ema, make_optimizer,
-                    make_tiny_model, require_package, weights_digest, widen_conv_in)
+                    make_tiny_model, weights_digest, widen_conv_in)
 
 log = logging.getLogger(__name__)
 
-CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -58,54 +57,12 @@ class TrainResult:
     is_main: bool = True  # rank 0 (the process that reports)
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (rank-0 state written), oldest first."""
-    d = Path(output_dir)
-    found = []
-    for p in d.glob("checkpoint-*") if d.is_dir() else []:
-        m = CKPT_RE.match(p.name)
-        if m and (p / state_file(0)).is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(cfg: TrainConfig, resume: str | None) -> Path | None:
-    if not resume:
-        return None
-    if resume == "latest":
-        ck = list_checkpoints(cfg.output_dir)
-        if not ck:
-            log.info("resume_from_checkpoint latest: no checkpoint in %s, starting from step 0", cfg.output_dir)
-            return None
-        return ck[-1]
-    p = Path(resume)
-    if not (p / state_file(0)).is_file():
-        raise ConfigError(f"resume_from_checkpoint: not a complete checkpoint: {resume}")
-    return p
-
-
 def prepare_model_path(cfg: TrainConfig, is_main: bool) -> None:
     m = cfg.model
     if m.create_tiny_if_missing and not Path(m.pretrained).exists():
         if is_main:
             log.info("model.pretrained %s missing and create_tiny_if_missing: writing a tiny random model", m.pretrained)
             make_tiny_model(m.pretrained, seed=cfg.seed, sample_size=m.tiny_sample_size)
-
-
-def check_options(cfg: TrainConfig) -> None:
-    """Options that need a package which is not installed: one line before anything loads."""
-    if cfg.report_to not in ("none", "all"):
-        from accelerate.tracking import get_available_trackers
-
-        have = {str(getattr(t, "value", t)) for t in get_available_trackers()}
-        if cfg.report_to not in have:
-            pkg = cfg.report_to.replace("_", "-")
-            raise ConfigError(f"report_to: {cfg.report_to} is not installed (pip install {pkg}), "
-                              f"or set report_to: none (or one of the installed: {', '.join(sorted(have)) or 'none'})")
-    if cfg.optim.use_8bit_adam:
-        require_package("bitsandbytes", "bitsandbytes", "optim.use_8bit_adam")
-    if cfg.model.enable_xformers_memory_efficient_attention:
-        require_package("xformers", "xformers", "model.enable_xformers_memory_efficient_attention")
 
 
 def distributed_on_cpu() -> bool:
