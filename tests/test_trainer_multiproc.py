@@ -33,8 +33,10 @@ def _launch(cmd: str, cfg: Path, *extra: str) -> subprocess.CompletedProcess:
     assert cmd in DOCS, f"docs/trainer.md no longer gives `{cmd}`"
     argv = cmd.replace("CONFIG", str(cfg)).split()
     argv[0] = str(BIN / argv[0])
-    # torchrun reads its options from PET_* variables too: a free port, so that parallel runs do not meet
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PET_MASTER_PORT": str(_free_port())}
+    # torchrun reads its options from PET_* variables too: a free port, so that parallel runs do not meet;
+    # HF_HOME: no accelerate default_config.yaml of this machine changes what the documented command does
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PET_MASTER_PORT": str(_free_port()),
+           "HF_HOME": str(cfg.parent / "hf_home")}
     p = subprocess.run([*argv, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stderr[-4000:]
     return p
