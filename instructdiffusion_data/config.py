@@ -20,6 +20,13 @@ import yaml
 from .errors import ConfigError
 
 
+def side_input() -> dict:
+    """Field metadata marking a stage option that names files the stage reads beside the records (a
+    captions file, a template folder): the run file records their size and mtime, and a rerun over a
+    changed one is refused in one line naming it (the shards' own inputs are checked per shard)."""
+    return {"side_input": True}
+
+
 def rng(lo: float | None = None, hi: float | None = None) -> dict:
     """Field metadata bounding a number: ``field(default=1, metadata=rng(1))`` (>= 1),
     ``metadata=rng(0, 1)`` (a ratio). :func:`build` checks it and names the key."""

@@ -150,10 +150,37 @@ def _read_run_file(loc: Location) -> dict | None:
         return None
 
 
+def side_inputs(cfg: cfgmod.PipelineConfig) -> dict[str, list[int] | None]:
+    """The files stages read beside the records (options marked :func:`~.config.side_input`): path ->
+    ``[size, mtime_ns]`` (None when missing; a folder: its files' facts summed)."""
+    import dataclasses
+
+    from .stage import stage_class
+
+    out: dict[str, list[int] | None] = {}
+    for i, spec in enumerate(cfg.stages):
+        if not isinstance(spec, dict) or "type" not in spec:
+            continue
+        cls = stage_class(spec["type"], f"stages[{i}]")
+        for f in dataclasses.fields(cls.Config):
+            value = spec.get(f.name)
+            if not f.metadata.get("side_input") or not value:
+                continue
+            for p in [value] if isinstance(value, str) else list(value):
+                loc = Location(p if is_uri(p) else os.path.abspath(os.path.expanduser(str(p))))
+                facts = loc.facts()
+                if facts is None and loc.is_dir():
+                    parts = [(loc / n).facts() or (0, 0) for n in sorted(loc.names())]
+                    facts = (sum(x[0] for x in parts), max([x[1] for x in parts], default=0))
+                out[str(p)] = list(facts) if facts else None
+    return out
+
+
 def prepare_output(cfg: cfgmod.PipelineConfig, root: Path | str, overwrite: bool) -> None:
     """Create or check the output folder. A folder is only ever written into, or removed by
     ``--overwrite``, when it holds this engine's run file; anything else is refused."""
     fp = config_fingerprint(cfg)
+    side = side_inputs(cfg)
     loc = Location(root)
     run_file = loc / RUN_FILE
     if run_file.is_file():
@@ -167,11 +194,17 @@ def prepare_output(cfg: cfgmod.PipelineConfig, root: Path | str, overwrite: bool
         elif overwrite:
             log.warning("overwriting %s (--overwrite)", root)
             remove_output(loc)
+        elif "side_inputs" in prev and prev["side_inputs"] != side:
+            p = next(k for k in sorted(set(side) | set(prev["side_inputs"]))
+                     if side.get(k) != prev["side_inputs"].get(k))
+            raise ConfigError(f"{root}: stage input {p} changed since this output was written; pass --overwrite "
+                              "to rebuild the output from it")
     elif loc.exists() and (loc.names() or loc.dirs()):
         raise ConfigError(f"{root}: exists and holds files this engine did not write (no {RUN_FILE}); it is "
                           "never written into or removed: choose another --out, name or version")
     loc.mkdir()
-    text = json.dumps({"fingerprint": fp, "config": cfgmod.to_dict(cfg), "format": FORMAT}, indent=1, sort_keys=True)
+    text = json.dumps({"fingerprint": fp, "config": cfgmod.to_dict(cfg), "format": FORMAT, "side_inputs": side},
+                      indent=1, sort_keys=True)
     if loc.atomic_rename:
         tmp = loc / f"{RUN_FILE}.tmp-{os.getpid()}"
         tmp.write_text(text)

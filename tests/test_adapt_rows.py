@@ -253,3 +253,30 @@ def test_blip2_fallback_captions_the_source_image(monkeypatch, fixtures):
     assert ok["instruction"] == "A picture of grey level 120, with a few different color patches here and there"
     assert ok["meta"]["adapt"]["caption_source"] == "blip2:fake:tiny" and ok["src"] is None and ok["mask"] is None
     assert empty["keep"] is False and empty["drop_class"] == "adapt_caption: no caption" and empty["task"] == "adapt"
+
+
+def test_rerun_over_a_changed_captions_file_is_refused(demo_root, fixtures, tmp_path):
+    """The captions file is a stage input: the run file records it, and a rerun after it changed stops in
+    one line naming it instead of reusing shards captioned from the old file; --overwrite rebuilds."""
+    import shutil
+
+    from instructdiffusion_data.errors import ConfigError
+
+    caps = tmp_path / "captions_fixture2017.json"
+    shutil.copy(fixtures["captions"], caps)
+    coco = demo_root / "coco"
+    cfg = _pipeline("adapt_side", {"type": "render_keypoints", "variants_per_record": 1},
+                    {"coco_captions": [str(caps)], "caption_pick": "first", "suffixes_dir": fixtures["suffixes"]},
+                    {"type": "coco_keypoints", "annotations": str(coco / "annotations/person_keypoints_train2017.json"),
+                     "images": str(coco / "train2017"), "limit": 8})
+    out = tmp_path / "out"
+    first = run(cfg, out=str(out), use_ray=False).manifest
+    run_file = json.loads((out / "adapt_side" / "v1" / ".idd-run.json").read_text())
+    assert run_file["side_inputs"][str(caps)] == [caps.stat().st_size, caps.stat().st_mtime_ns]
+    assert run(cfg, out=str(out), use_ray=False).manifest["splits"] == first["splits"]  # unchanged: reused
+    doc = json.loads(caps.read_text())
+    doc["annotations"][0]["caption"] = "A different caption."
+    caps.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"stage input .*captions_fixture2017\.json changed"):
+        run(cfg, out=str(out), use_ray=False)
+    assert run(cfg, out=str(out), use_ray=False, overwrite=True).manifest["splits"]["train"]["rows"] >= 1

@@ -422,6 +422,17 @@ def test_alignment_picks_and_export(env, tmp_path):
 
     spec = specs_from_outputs([str(out)], {})[0]
     assert spec.name == "alignment" and spec.samples == 3 and len(spec.shards) == 1
+    # a weight of 0 in the manifest (benchmarks, candidates) keeps an output out of data.outputs globs,
+    # unless the trainer config weights it
+    from instructdiffusion_data.errors import ConfigError
+
+    man = out / "manifest.json"
+    saved = man.read_text()
+    man.write_text(json.dumps(dict(json.loads(saved), mixture_weight=0)))
+    with pytest.raises(ConfigError, match="positive weight"):
+        specs_from_outputs([str(out)], {})
+    assert specs_from_outputs([str(out)], {"alignment": 1.0})[0].samples == 3
+    man.write_text(saved)
     src_img, tgt_img, text, doc = decode_pair(samples[0])
     assert src_img.shape == tgt_img.shape and text and doc["meta"]["alignment"]["auditor"] in ("ann", "cy")
     # exporting again over an earlier export replaces it; any other non-empty folder is refused

@@ -119,7 +119,11 @@ def specs_from_outputs(patterns: list[str], weights: dict[str, float], mixing: s
             sizes = [s.get("tar_bytes") for s in listed]
             unsized += sum(1 for b in sizes if b is None)
             name = doc.get("name") or Path(d).parent.name
-            w = float(weights.get(name, doc.get("mixture_weight") or 1.0))
+            mw = doc.get("mixture_weight")
+            w = float(weights.get(name, 1.0 if mw is None else mw))
+            if w <= 0:  # weight 0: not training data (a benchmark, alignment candidates) unless weighted here
+                log.info("data.outputs: %s skipped (mixture_weight %s)", d, w)
+                continue
             samples = int(train.get("rows", 0))
             specs.append(DatasetSpec(name=name, shards=shards, probability=samples * w if mixing == "effective" else w,
                                      samples=samples, weight=w, shard_bytes=sizes, tasks=_task_counts(train.get("tasks"))))

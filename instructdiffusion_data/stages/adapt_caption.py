@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..config import check_path, rng
+from ..config import check_path, rng, side_input
 from ..errors import ConfigError, RecordError
 from ..instructions import DEFAULT_DIR as INSTRUCTIONS_DIR
 from ..instructions import Number, fill, placeholders, template_path, template_problem
@@ -81,13 +81,15 @@ class Blip2Options:
 
 @dataclass
 class AdaptCaptionConfig(StageConfig):
-    coco_captions: list[str] = field(default_factory=list)  # captions_<split>.json files (COCO release format)
+    # captions_<split>.json files (COCO release format); a changed file refuses a rerun (side input)
+    coco_captions: list[str] = field(default_factory=list, metadata=side_input())
     captions_image_set: str = "coco"  # the COCO captions apply to rows whose meta.image_set is this
     caption_pick: Literal["random", "first"] = "random"  # which of an image's COCO captions
     fallback: Literal["annotations", "blip2", "none"] = "annotations"  # where an image has no COCO caption
     blip2: Blip2Options = field(default_factory=Blip2Options)
     max_annotation_names: int = field(default=4, metadata=rng(1))  # categories named in an annotation caption
-    suffixes_dir: str | None = None  # default: configs/adapt_suffixes of the checkout (IDD_CONFIG_DIR)
+    # default: configs/adapt_suffixes of the checkout (IDD_CONFIG_DIR)
+    suffixes_dir: str | None = field(default=None, metadata=side_input())
     require_mark: bool = True  # drop a target without any mark (absent category, no-target expression)
     batch_size: int = 16
 
