@@ -242,3 +242,15 @@ def test_describe_os_error_for_callers_that_report_per_shard():
                                                    "make it writable or choose another --out")
     group = ExceptionGroup("shards", [ValueError("v"), OSError(errno.EROFS, "Read-only file system", "/ro/x")])
     assert describe_os_error(group).startswith("read-only file system writing /ro/x: choose a writable --out")
+
+
+def test_command_line_loads_no_model_code():
+    """Every `idd` call (the fault suite makes hundreds) builds the whole parser: registering the commands
+    must not import torch, diffusers or open_clip (4 s a call), only running a command that needs them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from instructdiffusion_data.cli import build_parser; build_parser(); "
+            "print(','.join(m for m in ('torch', 'diffusers', 'open_clip', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""

@@ -9,7 +9,7 @@ from .eval import add_editor_arguments, editor_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..evaluation.candidates import DEFAULT_SCALES
+    from ..evaluation import DEFAULT_SCALES  # not .candidates: registering a command loads no model code
 
     p = sub.add_parser("align", help="human alignment: candidates for auditors to pick from")
     asub = p.add_subparsers(dest="align_command", metavar="ACTION")

@@ -10,3 +10,7 @@
 - :mod:`.candidates`: ``idd align candidates`` (edits at several guidance pairs, written as an output the
   auditor groups by benchmark sample).
 """
+
+# (text, image) guidance pairs of ``idd align candidates`` by default; here so the command line can show them
+# without importing the model code
+DEFAULT_SCALES = "7.5:1.5,7.5:1.2,5.0:1.5,5.0:1.25,3.5:1.5,3.5:1.0"

@@ -29,6 +29,7 @@ from ..errors import ConfigError, UserError
 from ..imageio import encode_jpeg
 from ..schema import make_key, new_row
 from ..writer import MANIFEST, RUN_FILE, SPLITS, ShardWriter
+from . import DEFAULT_SCALES
 from .benchmark import CATEGORIES, BenchmarkSample, read_benchmark
 from .editor import Editor, EditorConfig, EditJob, sample_seed
 from .run import load_sources
@@ -36,7 +37,6 @@ from .run import load_sources
 log = logging.getLogger(__name__)
 
 KIND = "align-candidates"
-DEFAULT_SCALES = "7.5:1.5,7.5:1.2,5.0:1.5,5.0:1.25,3.5:1.5,3.5:1.0"
 
 
 def parse_scales(text: str) -> list[tuple[float, float]]:
