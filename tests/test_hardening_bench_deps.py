@@ -26,7 +26,8 @@ def requirement_names(path: Path) -> set[str]:
 
 
 def core_targets_scripts() -> list[Path]:
-    """The bench scripts called by make targets that only need ``venv`` (the core requirements)."""
+    """The bench scripts the project's python runs in make targets that only need ``venv`` (the core
+    requirements)."""
     text = (ROOT / "Makefile").read_text()
     scripts = []
     for block in re.split(r"\n(?=\S)", text):
@@ -34,7 +35,11 @@ def core_targets_scripts() -> list[Path]:
         m = re.match(r"^([\w.-]+)\s*:(.*)$", head)
         if not m or ".ml" in m.group(2) or "venv-ml" in m.group(2):
             continue
-        scripts += [ROOT / s for s in re.findall(r"(bench/[\w./-]+\.py)", block)]
+        # scripts the project's venv runs (bench-gpu runs the GPU host's own python, with torch preinstalled
+        # and the wheels of `make gpu-wheels`: not a core target)
+        for line in block.splitlines():
+            if "$(BIN)/python" in line:
+                scripts += [ROOT / s for s in re.findall(r"(bench/[\w./-]+\.py)", line)]
     return scripts
 
 
