@@ -151,7 +151,7 @@ def _read_run_file(loc: Location) -> dict | None:
 
 
 def side_inputs(cfg: cfgmod.PipelineConfig) -> dict[str, list[int] | None]:
-    """The files built-in stages read beside the records (options marked :func:`~.config.side_input`): path ->
+    """The files stages read beside the records (options marked :func:`~.config.side_input`): path ->
     ``[size, mtime_ns]`` (None when missing; a folder: its files' facts summed)."""
     import dataclasses
 
@@ -159,8 +159,8 @@ def side_inputs(cfg: cfgmod.PipelineConfig) -> dict[str, list[int] | None]:
 
     out: dict[str, list[int] | None] = {}
     for i, spec in enumerate(cfg.stages):
-        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or ":" in spec["type"]:
-            continue  # a stage of the user's own module is not imported into the driver
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            continue
         cls = stage_class(spec["type"], f"stages[{i}]")
         for f in dataclasses.fields(cls.Config):
             value = spec.get(f.name)

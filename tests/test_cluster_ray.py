@@ -162,15 +162,23 @@ def test_driver_killed_on_cluster_then_rerun_resumes(tmp_path, cluster):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     train = tmp_path / "o" / "t" / "v1" / "train"
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(train.glob("*.stats.json"))) < 3:
+
+    def nodes() -> set[str]:
+        return {f.name.rsplit(".", 1)[0] for f in where.iterdir()}
+
+    # kill once 3 shards are committed and both nodes have run the stage (Ray may fill the head node's
+    # first tasks before the second node's worker is up: the kill waits for that, never past 10 shards)
+    while time.time() < deadline:
+        done = len(list(train.glob("*.stats.json")))
+        if done >= 10 or (done >= 3 and len(nodes()) == 2):
+            break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_at_kill = len(list(train.glob("*.stats.json")))
     assert 3 <= done_at_kill < 12, "the run must be killed part-way"
     assert not (tmp_path / "o" / "t" / "v1" / "manifest.json").exists()
-    nodes = {f.name.rsplit(".", 1)[0] for f in where.iterdir()}
-    assert len(nodes) == 2, f"the stage ran on both nodes: {nodes}"
+    assert len(nodes()) == 2, f"the stage ran on both nodes: {nodes()}"
 
     res = subprocess.run(cmd, cwd=REPO, env=cluster_env(), capture_output=True, text=True, timeout=150)
     assert res.returncode == 0, res.stderr[-3000:]
