@@ -41,7 +41,7 @@ PUBLISHED = {
     "blip2": {"items_per_s": 17.5, "source": "BLIP-2 captions per A100"},
     "train": {"items_per_s": 13.9, "source": "InstructPix2Pix training samples/s per A100 at 256 px"},
 }
-# Counts from the paper (InstructDiffusion, sec. 3.2 and 4.1 of /work/shared/reference/instructdiffusion-paper.txt):
+# Counts from the paper (InstructDiffusion, sections 3.2 and 4.1):
 # IEIW = 159K pairs: VGPhraseCut object removal (LaMa) 85K, our generated replacement (PaintByExample) 51K,
 # internal real editing 23K (not generated, not projected).
 IEIW = {"removal_pairs": 85_000, "replacement_pairs": 51_000, "internal_pairs": 23_000}

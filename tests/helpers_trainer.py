@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from instructdiffusion_data.imageio import encode_jpeg, encode_png
 from instructdiffusion_data.schema import make_key, new_row
@@ -46,3 +47,27 @@ def write_mixture(path: Path, outputs: dict[str, tuple[Path, float]], seed: int 
            "tasks": {}}
     path.write_text(json.dumps(doc, indent=1))
     return path
+
+
+def take_batches(loader, state, n: int) -> list[tuple[list[str], object]]:
+    """The first ``n`` batches of ``loader`` as (keys, source tensor), advancing ``state`` as the training
+    loop does (what a resume test compares)."""
+    out = []
+    for b in loader:
+        state.update(b)
+        out.append((list(b["key"]), b["src"].clone()))
+        if len(out) == n:
+            break
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions: one intra-op thread is fastest, and far faster on a loaded shared machine. A test
+    module that imports this fixture runs with it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("webdataset")
 
-from tests.helpers_trainer import make_output, write_mixture
+from tests.helpers_trainer import make_output, take_batches, write_mixture
 from trainer.data import AugmentConfig, DataConfig, Mixture, MixtureDataset, StreamState, make_loader, paired_augment
 from trainer.datasets import load_mixture, resolve_datasets, specs_from_outputs
 from trainer.model import make_tiny_tokenizer
@@ -143,14 +143,8 @@ def test_stream_resume_continues_exactly(outputs, tokenizer, workers):
     cfg = DataConfig(resolution=16, num_workers=workers, shuffle_buffer=4, shuffle_initial=2, prefetch_factor=2)
 
     def batches(state, n):
-        loader = make_loader(MixtureDataset(specs, cfg, tokenizer, seed=3, state=state), batch_size=3)
-        out = []
-        for b in loader:
-            state.update(b)
-            out.append((list(b["key"]), b["src"].clone()))
-            if len(out) == n:
-                break
-        return out
+        return take_batches(make_loader(MixtureDataset(specs, cfg, tokenizer, seed=3, state=state), batch_size=3),
+                            state, n)
 
     full = batches(StreamState(seed=3), 7)
     st = StreamState(seed=3)

@@ -12,18 +12,10 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from tests.helpers_trainer import make_output, write_mixture
+from tests.helpers_trainer import make_output, one_thread, write_mixture  # noqa: F401 (one_thread: autouse)
 
 pytestmark = pytest.mark.ml
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: one intra-op thread is fastest, and far faster on a loaded shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

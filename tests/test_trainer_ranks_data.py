@@ -18,7 +18,7 @@ from instructdiffusion_data import imageio
 from instructdiffusion_data.errors import ConfigError
 from instructdiffusion_data.schema import make_key, new_row, rows_to_table, table_to_rows
 from instructdiffusion_data.writer import ShardWriter
-from tests.helpers_trainer import make_output
+from tests.helpers_trainer import make_output, take_batches
 from trainer.data import (DataConfig, Mixture, MixtureDataset, StreamState, collate, decode_pair, make_loader,
                           state_file)
 from trainer.datasets import specs_from_outputs
@@ -111,14 +111,8 @@ def test_each_rank_resumes_its_own_stream(outs, tokenizer, tmp_path, workers):
     cfg = DataConfig(resolution=16, num_workers=workers, shuffle_buffer=4, shuffle_initial=2, prefetch_factor=2)
 
     def batches(state, rank, n):
-        loader = make_loader(MixtureDataset(specs, cfg, tokenizer, seed=5, rank=rank, world=2, state=state), 3)
-        out = []
-        for b in loader:
-            state.update(b)
-            out.append((list(b["key"]), b["src"].clone()))
-            if len(out) == n:
-                break
-        return out
+        return take_batches(make_loader(MixtureDataset(specs, cfg, tokenizer, seed=5, rank=rank, world=2,
+                                                       state=state), 3), state, n)
 
     full = {r: batches(StreamState(seed=5), r, 6) for r in (0, 1)}
     assert [k for k, _ in full[0]] != [k for k, _ in full[1]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..schema import SCORE_COLUMNS
 
@@ -98,11 +98,10 @@ def score_sql(name: str) -> tuple[str, list]:
 class CatalogQueries:
     """The read side of :class:`~.catalog.Catalog`: search, counts, histograms and look-ups in ``samples``."""
 
-    def _q(self, sql: str, params: list | None = None) -> list[dict]:  # the catalog's: refresh, then query
-        raise NotImplementedError
-
-    def _remember(self, loc: dict) -> None:  # the catalog's: keep a listed sample's member location
-        raise NotImplementedError
+    # provided by the catalog this is mixed into: run a query (after a refresh), keep a listed sample's
+    # member location for the image routes
+    _q: Callable[..., list[dict]]
+    _remember: Callable[[dict], None]
 
     def search(self, f: Filters, *, sort: str = "key", order: str = "asc", page: int = 0,
                page_size: int = 48) -> dict:
