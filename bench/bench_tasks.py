@@ -8,8 +8,9 @@ Codec limit: per sample, decode the source JPEG and encode a 512 px target (simp
 in as many processes as Ray gets CPUs. The pipeline does that and more (resize, drawing, the
 verification, mask PNGs, tar and parquet writing), so the ratio says how close to the physical limit
 of a CPU stage it gets. Steady state: shards are committed by workers; the rate is the rows of every
-shard but the first ones over the time from the first commit to the last (Ray start-up, the split of
-the annotation file and the first shard's warm-up are reported apart). The generated scenes are
+shard but the first ones over the time from the first commit to the last. Apart: Ray start-up, the
+first shards' warm-up, and the split of each annotation file into per-shard record files (one streamed
+pass, done and timed before the runs so that it does not share the cores with the rendering). The generated scenes are
 replicated in the annotation files (new image and annotation ids, same image files) to reach the
 sample count without generating thousands of images; every record is still decoded and drawn.
 Then one shard of each pipeline runs in-process under cProfile, and the time is split into decode,
@@ -99,18 +100,24 @@ import json, sys, time, os
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 t_start = time.perf_counter()
 from instructdiffusion_data.config import build, PipelineConfig
-from instructdiffusion_data.runner import init_ray, run
+from instructdiffusion_data.runner import _split_task, build as build_pipeline, init_ray, output_root, prepare_output, run
 cfgs = [build(PipelineConfig, c) for c in json.loads(sys.argv[1])]
 t0 = time.perf_counter()
 init_ray(cfgs[0].ray)
 import ray
 ray.data.DataContext.get_current().enable_progress_bars = False
 ray_s = time.perf_counter() - t0
-rows, splits, t0 = 0, [], time.perf_counter()
+# the split of each annotation file (one streamed pass) is done and timed first, so that it does not
+# share the cores with the rendering measured below; the run then finds the record files and starts
+splits = []
+for c in cfgs:
+    root = output_root(c, sys.argv[2])
+    prepare_output(c, root, False)
+    splits.append(_split_task(build_pipeline(c)[0], str(root), c.writer.records_per_shard))
+rows, t0 = 0, time.perf_counter()
 for c in cfgs:
     s = run(c, out=sys.argv[2], use_ray=True)
     rows += sum(v["rows"] for v in s.manifest["splits"].values())
-    splits.append(s.split)
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "ray_start_s": ray_s, "splits": splits}))
 """
 
@@ -236,7 +243,7 @@ def main() -> None:
         phases = profile_one_shard(pipeline_configs(data, args.variants), Path(tmp) / "prof")
     print(f"machine: {os.cpu_count()} CPUs; Ray num_cpus=2; 512 px; JPEG q95 (simplejpeg)")
     print(f"pipelines (keypoints + semseg): {res['rows']} samples in {res['seconds']:.1f}s end to end "
-          f"(Ray start-up {res['ray_start_s']:.1f}s apart; splits: "
+          f"(apart: Ray start-up {res['ray_start_s']:.1f}s; the annotation files' splits, done before: "
           + ", ".join(f"{s.get('seconds', 0):.1f}s" for s in res["splits"]) + ")")
     print(f"steady state: {steady_rows} samples in {span:.1f}s = {rate:.1f} samples/s")
     print(f"JPEG codec limit (decode src + encode tgt, 2 procs): {codec:.1f} samples/s "

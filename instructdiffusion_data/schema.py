@@ -68,6 +68,7 @@ ARROW_SCHEMA = pa.schema(
 )
 
 Row = dict[str, Any]
+_COLUMN_NAMES = tuple(ARROW_SCHEMA.names)
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9-]+")
 
@@ -279,17 +280,7 @@ def rows_to_table(rows: Iterable[Row]) -> pa.Table:
     but dropped, with the offending key path as detail and the numbers written as null: one bad
     number never fails a whole batch or shard."""
     rows = list(rows)
-    metas = []
-    for r in rows:
-        m = r.get("meta")
-        if not isinstance(m, str):
-            try:
-                m = dumps_meta(m or {})
-            except ValueError as e:
-                path = _nonfinite_path(r.get("meta") or {}, "meta")
-                m = dumps_meta(_finite_only(r.get("meta") or {}))
-                drop(r, NON_FINITE_META, path=path[0] if path else None, error=str(e)[:200])
-        metas.append(m)
+    metas = [_meta_text(r) for r in rows]
     cols = {}
     for f in ARROW_SCHEMA:  # column by column: several times faster than from_pylist over dicts
         if f.name == "meta":
@@ -300,6 +291,47 @@ def rows_to_table(rows: Iterable[Row]) -> pa.Table:
             vals = [r.get(f.name) for r in rows]
         cols[f.name] = pa.array(vals, type=f.type)
     return pa.Table.from_arrays(list(cols.values()), schema=ARROW_SCHEMA)
+
+
+def _meta_text(r: Row) -> str:
+    """The row's meta as strict JSON; a NaN/Infinity drops the row (see :func:`rows_to_table`)."""
+    m = r.get("meta")
+    if isinstance(m, str):
+        return m
+    try:
+        return dumps_meta(m or {})
+    except ValueError as e:
+        path = _nonfinite_path(r.get("meta") or {}, "meta")
+        drop(r, NON_FINITE_META, path=path[0] if path else None, error=str(e)[:200])
+        return dumps_meta(_finite_only(r.get("meta") or {}))
+
+
+_INT_COLUMNS = ("_shard", "_rec", "_nrec")
+_BYTES_COLUMNS = ("src", "tgt", "mask")
+
+
+def normalize_rows(rows: Iterable[Row]) -> list[Row]:
+    """``table_to_rows(rows_to_table(rows))`` without building the table: the rows a stage hands on,
+    as the next step would see them after an Arrow round trip (only the schema's columns, in its order;
+    meta through strict JSON, a non-finite number dropping the row; ``keep`` None read as True).
+    Stages chained in one process exchange rows through this, so they see exactly what they would see
+    between Ray operators."""
+    out = []
+    for r in rows:
+        m = _meta_text(r)
+        n = {name: r.get(name) for name in _COLUMN_NAMES}
+        n["meta"] = json.loads(m) if m else {}
+        n["keep"] = True if n["keep"] is None else bool(n["keep"])
+        for c in _INT_COLUMNS:
+            if n[c] is not None:
+                n[c] = int(n[c])
+        for c in _BYTES_COLUMNS:
+            if n[c] is not None and not isinstance(n[c], bytes):
+                n[c] = bytes(n[c])
+        if n["drop_detail"] is not None:
+            n["drop_detail"] = list(n["drop_detail"])
+        out.append(n)
+    return out
 
 
 def empty_table() -> pa.Table:

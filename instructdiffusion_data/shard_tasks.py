@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 
 from .config import PipelineConfig
-from .readers._base import ShardSpec, Source, file_facts
+from .readers._base import RecordSource, ShardSpec, Source, file_facts
 from .roots import relativize, relativize_text
-from .schema import Row, new_row, rows_to_table, table_to_rows
+from .schema import Row, new_row, normalize_rows, rows_to_table, table_to_rows
 from .stage import Stage
 from .writer import ShardWriter, shard_name
 
@@ -37,7 +37,7 @@ def map_stage(ds: Any, stage: Stage) -> Any:
 
 def run_stages_local(stages: list[Stage], rows: list[Row]) -> list[Row]:
     """Run the stages in this process, without Ray (tests, debugging): same code path per batch."""
-    return table_to_rows(stages_on_table(stages, rows_to_table(rows)))
+    return stages_on_rows(stages, normalize_rows(rows))
 
 
 def stages_on_table(stages: list[Stage], table: pa.Table) -> pa.Table:
@@ -45,6 +45,24 @@ def stages_on_table(stages: list[Stage], table: pa.Table) -> pa.Table:
         bs = max(1, st.resources.batch_size)
         table = pa.concat_tables([st(table.slice(i, bs)) for i in range(0, table.num_rows, bs)] or [table])
     return table
+
+
+def stages_on_rows(stages: list[Stage], rows: list[Row]) -> list[Row]:
+    """:func:`stages_on_table` on parsed rows: the same batches, and between two steps the rows the
+    next one would read back from a table (:func:`normalize_rows`), without building it."""
+    for st in stages:
+        bs = max(1, st.resources.batch_size)
+        out: list[Row] = []
+        for i in range(0, len(rows), bs):
+            out.extend(st.run_rows(rows[i:i + bs]))
+        rows = normalize_rows(out)
+    return rows
+
+
+def fusable(stages: list[Stage]) -> bool:
+    """Whether a shard can be read, processed and written in one task: every stage runs as plain CPU
+    tasks (no GPU, no actor pool that holds a model)."""
+    return all(not st.resources.num_gpus and not st.resources.concurrency for st in stages)
 
 
 class ReadShard:
@@ -58,6 +76,11 @@ class ReadShard:
         return pa.concat_tables(tables)
 
     def read(self, spec: ShardSpec) -> pa.Table:
+        return rows_to_table(self.read_rows(spec))
+
+    def read_rows(self, spec: ShardSpec) -> list[Row]:
+        """The shard's records as the first stage sees them (see :func:`normalize_rows`), numbered for
+        the writer's accounting; a shard that cannot be read is one failed row carrying the error."""
         self.source.stats = Counter()
         try:
             rows = list(self.source.read(spec))
@@ -72,12 +95,13 @@ class ReadShard:
             row = new_row(key=f"failed-shard-{spec.index}", keep=False, drop_reason=error or "no records",
                           drop_class="shard failed")
             row.update(_shard=spec.index, _rec=-1, _nrec=-1, _sinfo=json.dumps({"error": error or "the shard read no records"}))
-            return rows_to_table([row])
+            return normalize_rows([row])
         for i, r in enumerate(rows):
             r["_shard"], r["_rec"], r["_nrec"] = spec.index, i, len(rows)
             r["_sinfo"] = None
         rows[0]["_sinfo"] = json.dumps(info, sort_keys=True)
-        return rows_to_table(rows)
+        # a record source's base reader parses its record file into exactly such rows already
+        return rows if type(self.source).read is RecordSource.read else normalize_rows(rows)
 
 
 def _facts_of(spec: ShardSpec) -> list:
@@ -147,12 +171,33 @@ class WriteShard:
                 "rows": {k: v["rows"] for k, v in stats.items()}}
 
 
+class ShardTask:
+    """One whole shard in one task: read its records, run the stages on them in batches and write it.
+    Rows stay Python objects from the reader to the writer (no Arrow tables in between, nothing in
+    Ray's object store but the spec in and the shard's result out). Used for every pipeline whose stages
+    are plain CPU tasks, and for every pipeline without Ray."""
+
+    def __init__(self, reader: ReadShard, stages: list[Stage], sink: WriteShard):
+        self.reader, self.stages, self.sink = reader, stages, sink
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = [json.dumps(self.run(ShardSpec.from_json(t)), sort_keys=True) for t in batch.column("spec").to_pylist()]
+        return pa.table({"result": pa.array(results, pa.string())})
+
+    def run(self, spec: ShardSpec) -> dict:
+        try:
+            rows = stages_on_rows(self.stages, self.reader.read_rows(spec))
+        except Exception as e:  # noqa: BLE001 - a stage bug fails its shard, reported; the others commit
+            log.exception("shard %s failed in the stages", shard_name(spec.index))
+            return {"shard": spec.index, "ok": False, "error": f"stages failed: {type(e).__name__}: {e}"}
+        return self.sink.write(spec.index, rows)
+
+
 def execute_local(stages: list[Stage], pending: list[ShardSpec], reader: ReadShard, sink: WriteShard) -> Iterator[dict]:
     """Shard by shard in this process: the same read, stage and write functions as on Ray."""
+    task = ShardTask(reader, stages, sink)
     for spec in pending:
-        table = stages_on_table(stages, reader.read(spec))
-        for res in sink(table).column("result").to_pylist():
-            yield json.loads(res)
+        yield task.run(spec)
 
 
 def execute_ray(cfg: PipelineConfig, stages: list[Stage], pending: list[ShardSpec], reader: ReadShard,
@@ -169,10 +214,16 @@ def execute_ray(cfg: PipelineConfig, stages: list[Stage], pending: list[ShardSpe
     ctx.target_max_block_size = cfg.ray.max_block_bytes
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"spec": s.to_json()} for s in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(reader, batch_size=1, batch_format="pyarrow", zero_copy_batch=False, num_cpus=1)
-    for st in stages:
-        ds = map_stage(ds, st)
-    ds = ds.map_batches(sink, batch_size=None, batch_format="pyarrow", zero_copy_batch=False, num_cpus=1)
+    if fusable(stages):  # read, stages and write of a shard in one task
+        memory = max((st.resources.memory or 0 for st in stages), default=0)
+        ds = ds.map_batches(ShardTask(reader, stages, sink), batch_size=1, batch_format="pyarrow",
+                            zero_copy_batch=False, num_cpus=max([1.0, *(st.resources.num_cpus for st in stages)]),
+                            **({"memory": memory} if memory else {}))
+    else:  # stages with GPUs or actor pools are operators of their own
+        ds = ds.map_batches(reader, batch_size=1, batch_format="pyarrow", zero_copy_batch=False, num_cpus=1)
+        for st in stages:
+            ds = map_stage(ds, st)
+        ds = ds.map_batches(sink, batch_size=None, batch_format="pyarrow", zero_copy_batch=False, num_cpus=1)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for res in batch.column("result").to_pylist():
             yield json.loads(res)

@@ -87,16 +87,21 @@ class Stage(abc.ABC):
         return self.config
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = table_to_rows(batch) if isinstance(batch, pa.Table) else list(batch)
+        return rows_to_table(self.run_rows(rows))
+
+    def run_rows(self, rows: list[Row]) -> list[Row]:
+        """One batch of parsed rows through the stage (what :meth:`__call__` does between the Arrow
+        conversions): set up on first use, process the kept rows, pass the dropped ones through."""
         if not self._ready:
             self.setup()
             self._ready = True
-        rows = table_to_rows(batch) if isinstance(batch, pa.Table) else list(batch)
         active = [r for r in rows if r["keep"] or self.process_dropped]
         passed = [r for r in rows if not (r["keep"] or self.process_dropped)]
         t0 = time.perf_counter()
         out = self._safe_process(active)
         log.debug("%s: %d rows in %.3fs", self.name, len(active), time.perf_counter() - t0)
-        return rows_to_table(out + passed)
+        return out + passed
 
     def _safe_process(self, rows: list[Row]) -> list[Row]:
         """Run ``process``; when the batch raises, rerun row by row and drop only the failing rows
