@@ -28,6 +28,7 @@ import subprocess
 import tarfile
 import uuid
 from collections import Counter
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -109,8 +110,79 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def sample_members(row: Row) -> dict[str, bytes]:
-    """The WebDataset members of one row: ``src.<ext>``, ``tgt.<ext>``, ``mask.png``, ``txt``, ``json``."""
+# The tar is assembled by hand, byte-identical to ``tarfile`` in PAX_FORMAT with the :func:`_tarinfo`
+# settings: tarfile's header building was most of the writer's per-member cost. A ustar header block
+# is name[100] mode[8] uid[8] gid[8] size[12] mtime[12] chksum[8] typeflag[1] linkname[100] magic[6]
+# version[2] uname[32] gname[32] devmajor[8] devminor[8] prefix[155] and 12 bytes of padding; numbers
+# are zero-padded octal ending in NUL, as tarfile's ``itn`` writes them.
+_BLOCK = tarfile.BLOCKSIZE  # 512
+_RECORD = tarfile.RECORDSIZE  # 20 blocks: tarfile pads a closed archive to a whole record
+_USTAR_NAME_MAX = 100  # longer (or non-ASCII) names go to a pax extended header
+_USTAR_SIZE_LIMIT = 8 ** 11  # 11 octal digits; larger members need a pax "size" record
+_HDR_IDS = b"0000644\0" b"0000000\0" b"0000000\0"  # mode 0o644, uid 0, gid 0
+_HDR_MTIME = b"00000000000\0"
+# typeflag "0" (regular file), empty linkname, magic "ustar\0" + version "00" (POSIX), empty uname,
+# gname, devmajor, devminor (no device fields for a regular file) and prefix, padding to 512 bytes
+_HDR_TAIL = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)
+# the checksum is the sum of all header bytes, the checksum field counted as 8 spaces
+_HDR_SUM = sum(_HDR_IDS) + sum(_HDR_MTIME) + 8 * ord(" ") + sum(_HDR_TAIL)
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    """The header block(s) tarfile writes for a member ``name`` of ``size`` bytes."""
+    if len(name) <= _USTAR_NAME_MAX and name.isascii() and size < _USTAR_SIZE_LIMIT:
+        raw = name.encode("ascii")
+        size_field = b"%011o\0" % size
+        chksum = _HDR_SUM + sum(raw) + sum(size_field)
+        # tarfile writes the checksum as six octal digits, NUL, and keeps the field's last space
+        return b"".join((raw.ljust(_USTAR_NAME_MAX, b"\0"), _HDR_IDS, size_field, _HDR_MTIME,
+                         b"%06o\0 " % chksum, _HDR_TAIL))
+    # a pax extended header and its records: rare, left to tarfile itself
+    return _tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+class _TarChunks:
+    """A tar archive as a list of byte chunks (headers, data, padding), starting at byte ``offset`` of
+    its file (a tar's padding to whole records counts from the file's start)."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.chunks: list[bytes] = []
+        self.offset = offset
+
+    def add(self, name: str, data: bytes) -> int:
+        """Append a member; return the offset of its data."""
+        size = len(data)
+        header = _tar_header(name, size)
+        start = self.offset + len(header)
+        pad = -size % _BLOCK
+        self.chunks += (header, data, bytes(pad)) if pad else (header, data)
+        self.offset = start + size + pad
+        return start
+
+    def close(self) -> None:
+        """The end-of-archive marker (two zero blocks) and zero padding to a whole record."""
+        end = self.offset + 2 * _BLOCK
+        pad = -end % _RECORD
+        self.chunks.append(bytes(2 * _BLOCK + pad))
+        self.offset = end + pad
+
+
+def _row_meta(row: Row) -> Any:
+    meta = row.get("meta") or {}
+    return json.loads(meta) if isinstance(meta, str) else meta
+
+
+def _json_value(value: Any) -> str:
+    """``value`` as :func:`dumps_meta` writes it inside a document (``null`` and strings directly)."""
+    if value is None:
+        return "null"
+    if type(value) is str:
+        return encode_basestring_ascii(value)  # what json.dumps uses for a str with ensure_ascii
+    return dumps_meta(value)
+
+
+def _members(row: Row, meta_text: str) -> dict[str, bytes]:
+    """:func:`sample_members` of a row whose meta is already serialised (``dumps_meta(meta)``)."""
     members: dict[str, bytes] = {}
     for col in IMAGE_MEMBERS:
         data = row.get(col)
@@ -118,13 +190,39 @@ def sample_members(row: Row) -> dict[str, bytes]:
             members[f"{col}.{sniff_ext(data)}"] = data
     if row.get("instruction") is not None:
         members["txt"] = row["instruction"].encode("utf-8")
-    meta = row.get("meta") or {}
-    if isinstance(meta, str):
-        meta = json.loads(meta)
-    doc = {"task": row.get("task"), "dataset": row.get("dataset"), "keep": bool(row.get("keep")),
-           "drop_class": row.get("drop_class"), "drop_reason": row.get("drop_reason"), "meta": meta}
-    members["json"] = dumps_meta(doc).encode("utf-8")
+    # dumps_meta({"task", "dataset", "keep", "drop_class", "drop_reason", "meta"}) (sorted keys, no
+    # spaces) assembled around the serialised meta, which is not encoded a second time
+    members["json"] = (
+        f'{{"dataset":{_json_value(row.get("dataset"))},"drop_class":{_json_value(row.get("drop_class"))},'
+        f'"drop_reason":{_json_value(row.get("drop_reason"))},"keep":{"true" if row.get("keep") else "false"},'
+        f'"meta":{meta_text},"task":{_json_value(row.get("task"))}}}'
+    ).encode("utf-8")
     return members
+
+
+def sample_members(row: Row) -> dict[str, bytes]:
+    """The WebDataset members of one row: ``src.<ext>``, ``tgt.<ext>``, ``mask.png``, ``txt``, ``json``."""
+    return _members(row, dumps_meta(_row_meta(row)))
+
+
+def _tar_rows(rows: list[Row], meta_texts: list[str], offset: int = 0) -> tuple[list[bytes], list[dict]]:
+    """The tar of ``rows`` as chunks, and each row's member placements (name, data offset, size)."""
+    tar = _TarChunks(offset)
+    placements = []
+    for row, meta_text in zip(rows, meta_texts):
+        place: dict[str, Any] = {}
+        key = row["key"]
+        for suffix, data in sorted(_members(row, meta_text).items()):
+            name = f"{key}.{suffix}"
+            start = tar.add(name, data)
+            col = suffix.split(".")[0]
+            if col in IMAGE_MEMBERS:
+                place[f"{col}_member"] = name
+                place[f"{col}_offset"] = start
+                place[f"{col}_size"] = len(data)
+        placements.append(place)
+    tar.close()
+    return tar.chunks, placements
 
 
 def write_tar(path: Path | Any, rows: list[Row]) -> list[dict]:
@@ -139,20 +237,9 @@ def write_tar(path: Path | Any, rows: list[Row]) -> list[dict]:
 
 
 def _write_tar_stream(fh: Any, rows: list[Row]) -> list[dict]:
-    placements = []
-    with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for row in rows:
-            place: dict[str, Any] = {}
-            for suffix, data in sorted(sample_members(row).items()):
-                name = f"{row['key']}.{suffix}"
-                tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-                padded = (len(data) + 511) // 512 * 512
-                col = suffix.split(".")[0]
-                if col in IMAGE_MEMBERS:
-                    place[f"{col}_member"] = name
-                    place[f"{col}_offset"] = tar.offset - padded
-                    place[f"{col}_size"] = len(data)
-            placements.append(place)
+    # offsets count from the stream's position, as tarfile counts them
+    chunks, placements = _tar_rows(rows, [dumps_meta(_row_meta(r)) for r in rows], fh.tell())
+    fh.write(b"".join(chunks))
     return placements
 
 
@@ -185,15 +272,14 @@ def split_stats(rows: list[Row]) -> dict:
     }
 
 
-def _sidecar_row(r: Row, place: dict, tar_name: str, output: str | None, version: str | None) -> dict:
-    meta = r.get("meta") or {}
-    if isinstance(meta, str):
-        meta = json.loads(meta)
+def _sidecar_row(r: Row, meta: Any, meta_text: str, place: dict, tar_name: str, output: str | None,
+                 version: str | None) -> dict:
+    """One sidecar row; ``meta`` is the row's parsed meta and ``meta_text`` its ``dumps_meta``."""
     prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
     return {
         "key": r["key"], "task": r.get("task"), "dataset": r.get("dataset"), "output": output, "version": version,
         "source_id": prov.get("source_id") or (str(meta["record_id"]) if meta.get("record_id") is not None else None),
-        "licence": prov.get("licence"), "instruction": r.get("instruction"), "meta": dumps_meta(meta),
+        "licence": prov.get("licence"), "instruction": r.get("instruction"), "meta": meta_text,
         "keep": bool(r.get("keep")), "drop_class": r.get("drop_class"), "drop_detail": r.get("drop_detail"),
         "drop_reason": r.get("drop_reason"), **typed_scores(meta), "tar": tar_name, **place,
     }
@@ -247,16 +333,20 @@ class ShardWriter:
                 d = self.loc / split
                 d.mkdir()
                 tar_out = d / f"{name}.tar{suffix}"
-                tar_buf = io.BytesIO()  # a shard's tar is built in memory (its rows are already there)
-                placements = write_tar(tar_buf, srows)
-                tar_data = tar_buf.getbuffer()
+                metas = [_row_meta(r) for r in srows]
+                meta_texts = [dumps_meta(m) for m in metas]  # once per row: for the tar and the sidecar
+                # a shard's tar is built in memory (its rows are already there)
+                chunks, placements = _tar_rows(srows, meta_texts)
+                tar_data = b"".join(chunks)
+                del chunks
                 with tar_out.open_write() as fh:
                     fh.write(tar_data)
                 tar_info = {"bytes": len(tar_data), "sha256": hashlib.sha256(tar_data).hexdigest()}
-                del tar_data, tar_buf
+                del tar_data
                 faults.point("writer.tar")
                 table = pa.Table.from_pylist(
-                    [_sidecar_row(r, p, f"{name}.tar", self.output, self.version) for r, p in zip(srows, placements)],
+                    [_sidecar_row(r, m, mt, p, f"{name}.tar", self.output, self.version)
+                     for r, m, mt, p in zip(srows, metas, meta_texts, placements)],
                     schema=SIDECAR_SCHEMA)
                 buf = io.BytesIO()
                 pq.write_table(table, buf, compression="zstd")
