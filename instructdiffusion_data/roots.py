@@ -53,10 +53,14 @@ def relativize(obj: Any, roots: dict[str, str]) -> Any:
     if isinstance(obj, str):
         return relativize_text(obj, roots) if ("/" in obj or "\\" in obj) else obj
     if isinstance(obj, dict):
-        return {k: relativize(v, roots) for k, v in obj.items()}
+        return {k: relativize(v, roots) if isinstance(v, _WALKED) else v for k, v in obj.items()}
     if isinstance(obj, list):
-        return [relativize(v, roots) for v in obj]
+        # numbers (coordinates, boxes) are most of a row's meta: no call per number
+        return [relativize(v, roots) if isinstance(v, _WALKED) else v for v in obj]
     return obj
+
+
+_WALKED = (str, dict, list)
 
 
 def resolve_path(text: str, roots: dict[str, str]) -> str:
