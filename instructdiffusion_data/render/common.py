@@ -123,23 +123,24 @@ def mask_row(parent: Row, src: SourceImage, mask: np.ndarray, color: str, cfg: M
     h, w = src.rgb.shape[:2]
     info: dict = {"color": color, "rgb": list(PALETTE[color]), "alpha": cfg.alpha,
                   "mask_area": int(np.count_nonzero(mask)), "variant": variant, "scale": src.scale, "size": [h, w]}
-    if not mask.any():
+    if not info["mask_area"]:
         tgt_bytes, drawn = src.data, src.rgb
     else:
         drawn = M.overlay(src.rgb, mask, c, cfg.alpha)
         tgt_bytes = encode_target(drawn, cfg)
     key = make_key(parent["dataset"], parent["meta"].get("record_id"), f"v{variant}")
-    row = child(parent, key=key, src=src.data, tgt=tgt_bytes, mask=M.mask_png(mask), instruction=instruction,
+    mask_bytes = M.mask_png(mask) if info["mask_area"] else M.empty_mask_png(*mask.shape)
+    row = child(parent, key=key, src=src.data, tgt=tgt_bytes, mask=mask_bytes, instruction=instruction,
                 meta={**meta, **info})
     if cfg.verify:
         if verify_written(key, cfg):  # what a reader of the shard gets: decoded, then recovered
             on = "written"
             rec, valid = M.recover_mask(src.rgb, imageio.decode(tgt_bytes), c, cfg.alpha, cfg.min_contrast, gt=mask)
+            iou = M.mask_iou(rec, mask, valid)
+            seen = float(valid[mask].mean()) if info["mask_area"] else 1.0
         else:  # the exact pixels before encoding
             on = "pixels"
-            rec, valid = M.changed_pixels(src.rgb, drawn, mask, c, cfg.min_contrast)
-        iou = M.mask_iou(rec, mask, valid)
-        seen = float(valid[mask].mean()) if mask.any() else 1.0
+            iou, seen = M.drawn_scores(src.rgb, drawn, mask, c, cfg.min_contrast)
         row["meta"]["verify"] = {"iou": round(iou, 5), "determinable": round(seen, 4), "on": on}
         row["meta"]["verified"] = bool(iou >= cfg.min_iou)
         if not row["meta"]["verified"]:
@@ -166,8 +167,16 @@ class RenderStage(Stage):
         cfg = self.config
         templates = load_templates(self.template_set())
         out: list[Row] = []
+        last: tuple[object, SourceImage] | None = None
         for rec in rows:
-            src = load_source(rec["meta"], cfg.max_side, cfg.jpeg_quality, record=rec["meta"].get("record_id"))
+            # records of one image come together (one per person, per expression): load it once
+            file = rec["meta"].get("file")
+            if last is not None and file and last[0] == file:
+                src = last[1]
+            else:
+                src = load_source(rec["meta"], cfg.max_side, cfg.jpeg_quality, record=rec["meta"].get("record_id"))
+                src.rgb.flags.writeable = False  # shared by the records of the image: renderers draw on copies
+                last = (file, src)
             out.extend(self.render(rec, src, templates))
         return out
 
