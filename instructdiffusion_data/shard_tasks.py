@@ -1,6 +1,7 @@
 """The worker side of a run: read one shard's records, run the stages on them, write and commit the
-shard (docs/architecture.md, "Runner"). :func:`execute_ray` chains them as Ray Data operators,
-:func:`execute_local` runs the same functions in this process."""
+shard (docs/architecture.md, "Runner"). :func:`execute_ray` runs a whole shard per task when the stages
+allow it (:class:`ShardTask`) and chains them as Ray Data operators otherwise; :func:`execute_local`
+runs the whole-shard task in this process."""
 
 from __future__ import annotations
 
@@ -40,16 +41,9 @@ def run_stages_local(stages: list[Stage], rows: list[Row]) -> list[Row]:
     return stages_on_rows(stages, normalize_rows(rows))
 
 
-def stages_on_table(stages: list[Stage], table: pa.Table) -> pa.Table:
-    for st in stages:
-        bs = max(1, st.resources.batch_size)
-        table = pa.concat_tables([st(table.slice(i, bs)) for i in range(0, table.num_rows, bs)] or [table])
-    return table
-
-
 def stages_on_rows(stages: list[Stage], rows: list[Row]) -> list[Row]:
-    """:func:`stages_on_table` on parsed rows: the same batches, and between two steps the rows the
-    next one would read back from a table (:func:`normalize_rows`), without building it."""
+    """Each stage over the rows in slices of its ``batch_size``; between two steps the rows the next one
+    would read back from a table between Ray operators (:func:`normalize_rows`), without building it."""
     for st in stages:
         bs = max(1, st.resources.batch_size)
         out: list[Row] = []

@@ -18,8 +18,10 @@ import pytest
 
 from instructdiffusion_data.imageio import sniff_ext
 from instructdiffusion_data.schema import dumps_meta, drop, make_key, new_row, typed_scores
-from instructdiffusion_data.writer import (IMAGE_MEMBERS, SIDECAR_SCHEMA, ShardWriter, _members, _tar_header,
-                                           _tarinfo, _TarChunks, sample_members, write_tar)
+from instructdiffusion_data.tarblocks import TarChunks as _TarChunks
+from instructdiffusion_data.tarblocks import tar_header as _tar_header
+from instructdiffusion_data.tarblocks import tarinfo as _tarinfo
+from instructdiffusion_data.writer import IMAGE_MEMBERS, SIDECAR_SCHEMA, ShardWriter, _members, sample_members, write_tar
 
 JPEG, PNG = b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n"  # magic bytes: members named .jpg / .png
 
