@@ -165,7 +165,9 @@ def ref_resize_bool(mask, shape):
     h, w = shape
     if mask.shape == (h, w):
         return mask
-    return cv2.resize(mask.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_AREA) >= 128
+    # the image's rule: bilinear down to half size, area averaging below
+    interp = cv2.INTER_LINEAR if 2 * h >= mask.shape[0] and 2 * w >= mask.shape[1] else cv2.INTER_AREA
+    return cv2.resize(mask.astype(np.uint8) * 255, (w, h), interpolation=interp) >= 128
 
 
 def ref_pick_color(rgb, x, y, r, palette, exclude, rng):
@@ -550,6 +552,20 @@ def test_resize_bool_equals_the_direct_resize():
         shape = (int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))) if rng.random() < 0.8 else (h, w)
         got = M.resize_bool(m, shape)
         assert got.flags["C_CONTIGUOUS"] and np.array_equal(got, ref_resize_bool(m, shape))
+
+
+def test_resize_bool_lands_where_the_resized_image_puts_the_object():
+    """A white object on black, resized as sources are (imageio.resize at the fit scale), then
+    thresholded: the same pixels as the object's mask resized by resize_bool, down to half size and
+    below it."""
+    rng = np.random.default_rng(12)
+    for max_side in (512, 300, 150):
+        for h0, w0 in ((480, 640), (427, 640), (640, 512), (375, 500)):
+            m = random_mask(rng, h0, w0)
+            scale = imageio.fit_scale(h0, w0, max_side)
+            img = imageio.resize(np.repeat(m[..., None].astype(np.uint8) * 255, 3, axis=2), scale)
+            got = M.resize_bool(m, img.shape[:2])
+            assert np.array_equal(got, img[..., 0] >= 128), (max_side, h0, w0)
 
 
 # -- keypoints -----------------------------------------------------------------------------------
