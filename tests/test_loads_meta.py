@@ -33,7 +33,10 @@ EDGE = [
     '{"f": 1e400}', '{"f": -1e400}', '{"f": NaN}', '{"f": Infinity}', '{"f": -Infinity}',
     '{"f": -0.0}', '{"i": -0}', '[1e5, 1E5, 1e-5, 2.5e-320, 5e-324, 1.7976931348623157e308]',
     '{"k": "\\u00e9\\n\\t\\"\\\\/"}', '{"k": "é ✓ 𝄞"}', ' {"a" : [ 1 , 2 ] } \n', '[]', '{}', '""', 'null', 'true',
-    '{"counts": "PPYo0`0Q3L4M2O1N2N100O010O1"}',
+    '{"counts": "PPYo0`0Q3L4M2O1N2N100O010O1"}', '{"counts": "l7T7l70000000000000000000000000000"}',
+    '12345678901234567890', '-12345678901234567890', '[-12345678901234567890]', '{"a":\n12345678901234567890}',
+    '{"s": "1234567890123456789012 and 12345678901234567890"}', '[12345678901234567890 ]', '[12345678901234567890.0]',
+    '{"a": 12345678901234567890e0}', '{"a":12345678901234567890}', '{"a":\t-12345678901234567890\t}',
 ]
 
 
@@ -68,6 +71,20 @@ def _value(rng: random.Random, depth: int = 0):
     if kind in (6, 7):
         return [_value(rng, depth + 1) for _ in range(rng.randint(0, 5))]
     return {f"k{rng.randint(0, 9)}": _value(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+def test_long_number_texts_read_as_json_reads_them():
+    """Numbers as other writers spell them: up to 30 digits, a fraction, an exponent."""
+    rng = random.Random(8)
+    for _ in range(5000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 30))).lstrip("0") or "0"
+        num = rng.choice(["", "-"]) + digits
+        if rng.random() < 0.6:
+            num += "." + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 30)))
+        if rng.random() < 0.4:
+            num += rng.choice("eE") + rng.choice(["", "+", "-"]) + str(rng.randint(0, 330))
+        text = rng.choice(["{{\"x\": {}}}", "[{}]", "[1, {}]", "{}"]).format(num)
+        assert same(loads_meta(text), json.loads(text)), text
 
 
 def test_random_documents_read_as_json_reads_them():
