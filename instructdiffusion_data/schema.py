@@ -248,19 +248,43 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"meta value of type {type(obj).__name__} is not JSON serialisable")
 
 
-# A number token starting with 19+ digits may be an integer outside 64 bits, which orjson would read
-# as a float. Such a token starts the text or follows "[", ":", "," or whitespace, and ends the text or
-# meets ",", "]", "}", whitespace, a fraction or an exponent. Digit runs inside strings (the zeros of
-# an RLE string) rarely look like that; those that do only take the slower path.
-_LONG_DIGITS = re.compile(r"(?:^|[\[:,\s])-?[0-9]{19,}(?:[,\]}\s.eE]|$)")
+# orjson reads an integer outside 64 bits as a float; json.loads keeps it an int. Such an integer is a
+# number token of 19+ digits: it starts the text or follows "[", ":", "," or whitespace (a "-" between),
+# and ends the text or meets ",", "]", "}" or whitespace (or "." / "e" / "E": a float, sent the slow way
+# too). To find one fast, the text's bytes are mapped to classes (one C pass) and searched with memmem:
+# "0" digit, "s" a start, "b" start or end, "e" an end, "-" minus, "a" anything else.
+_CLASSES = bytearray(b"a" * 256)
+for _chars, _cls in ((b"0123456789", b"0"), (b"[:", b"s"), (b", \t\n\r", b"b"), (b"]}.eE", b"e"), (b"-", b"-")):
+    for _c in _chars:
+        _CLASSES[_c] = _cls[0]
+_CLASSES = bytes(_CLASSES)
+_RUN = b"0" * 19
+_ZEROS = re.compile(rb"0*")
+
+
+def _long_number(text: str) -> bool:
+    """Whether ``text`` holds a number token of 19+ digits (see above)."""
+    t = text.encode("utf-8", "surrogatepass").translate(_CLASSES)
+    i = t.find(_RUN)
+    while i >= 0:
+        j = i  # the run's first digit
+        while j > 0 and t[j - 1] == 48:
+            j -= 1
+        k = _ZEROS.match(t, i).end()  # past its last digit
+        if j > 0 and t[j - 1] == 45:  # "-"
+            j -= 1
+        if (j == 0 or t[j - 1] in b"sb") and (k == len(t) or t[k] in b"be"):
+            return True
+        i = t.find(_RUN, k)
+    return False
 
 
 def loads_meta(text: str) -> Any:
     """``json.loads(text)``, the same objects, ~7x faster on meta carrying polygons: orjson reads
     strict JSON with correctly rounded floats; text it refuses (NaN, Infinity, lone surrogates) or
-    where it would differ (a number of 19+ digits: maybe an integer outside 64 bits) goes to ``json.loads``,
-    which also gives the errors."""
-    if _LONG_DIGITS.search(text) is None:
+    would read differently (a number of 19+ digits: maybe an integer outside 64 bits) goes to
+    ``json.loads``, which also gives the errors."""
+    if not _long_number(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import pytest
 
-from instructdiffusion_data.schema import loads_meta
+from instructdiffusion_data.schema import _long_number, loads_meta
 
 
 def same(a, b) -> bool:
@@ -93,3 +94,14 @@ def test_random_documents_read_as_json_reads_them():
         doc = {"meta": _value(rng)}
         text = json.dumps(doc, ensure_ascii=rng.random() < 0.5, separators=rng.choice([(",", ":"), (", ", ": ")]))
         assert same(loads_meta(text), json.loads(text)), text
+
+
+def test_the_long_number_guard_is_the_token_pattern():
+    """The byte-class search finds exactly what this pattern finds: a 19+ digit number token."""
+    pattern = re.compile(r"(?:^|[\[:,\s])-?[0-9]{19,}(?:[,\]}\s.eE]|$)")
+    rng = random.Random(9)
+    alphabet = ["0", "1", "9", "0" * 19, "7" * 25, "[", ":", ",", " ", "\t", "\n", "]", "}", ".", "e", "E", "-",
+                "a", '"', "é", "\ud800", "{"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert _long_number(text) == (pattern.search(text) is not None), repr(text)
