@@ -88,9 +88,12 @@ def test_loss_falls_on_one_repeated_batch(tmp_path, tiny_model, mixture):
     tr = Trainer(cfg)
     batch = next(iter(make_loader(MixtureDataset(tr.specs, cfg.data, tr.tokenizer, seed=0), 4)))
     losses = []
-    for _ in range(25):
+    for i in range(25):
         tr.noise_gen.manual_seed(123)  # same noise and timesteps: the objective is fixed
-        loss = tr.loss(batch)
+        # every other step with grad mode off in the caller: the step must still learn
+        with torch.set_grad_enabled(i % 2 == 0):
+            loss = tr.loss(batch)
+        assert loss.requires_grad
         tr.accelerator.backward(loss)
         tr.optimizer.step()
         tr.optimizer.zero_grad()

@@ -287,7 +287,10 @@ class Trainer:
         return (per * w).mean()
 
     def loss(self, batch: dict) -> torch.Tensor:
-        return self.weighted_mse(*self.loss_terms(batch))
+        # grad mode is the caller's thread state (a notebook cell or an eval harness under no_grad, a
+        # library that left it off): the training step builds its graph whatever that state is
+        with torch.enable_grad():
+            return self.weighted_mse(*self.loss_terms(batch))
 
     def validate(self) -> str | None:
         from .validation import run_validation
