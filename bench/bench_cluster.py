@@ -239,8 +239,10 @@ def main() -> None:
         for name, v in per_pipe.items():
             print(f"  {name:10s} one node {v['one_node_rows_per_s']:7.1f} rows/s   two nodes {v['two_node_rows_per_s']:7.1f} rows/s")
 
-    # the slower renderer's one-core rate (semantic/referring masks and keypoints are alike in cost)
-    est = estimate(min(v["rows_per_s_one_core"] for v in stages.values()), args.gpus, args.cpu_cores)
+    # per core: the slower pipeline's one-node rate over the node's cores (embedded Ray takes them all), so
+    # reading, decoding, encoding and writing in the Ray workers count, not the renderer alone
+    est = estimate(min(v["one_node_rows_per_s"] for v in per_pipe.values()) / (os.cpu_count() or 1),
+                   args.gpus, args.cpu_cores)
     print_estimate(est)
     results = {"images": args.images, "variants": args.variants, "stage_alone": stages, "one_node": one,
                "two_nodes": two,
