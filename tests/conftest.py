@@ -1,10 +1,23 @@
 import os
+import sys
+import warnings
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _torch_grad_mode_restored(request):
+    """Grad mode is per-thread state that outlives a test: one that leaves it off would make every later
+    in-process training test fail far from the cause. Restore it and name the test in a warning."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        warnings.warn(f"{request.node.nodeid} left torch grad mode off (restored)", stacklevel=1)
 
 
 @pytest.fixture(scope="session")
