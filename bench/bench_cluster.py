@@ -9,7 +9,7 @@ the GPU cluster needed to regenerate the paper's data.
    machine (tests/helpers_cluster.py), the same pipelines through ``idd``'s ``--address`` path.
    Same total cores, so the ratio measures the cost of the cluster (object transfer between two
    object stores, remote scheduling), not a speed-up. Both outputs are checked to be byte-identical.
-3. The estimate: measured per-core rates of the CPU stages (from 1.) and labelled assumptions for the
+3. The estimate: the slower pipeline's measured per-core rate (from 1.) and labelled assumptions for the
    GPU stages (no GPU here) give GPU-hours and the wall time on a chosen cluster for the paper's IEIW
    set (159K pairs) and the task data (section 4.1 counts). Printed, and saved to
    bench/results/cluster.json; docs/cluster.md quotes it.
@@ -49,7 +49,7 @@ init_ray(cfgs[0].ray, address)
 import ray
 ray.data.DataContext.get_current().enable_progress_bars = False
 startup = time.perf_counter() - t0
-res = {"startup_s": startup, "pipelines": {}}
+res = {"startup_s": startup, "cpus": ray.cluster_resources().get("CPU", 0), "pipelines": {}}
 for c in cfgs:
     s = run(c, out=sys.argv[2], use_ray=True)
     rows = sum(v["rows"] for v in s.manifest["splits"].values())
@@ -59,8 +59,8 @@ print(json.dumps(res))
 
 
 def stage_rates(configs: list[dict]) -> dict:
-    """Rows/s of each pipeline's stages on ONE core, in this process, without Ray (the per-stage
-    throughput the estimate scales from); the source records are read first and not timed."""
+    """Rows/s of each pipeline's stages on ONE core, in this process, without Ray: what the renderers
+    cost alone, beside the pipelines' rates; the source records are read first and not timed."""
     from instructdiffusion_data.config import PipelineConfig, build
     from instructdiffusion_data.runner import build as build_pipeline
     from instructdiffusion_data.shard_tasks import run_stages_local
@@ -239,9 +239,9 @@ def main() -> None:
         for name, v in per_pipe.items():
             print(f"  {name:10s} one node {v['one_node_rows_per_s']:7.1f} rows/s   two nodes {v['two_node_rows_per_s']:7.1f} rows/s")
 
-    # per core: the slower pipeline's one-node rate over the node's cores (embedded Ray takes them all), so
-    # reading, decoding, encoding and writing in the Ray workers count, not the renderer alone
-    est = estimate(min(v["one_node_rows_per_s"] for v in per_pipe.values()) / (os.cpu_count() or 1),
+    # per core: the slower pipeline's one-node rate over the CPUs that Ray had, so reading, decoding,
+    # encoding and writing in the Ray workers count, not the renderer alone
+    est = estimate(min(v["one_node_rows_per_s"] for v in per_pipe.values()) / one["cpus"],
                    args.gpus, args.cpu_cores)
     print_estimate(est)
     results = {"images": args.images, "variants": args.variants, "stage_alone": stages, "one_node": one,

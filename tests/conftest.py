@@ -17,7 +17,7 @@ def _torch_grad_mode_restored(request):
     torch = sys.modules.get("torch")
     if torch is not None and not torch.is_grad_enabled():
         torch.set_grad_enabled(True)
-        warnings.warn(f"{request.node.nodeid} left torch grad mode off (restored)", stacklevel=1)
+        warnings.warn(f"{request.node.nodeid} left torch grad mode off (restored)")
 
 
 @pytest.fixture(scope="session")
